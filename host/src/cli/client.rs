@@ -1,0 +1,327 @@
+//! Client commands: thin wrappers over the HTTP API.
+
+use std::io::Read as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+
+use super::{ClientArgs, Command, FunctionsCommand, TenantCommand};
+use crate::registry::Manifest;
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    key: Option<String>,
+    json: bool,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder().build()?,
+            url: args.url.trim_end_matches('/').to_string(),
+            key: args.key.clone(),
+            json: args.json,
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+        let key = self
+            .key
+            .as_deref()
+            .context("no API key: set INFERCELL_KEY (or pass --key)")?;
+        Ok(self.http.request(method, format!("{}{path}", self.url)).bearer_auth(key))
+    }
+
+    /// Sends and returns the JSON body of a 2xx answer; otherwise the server's error message.
+    async fn send_json(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = req.send().await.with_context(|| format!("cannot reach the server at {}", self.url))?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if !status.is_success() {
+            bail!("{}", server_error(status, &body));
+        }
+        serde_json::from_slice(&body).context("the server's answer is not JSON")
+    }
+
+    fn print(&self, value: &Value, summary: impl FnOnce(&Value) -> String) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        } else {
+            println!("{}", summary(value));
+        }
+    }
+}
+
+fn server_error(status: reqwest::StatusCode, body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) if v.get("error").is_some() => format!(
+            "{} (HTTP {}, request id {})",
+            v["error"].as_str().unwrap_or_default(),
+            status.as_u16(),
+            v["request_id"].as_str().unwrap_or("-")
+        ),
+        _ => format!("HTTP {}: {}", status, String::from_utf8_lossy(body).trim()),
+    }
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is handled by the caller"),
+        Command::Tenant(TenantCommand::Create { name, plan, client }) => {
+            let c = Client::new(&client)?;
+            let v = c
+                .send_json(c.request(reqwest::Method::POST, "/v1/tenants")?.json(&serde_json::json!({"name": name, "plan": plan})))
+                .await?;
+            c.print(&v, |v| {
+                format!(
+                    "created tenant {} (plan {})\napi key (shown once): {}",
+                    v["tenant"].as_str().unwrap_or_default(),
+                    v["plan"].as_str().unwrap_or_default(),
+                    v["api_key"].as_str().unwrap_or_default()
+                )
+            });
+        }
+        Command::Tenant(TenantCommand::List { client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, "/v1/tenants")?).await?;
+            c.print(&v, |v| {
+                let mut out = format!("{:<32} {:<10} {}", "TENANT", "PLAN", "CREATED");
+                for t in v["tenants"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<32} {:<10} {}",
+                        t["name"].as_str().unwrap_or_default(),
+                        t["plan"].as_str().unwrap_or_default(),
+                        t["created_at"].as_str().unwrap_or_default()
+                    ));
+                }
+                out
+            });
+        }
+        Command::Deploy { dir, client } => deploy(&Client::new(&client)?, &dir).await?,
+        Command::Functions(FunctionsCommand::List { client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, "/v1/functions")?).await?;
+            c.print(&v, |v| {
+                let mut out = format!("{:<32} {:>7} {:>8}  {:<20} {}", "FUNCTION", "LATEST", "VERSIONS", "DIGEST", "UPDATED");
+                for f in v["functions"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<32} {:>7} {:>8}  {:<20} {}",
+                        f["name"].as_str().unwrap_or_default(),
+                        f["latest_version"].to_string(),
+                        f["versions"].to_string(),
+                        short_digest(f["digest"].as_str().unwrap_or_default()),
+                        f["updated_at"].as_str().unwrap_or_default()
+                    ));
+                }
+                out
+            });
+        }
+        Command::Functions(FunctionsCommand::Get { name, client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, &format!("/v1/functions/{name}"))?).await?;
+            c.print(&v, |v| {
+                let mut out = format!("{} (latest version {})", v["name"].as_str().unwrap_or_default(), v["latest_version"]);
+                for ver in v["versions"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n  @{:<4} {}  {} bytes  {}\n        imports: {}",
+                        ver["version"],
+                        short_digest(ver["digest"].as_str().unwrap_or_default()),
+                        ver["size"],
+                        ver["created_at"].as_str().unwrap_or_default(),
+                        join(&ver["imports"])
+                    ));
+                }
+                out
+            });
+        }
+        Command::Functions(FunctionsCommand::Delete { name, client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::DELETE, &format!("/v1/functions/{name}"))?).await?;
+            c.print(&v, |v| format!("deleted {} ({} versions)", v["name"].as_str().unwrap_or_default(), v["deleted_versions"]));
+        }
+        Command::Functions(FunctionsCommand::Logs { name, limit, client }) => {
+            let c = Client::new(&client)?;
+            let v = c
+                .send_json(c.request(reqwest::Method::GET, &format!("/v1/functions/{name}/logs?limit={limit}"))?)
+                .await?;
+            c.print(&v, |v| {
+                v["lines"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| {
+                        format!(
+                            "{} @{} {:<6} {}",
+                            l["time"].as_str().unwrap_or_default(),
+                            l["version"],
+                            l["level"].as_str().unwrap_or_default(),
+                            l["message"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Invoke { target, data, method, headers, client } => invoke(&Client::new(&client)?, &target, data, method, headers).await?,
+        Command::Inspect { file, json } => inspect(&file, json)?,
+    }
+    Ok(())
+}
+
+fn short_digest(d: &str) -> String {
+    d.chars().take(19).collect()
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "(none)".into())
+}
+
+async fn deploy(c: &Client, dir: &Path) -> anyhow::Result<()> {
+    let manifest_path = dir.join("function.toml");
+    let manifest_text =
+        std::fs::read_to_string(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
+    let manifest = Manifest::parse(&manifest_text).map_err(anyhow::Error::msg).with_context(|| manifest_path.display().to_string())?;
+    let component_rel = manifest
+        .component
+        .as_deref()
+        .with_context(|| format!("{}: set `component` to the path of the .wasm file", manifest_path.display()))?;
+    let component_path = dir.join(component_rel);
+    let bytes = std::fs::read(&component_path).with_context(|| {
+        format!("reading {} (build it first, e.g. scripts/build-samples.sh)", component_path.display())
+    })?;
+    let len = bytes.len() as u64;
+
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message("uploading");
+    let chunks: Vec<Vec<u8>> = bytes.chunks(64 << 10).map(<[u8]>::to_vec).collect();
+    let progress = bar.clone();
+    let stream = futures::stream::iter(chunks).map(move |chunk| {
+        progress.inc(chunk.len() as u64);
+        if progress.position() >= len {
+            progress.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            progress.set_message("compiling on the server");
+            progress.enable_steady_tick(Duration::from_millis(100));
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let file_name = component_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "component.wasm".into());
+    let form = Form::new()
+        .part("manifest", Part::text(manifest_text).mime_str("application/toml")?)
+        .part(
+            "component",
+            Part::stream_with_length(reqwest::Body::wrap_stream(stream), len)
+                .file_name(file_name)
+                .mime_str("application/wasm")?,
+        );
+    let result = c.send_json(c.request(reqwest::Method::POST, "/v1/functions")?.multipart(form)).await;
+    bar.finish_and_clear();
+    let v = result?;
+    c.print(&v, |v| {
+        format!(
+            "deployed {}@{} ({}, {} bytes)\nimports: {}",
+            v["name"].as_str().unwrap_or_default(),
+            v["version"],
+            short_digest(v["digest"].as_str().unwrap_or_default()),
+            v["size"],
+            join(&v["imports"])
+        )
+    });
+    Ok(())
+}
+
+async fn invoke(c: &Client, target: &str, data: Option<String>, method: Option<String>, headers: Vec<String>) -> anyhow::Result<()> {
+    let target = target.trim_start_matches('/');
+    if target.split('/').filter(|s| !s.is_empty()).count() < 2 {
+        bail!("target must be TENANT/FUNCTION[@VERSION][/PATH], got `{target}`");
+    }
+    let body = match data.as_deref() {
+        None => None,
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            Some(buf)
+        }
+        Some(d) if d.starts_with('@') => Some(std::fs::read(&d[1..]).with_context(|| format!("reading {}", &d[1..]))?),
+        Some(d) => Some(d.as_bytes().to_vec()),
+    };
+    let method = match method {
+        Some(m) => reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).context("invalid --method")?,
+        None if body.is_some() => reqwest::Method::POST,
+        None => reqwest::Method::GET,
+    };
+    let mut req = c.request(method, &format!("/fn/{target}"))?;
+    for h in &headers {
+        let (name, value) = h.split_once(':').with_context(|| format!("header `{h}` must be `Name: value`"))?;
+        req = req.header(name.trim(), value.trim());
+    }
+    if let Some(body) = body {
+        req = req.body(body);
+    }
+    let response = req.send().await.with_context(|| format!("cannot reach the server at {}", c.url))?;
+    let status = response.status();
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let usage = header("infercell-usage");
+    let request_id = header("infercell-request-id");
+    let body = response.bytes().await?;
+    if c.json {
+        let v = serde_json::json!({
+            "status": status.as_u16(),
+            "request_id": request_id,
+            "usage": usage,
+            "body": String::from_utf8_lossy(&body),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        if !status.is_success() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    if !status.is_success() {
+        bail!("{}", server_error(status, &body));
+    }
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&body)?;
+    if !body.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let report = crate::runtime::inspect(&bytes)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("{}", file.display());
+    println!("exports:");
+    for e in &report.exports {
+        println!("  {e}");
+    }
+    println!("imports:");
+    for i in &report.imports {
+        let mark = if report.unsupported_imports.contains(i) { "  (not provided by this platform)" } else { "" };
+        println!("  {i}{mark}");
+    }
+    match &report.problem {
+        None => println!("runnable: yes"),
+        Some(p) => println!("runnable: no: {p}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Command line: `infercell serve` runs the server; every other command is a client of a
+//! server at `INFERCELL_URL` authenticated with `INFERCELL_KEY`. Client commands print a
+//! readable summary, or the server's JSON with `--json`; errors are one line on stderr and a
+//! non-zero exit status.
+
+mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::server::App;
+
+#[derive(Parser)]
+#[command(name = "infercell", version, about = "Serverless WebAssembly inference platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage tenants (admin key).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Upload the function in DIR (reads DIR/function.toml) as a new version.
+    Deploy {
+        dir: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List, show or delete functions.
+    #[command(subcommand)]
+    Functions(FunctionsCommand),
+    /// Call TENANT/FUNCTION[@N][/PATH] and print its response body.
+    Invoke {
+        /// TENANT/FUNCTION[@VERSION][/PATH...]
+        target: String,
+        /// Request body: literal text, @FILE, or - for stdin.
+        #[arg(long, short = 'd')]
+        data: Option<String>,
+        /// HTTP method (default POST with --data, else GET).
+        #[arg(long, short = 'X')]
+        method: Option<String>,
+        /// Extra request header, `Name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a component's imports and exports, and whether this platform can run it.
+    Inspect {
+        /// A .wasm file.
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on; `127.0.0.1:0` picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "INFERCELL_LISTEN")]
+    listen: SocketAddr,
+    /// Data directory (SQLite database, blobs, compiled artifacts, admin key).
+    #[arg(long, default_value = "./data", env = "INFERCELL_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Platform configuration file (default: DATA_DIR/infercell.toml if present).
+    #[arg(long, env = "INFERCELL_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Where the server is and who we are.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    #[arg(long, env = "INFERCELL_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    #[arg(long, env = "INFERCELL_KEY", hide_env_values = true, global = true)]
+    key: Option<String>,
+    /// Print the server's JSON instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints its owner key (shown once).
+    Create {
+        name: String,
+        #[arg(long, default_value = "free")]
+        plan: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum FunctionsCommand {
+    /// List the tenant's functions.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show every version of a function.
+    Get {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a function (all versions).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a function's recent log lines.
+    Logs {
+        name: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        other => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(client::run(other))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INFERCELL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config_path = args.config.clone().or_else(|| {
+        let p = args.data_dir.join("infercell.toml");
+        p.exists().then_some(p)
+    });
+    let config = match &config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    };
+    let admin_env = std::env::var("INFERCELL_ADMIN_KEY").ok();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let (app, admin) = App::open(config, &args.data_dir, admin_env)?;
+        match (&admin.path, admin.created) {
+            (Some(path), true) => println!("admin key created: {} (mode 0600)", path.display()),
+            (Some(path), false) => println!("admin key: {}", path.display()),
+            (None, _) => println!("admin key: from INFERCELL_ADMIN_KEY"),
+        }
+        crate::server::serve(app, args.listen).await
+    })
+}

@@ -1,0 +1,215 @@
+//! Platform configuration: `infercell.toml` over embedded defaults.
+//!
+//! Everything has a default so `infercell serve` runs with no file at all. A file given with
+//! `--config` (or `infercell.toml` in the data directory) overrides single keys; plans in it
+//! are merged by name over the embedded `free` and `standard` plans. Unknown keys are errors,
+//! so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Deserializer};
+
+/// The embedded defaults, also shipped as documentation in `docs/configuration.md`.
+pub const DEFAULT_CONFIG: &str = r#"
+[server]
+max_upload_bytes = "64MiB"
+max_request_bytes = "16MiB"
+metrics_require_key = false
+
+[runtime]
+max_instances = 1000
+epoch_tick = "10ms"
+max_log_bytes_per_call = "64KiB"
+log_lines_per_function = 1000
+
+[plans.free]
+max_memory = "64MiB"
+max_timeout = "5s"
+default_memory = "32MiB"
+default_timeout = "2s"
+gpu = false
+
+[plans.standard]
+max_memory = "512MiB"
+max_timeout = "30s"
+default_memory = "128MiB"
+default_timeout = "10s"
+gpu = true
+"#;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub runtime: RuntimeSection,
+    pub plans: BTreeMap<String, Plan>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Largest upload (`POST /v1/functions`) body.
+    #[serde(deserialize_with = "de_size")]
+    pub max_upload_bytes: u64,
+    /// Largest invocation request body.
+    #[serde(deserialize_with = "de_size")]
+    pub max_request_bytes: u64,
+    /// When true, `GET /metrics` needs a key like every other endpoint.
+    pub metrics_require_key: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    pub max_instances: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub epoch_tick: Duration,
+    #[serde(deserialize_with = "de_size")]
+    pub max_log_bytes_per_call: u64,
+    pub log_lines_per_function: usize,
+}
+
+/// What a tenant on this plan may ask for. Every manifest limit is capped by these.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    #[serde(deserialize_with = "de_size")]
+    pub max_memory: u64,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_timeout: Duration,
+    #[serde(deserialize_with = "de_size")]
+    pub default_memory: u64,
+    #[serde(deserialize_with = "de_duration")]
+    pub default_timeout: Duration,
+    /// Instructions per call; absent = bounded by the timeout only.
+    #[serde(default)]
+    pub max_fuel: Option<u64>,
+    pub gpu: bool,
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn embedded() -> Self {
+        Self::from_toml("").expect("embedded default configuration parses")
+    }
+
+    /// Defaults overridden by the TOML text `overrides`.
+    pub fn from_toml(overrides: &str) -> anyhow::Result<Self> {
+        let mut base: toml::Table = toml::from_str(DEFAULT_CONFIG).context("embedded configuration")?;
+        let over: toml::Table = toml::from_str(overrides)?;
+        merge(&mut base, over);
+        let config: Config = toml::Value::Table(base).try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads `path` over the defaults.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (name, plan) in &self.plans {
+            anyhow::ensure!(
+                plan.default_memory <= plan.max_memory && plan.default_timeout <= plan.max_timeout,
+                "plan `{name}`: defaults must not exceed the plan's maxima"
+            );
+        }
+        anyhow::ensure!(self.runtime.max_instances > 0, "runtime.max_instances must be at least 1");
+        Ok(())
+    }
+
+    /// The largest memory any plan allows: the size of a pooling-allocator slot.
+    pub fn largest_memory(&self) -> u64 {
+        self.plans.values().map(|p| p.max_memory).max().unwrap_or(64 << 20)
+    }
+}
+
+/// Recursive table merge: keys of `over` replace those of `base`, tables merge.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Parses sizes such as `64MiB`, `512 KiB`, `1GB` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size such as \"64MiB\""))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit `{other}` in `{text}` (use B, KiB, MiB, GiB, KB, MB or GB)")),
+    };
+    number.checked_mul(multiplier).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Parses durations such as `2s`, `500ms`, `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}` is not a duration such as \"2s\": {e}"))
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Number(n) => Ok(n),
+        Size::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_have_both_plans() {
+        let config = Config::embedded();
+        assert_eq!(config.plans["free"].max_memory, 64 << 20);
+        assert!(!config.plans["free"].gpu);
+        assert_eq!(config.plans["standard"].max_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn overrides_merge_and_unknown_keys_fail() {
+        let config = Config::from_toml("[plans.free]\nmax_memory = \"128MiB\"\n").expect("parses");
+        assert_eq!(config.plans["free"].max_memory, 128 << 20);
+        assert_eq!(config.plans["free"].default_memory, 32 << 20);
+        assert!(Config::from_toml("[server]\nmax_upload = 1\n").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("1TiB").is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! The metadata database: one SQLite file in the data directory, in WAL mode.
+//!
+//! SQLite opens its file by path (it cannot go through cap-std); it is the one file of the
+//! data directory that is not reached through a capability handle. Writes use
+//! `synchronous = FULL`, so an acknowledged metadata change survives `kill -9` and power loss.
+//! Calls run on the blocking pool behind one connection: metadata traffic is small, and the
+//! hot path (keys, deployed versions) is served from memory.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use rusqlite::Connection;
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tenants (
+    name TEXT PRIMARY KEY,
+    plan TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    name TEXT,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT
+);
+CREATE TABLE blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE functions (
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    digest TEXT NOT NULL REFERENCES blobs(digest),
+    manifest TEXT NOT NULL,
+    imports TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    deleted_at TEXT,
+    PRIMARY KEY (tenant, name, version)
+);
+"#];
+
+/// A shared handle to the metadata database.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let mut conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .context("database task failed")?
+    }
+
+    /// Runs `f` with the connection on the current thread (start-up and tests).
+    pub fn call_blocking<R>(&self, f: impl FnOnce(&mut Connection) -> anyhow::Result<R>) -> anyhow::Result<R> {
+        let mut guard = self.conn.lock().map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
+        f(&mut guard)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    anyhow::ensure!(
+        done <= MIGRATIONS.len(),
+        "the database was written by a newer infercell (schema {done}, this build knows {})",
+        MIGRATIONS.len()
+    );
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).with_context(|| format!("migration {}", i + 1))?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The current time as RFC 3339 (UTC), the format of every timestamp column.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,15 @@
+//! Infercell: a serverless WebAssembly inference platform.
+//!
+//! Tenants upload functions packaged as WebAssembly components (WIT world
+//! `infercell:function/handler`); the host runs each call in a fresh, sandboxed store and
+//! meters it. See the repository README for the map of modules.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod tenants;

@@ -1,0 +1,77 @@
+//! Prometheus metrics. Labels carry tenant and function names, never keys.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InvocationLabels {
+    pub tenant: String,
+    pub function: String,
+    /// ok, guest_error, trap, timeout, memory_limit, fuel_limit, busy.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub tenant: String,
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UploadLabels {
+    pub outcome: String,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    pub invocations: Family<InvocationLabels, Counter>,
+    pub invocation_duration: Family<FunctionLabels, Histogram>,
+    pub active_instances: Gauge,
+    pub uploads: Family<UploadLabels, Counter>,
+    pub compile_duration: Histogram,
+    pub log_bytes_dropped: Family<FunctionLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("infercell");
+        let invocations = Family::<InvocationLabels, Counter>::default();
+        registry.register("invocations", "Function invocations by outcome", invocations.clone());
+        let invocation_duration = Family::<FunctionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.5, 14))
+        });
+        registry.register(
+            "invocation_duration_seconds",
+            "Wall time of function invocations",
+            invocation_duration.clone(),
+        );
+        let active_instances = Gauge::default();
+        registry.register("active_instances", "Instances running a call right now", active_instances.clone());
+        let uploads = Family::<UploadLabels, Counter>::default();
+        registry.register("uploads", "Function uploads by outcome", uploads.clone());
+        let compile_duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
+        registry.register("compile_duration_seconds", "Time to compile an uploaded component", compile_duration.clone());
+        let log_bytes_dropped = Family::<FunctionLabels, Counter>::default();
+        registry.register("log_bytes_dropped", "Function log bytes dropped over the per-call cap", log_bytes_dropped.clone());
+        Self { registry, invocations, invocation_duration, active_instances, uploads, compile_duration, log_bytes_dropped }
+    }
+
+    /// The text exposition (OpenMetrics text, which Prometheus scrapes).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,168 @@
+//! The function manifest (`function.toml`, DESIGN.md section 6) and its check against a plan.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Plan, parse_duration, parse_size};
+use crate::runtime::Limits;
+use crate::tenants::valid_name;
+
+/// A function manifest. Unknown keys are errors; only `name` is required.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    /// Path of the component, relative to the manifest; read by the CLI only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub limits: ManifestLimits,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// `[limits]`: each capped by the plan; absent = the plan's default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+}
+
+/// `[capabilities]`: everything is denied unless granted here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Graphs this function may load by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// May ask wasi-nn for the GPU.
+    #[serde(default)]
+    pub gpu: bool,
+    /// Values the function reads through `infercell:function/config`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Manifest {
+    /// Parses and checks the manifest text; the error says what to fix.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| format!("invalid manifest: {}", e.message()))?;
+        if !valid_name(&manifest.name) {
+            return Err(format!(
+                "invalid manifest: name `{}` must match ^[a-z0-9][a-z0-9._-]{{0,127}}$",
+                manifest.name
+            ));
+        }
+        for model in &manifest.capabilities.models {
+            if !valid_name(model) {
+                return Err(format!("invalid manifest: model name `{model}` in capabilities.models is not a valid name"));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The limits this manifest gets under `plan`, or an error naming the limit that is over.
+    pub fn limits(&self, plan_name: &str, plan: &Plan) -> Result<Limits, String> {
+        let memory = match &self.limits.memory {
+            Some(text) => parse_size(text).map_err(|e| format!("invalid manifest: limits.memory: {e}"))?,
+            None => plan.default_memory,
+        };
+        if memory > plan.max_memory {
+            return Err(format!(
+                "limits.memory = {} is over the `{plan_name}` plan's maximum of {} MiB",
+                self.limits.memory.as_deref().unwrap_or_default(),
+                plan.max_memory >> 20
+            ));
+        }
+        if memory < (1 << 16) {
+            return Err("limits.memory must be at least 64KiB (one WebAssembly page)".into());
+        }
+        let timeout = match &self.limits.timeout {
+            Some(text) => parse_duration(text).map_err(|e| format!("invalid manifest: limits.timeout: {e}"))?,
+            None => plan.default_timeout,
+        };
+        if timeout > plan.max_timeout {
+            return Err(format!(
+                "limits.timeout = {} is over the `{plan_name}` plan's maximum of {}",
+                self.limits.timeout.as_deref().unwrap_or_default(),
+                humantime::format_duration(plan.max_timeout)
+            ));
+        }
+        if timeout < Duration::from_millis(1) {
+            return Err("limits.timeout must be at least 1ms".into());
+        }
+        let fuel = match (self.limits.fuel, plan.max_fuel) {
+            (Some(asked), Some(max)) if asked > max => {
+                return Err(format!("limits.fuel = {asked} is over the `{plan_name}` plan's maximum of {max}"));
+            }
+            (Some(asked), _) => Some(asked),
+            (None, max) => max,
+        };
+        if self.capabilities.gpu && !plan.gpu {
+            return Err(format!("capabilities.gpu is not allowed on the `{plan_name}` plan"));
+        }
+        Ok(Limits { memory_bytes: memory, timeout, fuel })
+    }
+
+    /// The `config` table as the ordered pairs the guest sees.
+    pub fn config_pairs(&self) -> Vec<(String, String)> {
+        self.capabilities.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn parses_the_design_example() {
+        let m = Manifest::parse(
+            r#"
+name = "digits"
+component = "../target/wasm32-wasip2/release/digits.wasm"
+[limits]
+memory = "64MiB"
+timeout = "2s"
+[capabilities]
+models = ["digits"]
+gpu = false
+config = { labels = "0,1,2,3,4,5,6,7,8,9" }
+"#,
+        )
+        .expect("parses");
+        assert_eq!(m.capabilities.models, ["digits"]);
+        let config = Config::embedded();
+        let limits = m.limits("free", &config.plans["free"]).expect("within plan");
+        assert_eq!(limits.memory_bytes, 64 << 20);
+        assert_eq!(limits.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_bad_names_and_over_plan() {
+        assert!(Manifest::parse("name = \"a\"\nbogus = 1\n").unwrap_err().contains("bogus"));
+        assert!(Manifest::parse("name = \"Bad Name\"\n").unwrap_err().contains("must match"));
+        assert!(Manifest::parse("[limits]\nmemory = \"1MiB\"\n").unwrap_err().contains("name"));
+        let config = Config::embedded();
+        let m = Manifest::parse("name = \"a\"\n[limits]\nmemory = \"1GiB\"\n").expect("parses");
+        assert!(m.limits("free", &config.plans["free"]).unwrap_err().contains("limits.memory"));
+        let m = Manifest::parse("name = \"a\"\n[capabilities]\ngpu = true\n").expect("parses");
+        assert!(m.limits("free", &config.plans["free"]).unwrap_err().contains("gpu"));
+        assert!(m.limits("standard", &config.plans["standard"]).is_ok());
+    }
+}

@@ -1,0 +1,346 @@
+//! Functions and their immutable versions, blobs, and the deployed-version cache.
+//!
+//! Every upload of a name makes version max+1 (versions of deleted functions are never
+//! reused). The newest version answers the bare name. A deployed version is compiled and
+//! linked once ([`Deployment`]) and kept in memory; after a restart it is loaded lazily on the
+//! first call from the compiled-artifact cache.
+
+mod blobs;
+mod logs;
+pub mod manifest;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use rusqlite::{OptionalExtension as _, params};
+use serde::Serialize;
+
+pub use blobs::{BlobStore, digest_of};
+pub use logs::{FunctionLogs, LogEntry};
+pub use manifest::Manifest;
+
+use crate::config::Config;
+use crate::db::{self, Db};
+use crate::error::ApiError;
+use crate::runtime::{Limits, Prepared, Runtime};
+
+/// A deployed function version, ready to run.
+pub struct Deployment {
+    pub tenant: String,
+    pub name: String,
+    pub version: u32,
+    pub digest: String,
+    pub prepared: Prepared,
+    pub limits: Limits,
+    pub config: Arc<Vec<(String, String)>>,
+}
+
+/// One stored version, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionVersion {
+    pub name: String,
+    pub version: u32,
+    pub digest: String,
+    pub imports: Vec<String>,
+    pub size: u64,
+    pub created_at: String,
+    pub manifest: Manifest,
+}
+
+/// A function with its newest version, for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionSummary {
+    pub name: String,
+    pub latest_version: u32,
+    pub versions: u32,
+    pub digest: String,
+    pub updated_at: String,
+}
+
+type VersionKey = (String, String, u32);
+
+pub struct Registry {
+    db: Db,
+    blobs: Arc<BlobStore>,
+    runtime: Arc<Runtime>,
+    config: Arc<Config>,
+    deployed: RwLock<HashMap<VersionKey, Arc<Deployment>>>,
+    latest: RwLock<HashMap<(String, String), u32>>,
+    pub logs: FunctionLogs,
+}
+
+impl Registry {
+    pub fn new(db: Db, blobs: BlobStore, runtime: Arc<Runtime>, config: Arc<Config>) -> Self {
+        let logs = FunctionLogs::new(config.runtime.log_lines_per_function);
+        Self {
+            db,
+            blobs: Arc::new(blobs),
+            runtime,
+            config,
+            deployed: RwLock::new(HashMap::new()),
+            latest: RwLock::new(HashMap::new()),
+            logs,
+        }
+    }
+
+    /// Validates, compiles and stores a new version. Nothing is stored when any check fails.
+    pub async fn upload(&self, tenant: &str, plan: &str, manifest_text: &str, component: Bytes) -> Result<FunctionVersion, ApiError> {
+        let manifest = Manifest::parse(manifest_text).map_err(ApiError::BadRequest)?;
+        let plan_cfg = self
+            .config
+            .plans
+            .get(plan)
+            .ok_or_else(|| anyhow::anyhow!("tenant {tenant} has unknown plan {plan}"))?;
+        let limits = manifest.limits(plan, plan_cfg).map_err(ApiError::BadRequest)?;
+        let digest = digest_of(&component);
+
+        let runtime = self.runtime.clone();
+        let blobs = self.blobs.clone();
+        let d = digest.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let prepared = runtime.prepare_new(&d, &component).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            blobs.put(&d, &component).map_err(ApiError::Internal)?;
+            Ok::<_, ApiError>((prepared, component.len() as u64))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
+        let (prepared, size) = prepared;
+
+        let row = FunctionVersion {
+            name: manifest.name.clone(),
+            version: 0,
+            digest: digest.clone(),
+            imports: prepared.info.imports.clone(),
+            size,
+            created_at: db::now(),
+            manifest: manifest.clone(),
+        };
+        let (t, r) = (tenant.to_string(), row.clone());
+        let version = self
+            .db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)",
+                    params![r.digest, r.size, r.created_at],
+                )?;
+                let version: u32 = tx.query_row(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM functions WHERE tenant = ?1 AND name = ?2",
+                    params![t, r.name],
+                    |row| row.get(0),
+                )?;
+                tx.execute(
+                    "INSERT INTO functions (tenant, name, version, digest, manifest, imports, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        t,
+                        r.name,
+                        version,
+                        r.digest,
+                        serde_json::to_string(&r.manifest)?,
+                        serde_json::to_string(&r.imports)?,
+                        r.size,
+                        r.created_at
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(version)
+            })
+            .await?;
+
+        let deployment = Arc::new(Deployment {
+            tenant: tenant.to_string(),
+            name: manifest.name.clone(),
+            version,
+            digest,
+            prepared,
+            limits,
+            config: Arc::new(manifest.config_pairs()),
+        });
+        if let Ok(mut deployed) = self.deployed.write() {
+            deployed.insert((tenant.to_string(), manifest.name.clone(), version), deployment);
+        }
+        if let Ok(mut latest) = self.latest.write() {
+            let entry = latest.entry((tenant.to_string(), manifest.name.clone())).or_insert(version);
+            *entry = (*entry).max(version);
+        }
+        Ok(FunctionVersion { version, ..row })
+    }
+
+    /// The tenant's live functions.
+    pub async fn list(&self, tenant: &str) -> Result<Vec<FunctionSummary>, ApiError> {
+        let t = tenant.to_string();
+        Ok(self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT f.name, f.version, f.digest, f.created_at, c.n FROM functions f
+                     JOIN (SELECT name, MAX(version) AS v, COUNT(*) AS n FROM functions
+                           WHERE tenant = ?1 AND deleted_at IS NULL GROUP BY name) c
+                       ON f.name = c.name AND f.version = c.v
+                     WHERE f.tenant = ?1 ORDER BY f.name",
+                )?;
+                let rows = stmt.query_map([&t], |r| {
+                    Ok(FunctionSummary {
+                        name: r.get(0)?,
+                        latest_version: r.get(1)?,
+                        digest: r.get(2)?,
+                        updated_at: r.get(3)?,
+                        versions: r.get(4)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?)
+    }
+
+    /// Every live version of one function, oldest first; 404 when there is none.
+    pub async fn versions(&self, tenant: &str, name: &str) -> Result<Vec<FunctionVersion>, ApiError> {
+        let (t, n) = (tenant.to_string(), name.to_string());
+        let versions = self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT name, version, digest, imports, size, created_at, manifest FROM functions
+                     WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL ORDER BY version",
+                )?;
+                let rows = stmt.query_map(params![t, n], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, u64>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (name, version, digest, imports, size, created_at, manifest) = row?;
+                    out.push(FunctionVersion {
+                        name,
+                        version,
+                        digest,
+                        imports: serde_json::from_str(&imports)?,
+                        size,
+                        created_at,
+                        manifest: serde_json::from_str(&manifest)?,
+                    });
+                }
+                Ok(out)
+            })
+            .await?;
+        if versions.is_empty() {
+            return Err(not_found(name));
+        }
+        Ok(versions)
+    }
+
+    /// Deletes every version of a function; returns how many. Version numbers are not reused.
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
+        let (t, n) = (tenant.to_string(), name.to_string());
+        let deleted = self
+            .db
+            .call(move |conn| {
+                Ok(conn.execute(
+                    "UPDATE functions SET deleted_at = ?3 WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL",
+                    params![t, n, db::now()],
+                )? as u32)
+            })
+            .await?;
+        if deleted == 0 {
+            return Err(not_found(name));
+        }
+        if let Ok(mut deployed) = self.deployed.write() {
+            deployed.retain(|(t, n, _), _| !(t == tenant && n == name));
+        }
+        if let Ok(mut latest) = self.latest.write() {
+            latest.remove(&(tenant.to_string(), name.to_string()));
+        }
+        self.logs.clear(tenant, name);
+        Ok(deleted)
+    }
+
+    /// The deployed version to run for `tenant/name[@version]`, loading it if needed.
+    pub async fn resolve(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<Arc<Deployment>, ApiError> {
+        let version = match version {
+            Some(v) => v,
+            None => match self.latest.read().ok().and_then(|l| l.get(&(tenant.to_string(), name.to_string())).copied()) {
+                Some(v) => v,
+                None => self.latest_from_db(tenant, name).await?,
+            },
+        };
+        let key = (tenant.to_string(), name.to_string(), version);
+        if let Some(d) = self.deployed.read().ok().and_then(|d| d.get(&key).cloned()) {
+            return Ok(d);
+        }
+        let deployment = Arc::new(self.load(tenant, name, version).await?);
+        if let Ok(mut deployed) = self.deployed.write() {
+            deployed.insert(key, deployment.clone());
+        }
+        Ok(deployment)
+    }
+
+    async fn latest_from_db(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
+        let (t, n) = (tenant.to_string(), name.to_string());
+        let latest: Option<u32> = self
+            .db
+            .call(move |conn| {
+                Ok(conn.query_row(
+                    "SELECT MAX(version) FROM functions WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL",
+                    params![t, n],
+                    |r| r.get(0),
+                )?)
+            })
+            .await?;
+        let latest = latest.ok_or_else(|| not_found(name))?;
+        if let Ok(mut map) = self.latest.write() {
+            map.insert((tenant.to_string(), name.to_string()), latest);
+        }
+        Ok(latest)
+    }
+
+    async fn load(&self, tenant: &str, name: &str, version: u32) -> Result<Deployment, ApiError> {
+        let (t, n) = (tenant.to_string(), name.to_string());
+        let row: Option<(String, String, String)> = self
+            .db
+            .call(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT f.digest, f.manifest, t.plan FROM functions f JOIN tenants t ON t.name = f.tenant
+                         WHERE f.tenant = ?1 AND f.name = ?2 AND f.version = ?3 AND f.deleted_at IS NULL",
+                        params![t, n, version],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?)
+            })
+            .await?;
+        let (digest, manifest, plan) = row.ok_or_else(|| ApiError::NotFound(format!("function `{name}` has no version {version}")))?;
+        let manifest: Manifest = serde_json::from_str(&manifest).map_err(anyhow::Error::from)?;
+        let plan_cfg = self.config.plans.get(&plan).ok_or_else(|| anyhow::anyhow!("unknown plan {plan}"))?;
+        // A version stored under a bigger plan is clamped to the tenant's current plan.
+        let limits = manifest.limits(&plan, plan_cfg).unwrap_or(Limits {
+            memory_bytes: plan_cfg.default_memory,
+            timeout: plan_cfg.default_timeout,
+            fuel: plan_cfg.max_fuel,
+        });
+        let (runtime, blobs, d) = (self.runtime.clone(), self.blobs.clone(), digest.clone());
+        let prepared = tokio::task::spawn_blocking(move || runtime.prepare_stored(&d, || blobs.get(&d)))
+            .await
+            .map_err(|e| anyhow::anyhow!("load task failed: {e}"))??;
+        Ok(Deployment {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            version,
+            digest,
+            prepared,
+            limits,
+            config: Arc::new(manifest.config_pairs()),
+        })
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!("no function named `{name}`"))
+}

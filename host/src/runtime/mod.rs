@@ -1,0 +1,518 @@
+//! The WebAssembly runtime: the only module that names wasmtime types.
+//!
+//! Three lifetimes, as in `wasmtime serve` and Spin:
+//! - process: one [`Runtime`] holds the `Engine` (pooling allocator, epoch interruption, fuel),
+//!   the `Linker` with every host interface, and the on-disk artifact cache;
+//! - deployment: a [`Prepared`] function version holds its compiled `Component` and
+//!   `InstancePre`, so a call never compiles or resolves imports;
+//! - request: [`Runtime::invoke`] makes a fresh `Store` with no ambient authority, runs one call
+//!   under the version's limits and drops the store before it returns.
+//!
+//! Guests are told about their own mistakes through WIT error values; anything else the guest
+//! does wrong (a trap, running out of time, memory or fuel) becomes an [`InvokeError`] that the
+//! server maps to a status code in one place.
+
+mod artifacts;
+mod state;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+pub use artifacts::{ArtifactCache, write_atomic};
+pub use state::{LogLevel, LogLine};
+use state::InstanceState;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "infercell:function/handler",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+use bindings::infercell::function::types as wit_types;
+
+/// The export every HTTP function must provide.
+pub const HANDLER_EXPORT: &str = "infercell:function/incoming-handler@0.1.0";
+
+/// Interfaces the platform links for every function, without any grant. Versions are matched
+/// semver-compatibly by the linker (a guest built against WASI 0.2.3 links against 0.2.6).
+const PROVIDED_INTERFACES: &[&str] = &[
+    "infercell:function/types",
+    "infercell:function/log",
+    "infercell:function/config",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
+/// Process-wide settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// How many instances may be alive at once across all tenants (pooling allocator slots).
+    pub max_instances: u32,
+    /// The largest linear memory any function may ask for (the biggest plan's cap).
+    pub max_memory_bytes: u64,
+    /// Granularity of timeouts and of cooperative yields to the async executor.
+    pub epoch_tick: Duration,
+    /// Bytes of stdout, stderr and log lines kept per call; the rest is dropped and counted.
+    pub max_log_bytes_per_call: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 1000,
+            max_memory_bytes: 512 << 20,
+            epoch_tick: Duration::from_millis(10),
+            max_log_bytes_per_call: 64 << 10,
+        }
+    }
+}
+
+/// Per-version limits, already capped by the tenant's plan.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    /// Guest instructions (wasmtime fuel) per call; `None` = no limit beyond the timeout.
+    pub fuel: Option<u64>,
+}
+
+/// An HTTP request as the function sees it (`infercell:function/types.request`).
+#[derive(Debug, Clone, Default)]
+pub struct GuestRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What the function answered.
+#[derive(Debug, Clone)]
+pub struct GuestResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The error variant a function returned (`infercell:function/types.error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuestError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why a call produced no response from the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("{0}")]
+    Guest(GuestError),
+    #[error("function timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("function exceeded its memory limit of {limit} bytes ({})", .trap)]
+    MemoryLimit { limit: u64, trap: String },
+    #[error("function used up its fuel limit of {0} instructions")]
+    FuelExhausted(u64),
+    #[error("function trapped: {0}")]
+    Trap(String),
+    #[error("no instance slot free ({0}); try again shortly")]
+    Busy(String),
+}
+
+/// Meters of one call, measured by the host.
+#[derive(Debug, Clone, Default)]
+pub struct CallUsage {
+    /// Wall time from store creation to the end of the call.
+    pub wall: Duration,
+    /// Guest instructions executed (fuel consumed).
+    pub fuel: u64,
+    /// Highest linear-memory size the guest reached.
+    pub peak_memory_bytes: u64,
+}
+
+/// The result of [`Runtime::invoke`]: the answer plus what the call cost and logged.
+#[derive(Debug)]
+pub struct Outcome {
+    pub result: Result<GuestResponse, InvokeError>,
+    pub usage: CallUsage,
+    pub logs: Vec<LogLine>,
+    /// Bytes of log output dropped because the call went over its log cap.
+    pub logs_dropped: usize,
+}
+
+/// What an uploaded component is, as far as the platform cares.
+#[derive(Debug, Clone)]
+pub struct ComponentInfo {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+/// Why an upload is not runnable; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("not a WebAssembly binary (it does not start with \\0asm)")]
+    NotWasm,
+    #[error(
+        "this is a core WebAssembly module, not a component: build it with `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error(
+        "the component does not export `{HANDLER_EXPORT}`: implement the `handler` world of wit/function.wit (exports found: {0})"
+    )]
+    NoHandler(String),
+    #[error("the component imports interfaces this platform does not provide: {0}")]
+    UnknownImports(String),
+    #[error("the component cannot be linked: {0}")]
+    Link(String),
+}
+
+/// A deployed function version, compiled and linked, ready to instantiate per call.
+pub struct Prepared {
+    pre: bindings::HandlerPre<InstanceState>,
+    pub info: ComponentInfo,
+}
+
+/// The process-wide runtime (see the module docs).
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    config: RuntimeConfig,
+    artifacts: ArtifactCache,
+    ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(config: RuntimeConfig, artifacts_dir: cap_std::fs::Dir) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(&config)).map_err(anyhow::Error::from).context("creating the wasmtime engine")?;
+        let mut linker = Linker::<InstanceState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("linking WASI 0.2")?;
+        bindings::infercell::function::log::add_to_linker::<_, HasSelf<InstanceState>>(
+            &mut linker,
+            |s| s,
+        )?;
+        bindings::infercell::function::config::add_to_linker::<_, HasSelf<InstanceState>>(
+            &mut linker,
+            |s| s,
+        )?;
+        let artifacts = ArtifactCache::new(artifacts_dir, &engine);
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
+        Ok(Self { engine, linker, config, artifacts, ticker })
+    }
+
+    /// The runtime's settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Checks that `bytes` is a component this platform can run, compiles it and stores the
+    /// compiled artifact under `digest`. Blocking (compilation): call it off the executor.
+    pub fn prepare_new(&self, digest: &str, bytes: &[u8]) -> Result<Prepared, ValidateError> {
+        check_header(bytes)?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
+        let prepared = self.link(component.clone())?;
+        if let Err(e) = self.artifacts.store(digest, &component) {
+            // The cache is an optimisation: a failed write means a recompile after restart.
+            tracing::warn!(digest, error = %format!("{e:#}"), "could not cache compiled artifact");
+        }
+        Ok(prepared)
+    }
+
+    /// Loads a stored version: the cached artifact when it is intact, else recompiles `bytes()`.
+    /// Blocking: call it off the executor.
+    pub fn prepare_stored(
+        &self,
+        digest: &str,
+        bytes: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Prepared> {
+        let component = match self.artifacts.load(digest) {
+            Some(component) => component,
+            None => {
+                let bytes = bytes()?;
+                let component = Component::new(&self.engine, &bytes)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("recompiling component {digest}"))?;
+                if let Err(e) = self.artifacts.store(digest, &component) {
+                    tracing::warn!(digest, error = %format!("{e:#}"), "could not cache compiled artifact");
+                }
+                component
+            }
+        };
+        self.link(component).map_err(anyhow::Error::from)
+    }
+
+    fn link(&self, component: Component) -> Result<Prepared, ValidateError> {
+        let info = describe(&self.engine, &component);
+        if !info.exports.iter().any(|e| e == HANDLER_EXPORT) {
+            let found = if info.exports.is_empty() { "none".to_string() } else { info.exports.join(", ") };
+            return Err(ValidateError::NoHandler(found));
+        }
+        let unknown: Vec<&str> = info
+            .imports
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !is_provided(name))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ValidateError::UnknownImports(unknown.join(", ")));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| ValidateError::Link(format!("{e:#}")))?;
+        let pre = bindings::HandlerPre::new(pre).map_err(|e| ValidateError::Link(format!("{e:#}")))?;
+        Ok(Prepared { pre, info })
+    }
+
+    /// Runs one call in a fresh store under `limits`. Never panics on guest behaviour.
+    pub async fn invoke(
+        &self,
+        prepared: &Prepared,
+        limits: &Limits,
+        config: Arc<Vec<(String, String)>>,
+        request: GuestRequest,
+    ) -> Outcome {
+        let started = Instant::now();
+        let state = InstanceState::new(limits.memory_bytes, config, self.config.max_log_bytes_per_call);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let fuel_budget = limits.fuel.unwrap_or(u64::MAX);
+        // set_fuel only fails when fuel is disabled in the engine, which it never is here.
+        let _ = store.set_fuel(fuel_budget);
+        // Yield to the executor every tick so a busy guest never starves the server; the
+        // wall-clock timeout below cancels it.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let call = async {
+            let instance = prepared.pre.instantiate_async(&mut store).await?;
+            let req = wit_types::Request {
+                method: request.method,
+                path: request.path,
+                query: request.query,
+                headers: request.headers,
+                body: request.body,
+            };
+            instance.infercell_function_incoming_handler().call_handle(&mut store, &req).await
+        };
+        let result = tokio::time::timeout(limits.timeout, call).await;
+
+        let fuel_left = store.get_fuel().unwrap_or(fuel_budget);
+        let state = store.data_mut();
+        let usage = CallUsage {
+            wall: started.elapsed(),
+            fuel: fuel_budget.saturating_sub(fuel_left),
+            peak_memory_bytes: state.limiter.peak(),
+        };
+        let memory_hit = state.limiter.limit_hit();
+        let (logs, logs_dropped) = state.take_logs();
+        let result = match result {
+            Err(_elapsed) => Err(InvokeError::Timeout(limits.timeout)),
+            Ok(Ok(Ok(resp))) => Ok(GuestResponse { status: resp.status, headers: resp.headers, body: resp.body }),
+            Ok(Ok(Err(e))) => Err(InvokeError::Guest(match e {
+                wit_types::Error::BadRequest(m) => GuestError::BadRequest(m),
+                wit_types::Error::NotFound(m) => GuestError::NotFound(m),
+                wit_types::Error::Internal(m) => GuestError::Internal(m),
+            })),
+            Ok(Err(err)) => Err(classify_trap(err, limits, memory_hit, fuel_left)),
+        };
+        drop(store);
+        Outcome { result, usage, logs, logs_dropped }
+    }
+
+    /// Describes a component without keeping it: used by `inspect` and the upload checks.
+    pub fn describe_bytes(&self, bytes: &[u8]) -> Result<ComponentInfo, ValidateError> {
+        check_header(bytes)?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
+        Ok(describe(&self.engine, &component))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
+}
+
+fn engine_config(config: &RuntimeConfig) -> Config {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(config.max_instances)
+        .total_core_instances(config.max_instances * 2)
+        .total_memories(config.max_instances)
+        .total_tables(config.max_instances * 2)
+        .max_memory_size(config.max_memory_bytes as usize)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8)
+        .max_core_instances_per_component(32)
+        .max_component_instance_size(1 << 20)
+        .max_core_instance_size(1 << 20);
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    cfg
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), ValidateError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(ValidateError::NotWasm);
+    }
+    // Core modules are version 1, layer 0; components carry layer 1 in bytes 6..8.
+    if bytes[6..8] == [0, 0] {
+        return Err(ValidateError::CoreModule);
+    }
+    Ok(())
+}
+
+fn describe(engine: &Engine, component: &Component) -> ComponentInfo {
+    let ty = component.component_type();
+    let imports = ty
+        .imports(engine)
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let exports = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    ComponentInfo { imports, exports }
+}
+
+/// Whether the linker provides `name` (`ns:pkg/iface@version`), ignoring the version, which the
+/// linker matches semver-compatibly.
+fn is_provided(name: &str) -> bool {
+    let unversioned = name.split('@').next().unwrap_or(name);
+    PROVIDED_INTERFACES.contains(&unversioned)
+}
+
+fn classify_trap(err: wasmtime::Error, limits: &Limits, memory_hit: bool, fuel_left: u64) -> InvokeError {
+    let message = format!("{err:#}");
+    if memory_hit {
+        return InvokeError::MemoryLimit { limit: limits.memory_bytes, trap: first_line(&message) };
+    }
+    if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
+        if *trap == wasmtime::Trap::OutOfFuel || (fuel_left == 0 && limits.fuel.is_some()) {
+            return InvokeError::FuelExhausted(limits.fuel.unwrap_or(0));
+        }
+    }
+    if message.contains("maximum concurrent") || message.contains("pooling allocator") {
+        return InvokeError::Busy(first_line(&message));
+    }
+    InvokeError::Trap(message)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_string()
+}
+
+/// One thread that advances the engine's epoch every tick; stops when the runtime drops.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("infercell-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        Self { stop }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_checks_name_the_problem() {
+        assert!(matches!(check_header(b"hello world"), Err(ValidateError::NotWasm)));
+        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(ValidateError::CoreModule)));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn provided_interfaces_ignore_versions() {
+        assert!(is_provided("wasi:cli/environment@0.2.3"));
+        assert!(is_provided("infercell:function/log@0.1.0"));
+        assert!(!is_provided("wasi:http/outgoing-handler@0.2.0"));
+        assert!(!is_provided("wasi:nn/graph@0.2.0-rc-2024-10-28"));
+    }
+}
+
+/// What `infercell inspect` prints about a component file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InspectReport {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    pub unsupported_imports: Vec<String>,
+    /// Why the platform would reject it, if it would.
+    pub problem: Option<String>,
+}
+
+/// Describes a component without a server: compiles it with a plain engine.
+pub fn inspect(bytes: &[u8]) -> anyhow::Result<InspectReport> {
+    check_header(bytes)?;
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true);
+    let engine = Engine::new(&cfg).map_err(anyhow::Error::from)?;
+    let component = Component::new(&engine, bytes).map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
+    let info = describe(&engine, &component);
+    let unsupported_imports: Vec<String> = info.imports.iter().filter(|i| !is_provided(i)).cloned().collect();
+    let problem = if !info.exports.iter().any(|e| e == HANDLER_EXPORT) {
+        Some(format!("it does not export `{HANDLER_EXPORT}`"))
+    } else if !unsupported_imports.is_empty() {
+        Some(format!("it imports interfaces this platform does not provide: {}", unsupported_imports.join(", ")))
+    } else {
+        None
+    };
+    Ok(InspectReport { imports: info.imports, exports: info.exports, unsupported_imports, problem })
+}

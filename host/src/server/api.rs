@@ -1,0 +1,197 @@
+//! Management API handlers (`/v1/...`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::App;
+use crate::error::ApiError;
+use crate::metrics::UploadLabels;
+use crate::tenants::{Principal, Role, valid_name};
+
+const DEPLOYERS: &[Role] = &[Role::Owner, Role::Deployer];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+    #[serde(default)]
+    plan: Option<String>,
+}
+
+/// `POST /v1/tenants` (admin): 201 `{"tenant","plan","api_key"}` with the tenant's owner key.
+pub async fn create_tenant(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    body: Result<Json<CreateTenant>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    principal.require_admin()?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("invalid request body: {}", e.body_text())))?;
+    if !valid_name(&body.name) {
+        return Err(ApiError::BadRequest(format!(
+            "tenant name `{}` must match ^[a-z0-9][a-z0-9._-]{{0,127}}$",
+            body.name
+        )));
+    }
+    let plan = body.plan.unwrap_or_else(|| "free".to_string());
+    if !app.config.plans.contains_key(&plan) {
+        let known: Vec<&str> = app.config.plans.keys().map(String::as_str).collect();
+        return Err(ApiError::BadRequest(format!("unknown plan `{plan}` (plans: {})", known.join(", "))));
+    }
+    let (tenant, key) = app.tenants.create(&body.name, &plan).await?;
+    tracing::info!(tenant = %tenant.name, plan = %tenant.plan, "tenant created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "tenant": tenant.name, "plan": tenant.plan, "api_key": key.api_key, "key_id": key.id })),
+    )
+        .into_response())
+}
+
+/// `GET /v1/tenants` (admin).
+pub async fn list_tenants(State(app): State<Arc<App>>, principal: Principal) -> Result<Response, ApiError> {
+    principal.require_admin()?;
+    Ok(Json(json!({ "tenants": app.tenants.list().await? })).into_response())
+}
+
+/// `POST /v1/functions`: multipart `manifest` + `component` -> 201 `{"name","version","digest","imports"}`.
+pub async fn upload_function(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?.to_string();
+    let result = upload(&app, &tenant, multipart).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.status().is_client_error() => "rejected",
+        Err(_) => "error",
+    };
+    app.metrics.uploads.get_or_create(&UploadLabels { outcome: outcome.into() }).inc();
+    result
+}
+
+async fn upload(
+    app: &App,
+    tenant: &str,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected a multipart/form-data body with parts `manifest` and `component`: {}",
+            e.body_text()
+        ))
+    })?;
+    let mut manifest: Option<String> = None;
+    let mut component: Option<Bytes> = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e)),
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let data = field.bytes().await.map_err(multipart_error)?;
+        match name.as_str() {
+            "manifest" => {
+                manifest = Some(
+                    String::from_utf8(data.to_vec())
+                        .map_err(|_| ApiError::BadRequest("part `manifest` is not UTF-8 text".into()))?,
+                )
+            }
+            "component" => component = Some(data),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unexpected part `{other}`: send exactly `manifest` (function.toml) and `component` (wasm)"
+                )));
+            }
+        }
+    }
+    let manifest = manifest.ok_or_else(|| ApiError::BadRequest("missing part `manifest` (the function.toml text)".into()))?;
+    let component = component.ok_or_else(|| ApiError::BadRequest("missing part `component` (the .wasm bytes)".into()))?;
+    if component.is_empty() {
+        return Err(ApiError::BadRequest("part `component` is empty".into()));
+    }
+    let tenant_row = app
+        .tenants
+        .get(tenant)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("the key's tenant no longer exists".into()))?;
+    let started = Instant::now();
+    let version = app.registry.upload(tenant, &tenant_row.plan, &manifest, component).await?;
+    app.metrics.compile_duration.observe(started.elapsed().as_secs_f64());
+    tracing::info!(tenant, function = %version.name, version = version.version, digest = %version.digest, "function deployed");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": version.name,
+            "version": version.version,
+            "digest": version.digest,
+            "imports": version.imports,
+            "size": version.size,
+        })),
+    )
+        .into_response())
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(format!("upload too large: {}", e.body_text()))
+    } else {
+        ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+/// `GET /v1/functions`: the caller's tenant's functions.
+pub async fn list_functions(State(app): State<Arc<App>>, principal: Principal) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?;
+    Ok(Json(json!({ "functions": app.registry.list(tenant).await? })).into_response())
+}
+
+/// `GET /v1/functions/{name}`: every version with its manifest and imports.
+pub async fn get_function(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?;
+    let versions = app.registry.versions(tenant, &name).await?;
+    let latest = versions.last().map(|v| v.version).unwrap_or_default();
+    Ok(Json(json!({ "name": name, "latest_version": latest, "versions": versions })).into_response())
+}
+
+/// `DELETE /v1/functions/{name}`: removes every version.
+pub async fn delete_function(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?;
+    let deleted = app.registry.delete(tenant, &name).await?;
+    tracing::info!(tenant, function = %name, deleted, "function deleted");
+    Ok(Json(json!({ "name": name, "deleted_versions": deleted })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct LogsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/functions/{name}/logs?limit=N`: the newest log lines.
+pub async fn function_logs(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?;
+    app.registry.versions(tenant, &name).await?;
+    let lines = app.registry.logs.tail(tenant, &name, q.limit.unwrap_or(100));
+    Ok(Json(json!({ "name": name, "lines": lines })).into_response())
+}

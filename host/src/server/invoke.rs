@@ -1,0 +1,229 @@
+//! The data plane: `ANY /fn/{tenant}/{function}[@version]/{*rest}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{App, FunctionResponse, RequestId, USAGE_HEADER, guest_status};
+use crate::error::ApiError;
+use crate::metrics::{FunctionLabels, InvocationLabels};
+use crate::registry::LogEntry;
+use crate::runtime::{CallUsage, GuestError, GuestRequest, InvokeError, LogLevel};
+use crate::tenants::{Principal, Role};
+
+const INVOKERS: &[Role] = &[Role::Owner, Role::Deployer, Role::Invoker];
+
+/// Response headers a function may not set: the host owns framing and its own headers.
+const RESERVED_HEADERS: &[&str] =
+    &["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "infercell-request-id", "infercell-usage"];
+
+pub async fn invoke_root(
+    state: State<Arc<App>>,
+    principal: Principal,
+    Path(params): Path<HashMap<String, String>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    invoke(state, principal, params, "/".to_string(), req).await
+}
+
+pub async fn invoke_rest(
+    state: State<Arc<App>>,
+    principal: Principal,
+    Path(params): Path<HashMap<String, String>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let rest = format!("/{}", params.get("rest").map(String::as_str).unwrap_or_default());
+    invoke(state, principal, params, rest, req).await
+}
+
+async fn invoke(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    params: HashMap<String, String>,
+    path: String,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let tenant = params.get("tenant").map(String::as_str).unwrap_or_default();
+    let target = params.get("function").map(String::as_str).unwrap_or_default();
+    let (function, version) = match target.split_once('@') {
+        Some((name, v)) => {
+            let v: u32 = v
+                .parse()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| ApiError::BadRequest(format!("`{v}` is not a version number (use name@1, name@2, ...)")))?;
+            (name, Some(v))
+        }
+        None => (target, None),
+    };
+    // Another tenant's functions do not exist for this key.
+    if principal.tenant.as_deref() != Some(tenant) {
+        return Err(ApiError::NotFound(format!("no function named `{function}`")));
+    }
+    principal.tenant_with(INVOKERS)?;
+    let deployment = app.registry.resolve(tenant, function, version).await?;
+
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let (parts, body) = req.into_parts();
+    let limit = app.config.server.max_request_bytes as usize;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(format!("request body is over the {limit}-byte limit")))?;
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::AUTHORIZATION)
+        .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    let guest_request = GuestRequest {
+        method: parts.method.as_str().to_string(),
+        path,
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers,
+        body: body.to_vec(),
+    };
+
+    let active = ActiveGuard::new(&app);
+    let outcome = app
+        .runtime
+        .invoke(&deployment.prepared, &deployment.limits, deployment.config.clone(), guest_request)
+        .await;
+    drop(active);
+
+    let labels = FunctionLabels { tenant: tenant.to_string(), function: function.to_string() };
+    app.metrics.invocation_duration.get_or_create(&labels).observe(outcome.usage.wall.as_secs_f64());
+    app.metrics
+        .invocations
+        .get_or_create(&InvocationLabels {
+            tenant: tenant.to_string(),
+            function: function.to_string(),
+            outcome: outcome_label(&outcome.result).into(),
+        })
+        .inc();
+    record_logs(&app, &deployment.tenant, &deployment.name, deployment.version, &request_id, outcome.logs, outcome.logs_dropped);
+    if outcome.logs_dropped > 0 {
+        app.metrics.log_bytes_dropped.get_or_create(&labels).inc_by(outcome.logs_dropped as u64);
+    }
+
+    let bytes_in = body.len();
+    let mut response = match outcome.result {
+        Ok(answer) => {
+            let status = guest_status(answer.status).ok_or_else(|| {
+                ApiError::Function(format!("function returned an invalid HTTP status {}", answer.status))
+            });
+            match status {
+                Ok(status) => {
+                    let mut response = Response::new(Body::from(answer.body.clone()));
+                    *response.status_mut() = status;
+                    for (name, value) in &answer.headers {
+                        let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) else {
+                            continue;
+                        };
+                        if !RESERVED_HEADERS.contains(&name.as_str()) {
+                            response.headers_mut().append(name, value);
+                        }
+                    }
+                    response.extensions_mut().insert(FunctionResponse);
+                    response
+                }
+                Err(e) => e.into_response(),
+            }
+        }
+        Err(e) => invoke_error(e).into_response(),
+    };
+    let bytes_out = match response.body().size_hint().exact() {
+        Some(n) => n as usize,
+        None => 0,
+    };
+    if let Ok(value) = HeaderValue::from_str(&usage_header(&outcome.usage, deployment.version, bytes_in, bytes_out)) {
+        response.headers_mut().insert(USAGE_HEADER, value);
+    }
+    Ok(response)
+}
+
+use http_body::Body as _;
+
+fn invoke_error(e: InvokeError) -> ApiError {
+    match e {
+        InvokeError::Guest(GuestError::BadRequest(m)) => ApiError::BadRequest(m),
+        InvokeError::Guest(GuestError::NotFound(m)) => ApiError::NotFound(m),
+        InvokeError::Guest(GuestError::Internal(m)) => ApiError::Function(m),
+        e @ InvokeError::Timeout(_) => ApiError::GatewayTimeout(e.to_string()),
+        e @ InvokeError::Busy(_) => ApiError::Unavailable(e.to_string()),
+        e => ApiError::Function(e.to_string()),
+    }
+}
+
+fn outcome_label(result: &Result<crate::runtime::GuestResponse, InvokeError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(InvokeError::Guest(_)) => "guest_error",
+        Err(InvokeError::Timeout(_)) => "timeout",
+        Err(InvokeError::MemoryLimit { .. }) => "memory_limit",
+        Err(InvokeError::FuelExhausted(_)) => "fuel_limit",
+        Err(InvokeError::Trap(_)) => "trap",
+        Err(InvokeError::Busy(_)) => "busy",
+    }
+}
+
+/// `infercell-usage`: the call's meters as `key=value` pairs separated by `, `.
+fn usage_header(usage: &CallUsage, version: u32, bytes_in: usize, bytes_out: usize) -> String {
+    let wall_ms = usage.wall.as_secs_f64() * 1000.0;
+    let gib_s = usage.peak_memory_bytes as f64 / (1u64 << 30) as f64 * usage.wall.as_secs_f64();
+    format!(
+        "version={version}, invocations=1, wall_ms={wall_ms:.3}, fuel={}, memory_peak_bytes={}, memory_gib_s={gib_s:.9}, bytes_in={bytes_in}, bytes_out={bytes_out}",
+        usage.fuel, usage.peak_memory_bytes
+    )
+}
+
+fn record_logs(
+    app: &App,
+    tenant: &str,
+    function: &str,
+    version: u32,
+    request_id: &str,
+    lines: Vec<crate::runtime::LogLine>,
+    dropped: usize,
+) {
+    if lines.is_empty() && dropped == 0 {
+        return;
+    }
+    let time = crate::db::now();
+    let mut entries: Vec<LogEntry> = lines
+        .into_iter()
+        .map(|l| LogEntry { time: time.clone(), request_id: request_id.to_string(), version, level: l.level, message: l.message })
+        .collect();
+    if dropped > 0 {
+        entries.push(LogEntry {
+            time,
+            request_id: request_id.to_string(),
+            version,
+            level: LogLevel::Warn,
+            message: format!(
+                "[infercell] {dropped} bytes of log output dropped: over the per-call cap of {} bytes",
+                app.runtime.config().max_log_bytes_per_call
+            ),
+        });
+    }
+    app.registry.logs.append(tenant, function, entries);
+}
+
+/// Counts a running instance for the `active_instances` gauge, even if the client goes away.
+struct ActiveGuard<'a>(&'a App);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(app: &'a App) -> Self {
+        app.metrics.active_instances.inc();
+        Self(app)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.active_instances.dec();
+    }
+}

@@ -1,0 +1,184 @@
+//! The HTTP surface: data plane (`/fn/...`) and management API (`/v1/...`).
+//!
+//! [`router`] is a plain function of the application state so tests can drive it without a
+//! socket; [`serve`] binds it, prints `listening on http://ADDR` and drains in-flight calls on
+//! SIGTERM or Ctrl-C.
+
+mod api;
+mod auth;
+mod invoke;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{ApiError, ErrorMessage, error_body};
+use crate::metrics::Metrics;
+use crate::registry::{BlobStore, Registry};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::tenants::Tenants;
+
+/// Header carrying the id of every request.
+pub const REQUEST_ID_HEADER: &str = "infercell-request-id";
+/// Header carrying the meters of an invocation.
+pub const USAGE_HEADER: &str = "infercell-usage";
+
+/// Process-wide state shared by every handler.
+pub struct App {
+    pub config: Arc<Config>,
+    pub tenants: Tenants,
+    pub registry: Registry,
+    pub runtime: Arc<Runtime>,
+    pub metrics: Metrics,
+}
+
+/// Where the admin key came from, for the start-up message.
+pub struct AdminKeySource {
+    pub path: Option<PathBuf>,
+    pub created: bool,
+}
+
+impl App {
+    /// Opens (creating if needed) the data directory and everything in it.
+    pub fn open(config: Config, data_dir: &std::path::Path, admin_key_env: Option<String>) -> anyhow::Result<(Arc<Self>, AdminKeySource)> {
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let root = cap_std::fs::Dir::open_ambient_dir(data_dir, cap_std::ambient_authority())
+            .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+        for sub in ["blobs", "artifacts"] {
+            root.create_dir_all(sub)?;
+        }
+        let (admin_key, path, created) = crate::tenants::admin_key(data_dir, admin_key_env)?;
+        let db = Db::open(&data_dir.join("infercell.db"))?;
+        let runtime_config = RuntimeConfig {
+            max_instances: config.runtime.max_instances,
+            max_memory_bytes: config.largest_memory(),
+            epoch_tick: config.runtime.epoch_tick,
+            max_log_bytes_per_call: config.runtime.max_log_bytes_per_call as usize,
+        };
+        let runtime = Arc::new(Runtime::new(runtime_config, root.open_dir("artifacts")?)?);
+        let config = Arc::new(config);
+        let tenants = Tenants::load(db.clone(), &admin_key)?;
+        let registry = Registry::new(db, BlobStore::new(root.open_dir("blobs")?), runtime.clone(), config.clone());
+        let app = Arc::new(Self { config, tenants, registry, runtime, metrics: Metrics::new() });
+        Ok((app, AdminKeySource { path, created }))
+    }
+}
+
+/// The id of the current request, set by the middleware for every request.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Marks a response that a function produced, so its 4xx/5xx bodies are passed through as-is.
+#[derive(Debug, Clone, Copy)]
+pub struct FunctionResponse;
+
+/// The whole HTTP surface.
+pub fn router(app: Arc<App>) -> Router {
+    let upload_limit = app.config.server.max_upload_bytes as usize;
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/readyz", get(|| async { axum::Json(serde_json::json!({ "ready": true })) }))
+        .route("/metrics", get(metrics))
+        .route("/v1/tenants", post(api::create_tenant).get(api::list_tenants))
+        .route(
+            "/v1/functions",
+            post(api::upload_function).layer(DefaultBodyLimit::max(upload_limit)).get(api::list_functions),
+        )
+        .route("/v1/functions/{name}", get(api::get_function).delete(api::delete_function))
+        .route("/v1/functions/{name}/logs", get(api::function_logs))
+        .route("/fn/{tenant}/{function}", any(invoke::invoke_root))
+        .route("/fn/{tenant}/{function}/", any(invoke::invoke_root))
+        .route("/fn/{tenant}/{function}/{*rest}", any(invoke::invoke_rest))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn(request_id))
+        .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+    if app.config.server.metrics_require_key {
+        auth::principal_from_headers(&app, &headers)?;
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        app.metrics.encode(),
+    )
+        .into_response())
+}
+
+/// Gives every request an id, echoes it in `infercell-request-id`, and turns every error
+/// response not produced by a function into `{"error","request_id"}`.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(req).await;
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error()) && response.extensions().get::<FunctionResponse>().is_none() {
+        let message = match response.extensions().get::<ErrorMessage>() {
+            Some(ErrorMessage(m)) => m.clone(),
+            None => {
+                let body = std::mem::replace(response.body_mut(), Body::empty());
+                let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+                let text = String::from_utf8_lossy(&text).trim().to_string();
+                if text.is_empty() {
+                    status.canonical_reason().unwrap_or("error").to_string()
+                } else {
+                    text
+                }
+            }
+        };
+        let (mut parts, _) = response.into_parts();
+        parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts.headers.remove(header::CONTENT_LENGTH);
+        response = Response::from_parts(parts, Body::from(error_body(&message, &id)));
+    }
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// Binds `listen`, prints the address and serves until SIGTERM or Ctrl-C, then drains.
+pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested; draining in-flight calls");
+}
+
+/// A status code from a number the guest chose, or None if it is not a valid HTTP status.
+fn guest_status(status: u16) -> Option<StatusCode> {
+    StatusCode::from_u16(status).ok().filter(|s| s.as_u16() >= 100)
+}

@@ -1,0 +1,317 @@
+//! Tenants, API keys and roles.
+//!
+//! A key is `ick_<id>_<secret>`: the id (public, shown in listings) finds the record, and the
+//! sha256 of the whole key is compared in constant time with the stored hash. Only hashes are
+//! stored. The platform admin key is not in the database at all: it comes from
+//! `INFERCELL_ADMIN_KEY` or from a 0600 file in the data directory, and only its hash is kept
+//! in memory. Keys are cached in memory so authenticating a call never touches SQLite.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use rand::RngCore as _;
+use rusqlite::{OptionalExtension as _, params};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use crate::db::{self, Db};
+use crate::error::ApiError;
+
+/// What a key may do. Tenant roles are scoped to one tenant; `Admin` manages the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Owner,
+    Deployer,
+    Invoker,
+    Billing,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+            Role::Deployer => "deployer",
+            Role::Invoker => "invoker",
+            Role::Billing => "billing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "admin" => Role::Admin,
+            "owner" => Role::Owner,
+            "deployer" => Role::Deployer,
+            "invoker" => Role::Invoker,
+            "billing" => Role::Billing,
+            _ => return None,
+        })
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: String,
+    /// `None` for the platform admin.
+    pub tenant: Option<String>,
+    pub role: Role,
+}
+
+impl Principal {
+    /// The caller's tenant, with the roles allowed for the action; 403 otherwise.
+    pub fn tenant_with(&self, allowed: &[Role]) -> Result<&str, ApiError> {
+        let Some(tenant) = self.tenant.as_deref() else {
+            return Err(ApiError::Forbidden(
+                "the admin key manages the platform; use a tenant's key for this".into(),
+            ));
+        };
+        if !allowed.contains(&self.role) {
+            return Err(ApiError::Forbidden(format!(
+                "a key with role `{}` may not do this (allowed: {})",
+                self.role.as_str(),
+                allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(tenant)
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("only the platform admin key may do this".into()))
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct KeyRecord {
+    hash: [u8; 32],
+    principal: Principal,
+}
+
+/// A freshly made key: the secret is shown once and never stored.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: String,
+    pub api_key: String,
+    pub prefix: String,
+    pub hash: String,
+}
+
+/// Makes a random key with a 96-bit id and a 160-bit secret.
+pub fn generate_key() -> NewKey {
+    let mut id = [0u8; 12];
+    let mut secret = [0u8; 20];
+    rand::rng().fill_bytes(&mut id);
+    rand::rng().fill_bytes(&mut secret);
+    let id = hex::encode(id);
+    let api_key = format!("ick_{id}_{}", hex::encode(secret));
+    let prefix = api_key[..12].to_string();
+    let hash = hex::encode(Sha256::digest(api_key.as_bytes()));
+    NewKey { id, api_key, prefix, hash }
+}
+
+fn key_id(api_key: &str) -> Option<&str> {
+    let rest = api_key.strip_prefix("ick_")?;
+    let (id, _secret) = rest.split_once('_')?;
+    Some(id)
+}
+
+/// Tenants and keys, with an in-memory key cache in front of SQLite.
+pub struct Tenants {
+    db: Db,
+    keys: RwLock<HashMap<String, KeyRecord>>,
+    admin_hash: [u8; 32],
+}
+
+/// A tenant row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tenant {
+    pub name: String,
+    pub plan: String,
+    pub created_at: String,
+}
+
+impl Tenants {
+    /// Loads every live key into memory.
+    pub fn load(db: Db, admin_key: &str) -> anyhow::Result<Self> {
+        let records = db.call_blocking(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, tenant, role, hash FROM api_keys WHERE revoked_at IS NULL",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            })?;
+            let mut out = HashMap::new();
+            for row in rows {
+                let (id, tenant, role, hash) = row?;
+                let (Some(role), Ok(hash)) = (Role::parse(&role), hex::decode(&hash)) else { continue };
+                let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else { continue };
+                out.insert(id.clone(), KeyRecord { hash, principal: Principal { key_id: id, tenant: Some(tenant), role } });
+            }
+            Ok(out)
+        })?;
+        Ok(Self {
+            db,
+            keys: RwLock::new(records),
+            admin_hash: Sha256::digest(admin_key.as_bytes()).into(),
+        })
+    }
+
+    /// Who holds `api_key`, if anyone.
+    pub fn authenticate(&self, api_key: &str) -> Option<Principal> {
+        let hash: [u8; 32] = Sha256::digest(api_key.as_bytes()).into();
+        if bool::from(hash.ct_eq(&self.admin_hash)) {
+            return Some(Principal { key_id: "admin".into(), tenant: None, role: Role::Admin });
+        }
+        let id = key_id(api_key)?;
+        let keys = self.keys.read().ok()?;
+        let record = keys.get(id)?;
+        bool::from(record.hash.ct_eq(&hash)).then(|| record.principal.clone())
+    }
+
+    /// Creates a tenant and its first owner key.
+    pub async fn create(&self, name: &str, plan: &str) -> Result<(Tenant, NewKey), ApiError> {
+        let key = generate_key();
+        let tenant = Tenant { name: name.to_string(), plan: plan.to_string(), created_at: db::now() };
+        let (t, k) = (tenant.clone(), key.clone());
+        let created = self
+            .db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let exists: Option<String> = tx
+                    .query_row("SELECT name FROM tenants WHERE name = ?1", [&t.name], |r| r.get(0))
+                    .optional()?;
+                if exists.is_some() {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO tenants (name, plan, created_at) VALUES (?1, ?2, ?3)",
+                    params![t.name, t.plan, t.created_at],
+                )?;
+                tx.execute(
+                    "INSERT INTO api_keys (id, tenant, role, hash, prefix, name, created_at) VALUES (?1, ?2, 'owner', ?3, ?4, 'owner', ?5)",
+                    params![k.id, t.name, k.hash, k.prefix, t.created_at],
+                )?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?;
+        if !created {
+            return Err(ApiError::Conflict(format!("tenant `{name}` already exists")));
+        }
+        self.cache_key(&key, name, Role::Owner);
+        Ok((tenant, key))
+    }
+
+    fn cache_key(&self, key: &NewKey, tenant: &str, role: Role) {
+        let mut hash = [0u8; 32];
+        if let Ok(bytes) = hex::decode(&key.hash) {
+            hash.copy_from_slice(&bytes);
+        }
+        if let Ok(mut keys) = self.keys.write() {
+            keys.insert(
+                key.id.clone(),
+                KeyRecord { hash, principal: Principal { key_id: key.id.clone(), tenant: Some(tenant.into()), role } },
+            );
+        }
+    }
+
+    /// One tenant by name.
+    pub async fn get(&self, name: &str) -> Result<Option<Tenant>, ApiError> {
+        let name = name.to_string();
+        Ok(self
+            .db
+            .call(move |conn| {
+                Ok(conn
+                    .query_row("SELECT name, plan, created_at FROM tenants WHERE name = ?1", [&name], |r| {
+                        Ok(Tenant { name: r.get(0)?, plan: r.get(1)?, created_at: r.get(2)? })
+                    })
+                    .optional()?)
+            })
+            .await?)
+    }
+
+    /// Every tenant.
+    pub async fn list(&self) -> Result<Vec<Tenant>, ApiError> {
+        Ok(self
+            .db
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT name, plan, created_at FROM tenants ORDER BY name")?;
+                let rows = stmt.query_map([], |r| Ok(Tenant { name: r.get(0)?, plan: r.get(1)?, created_at: r.get(2)? }))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?)
+    }
+}
+
+/// The admin key: `INFERCELL_ADMIN_KEY`, else the key file in the data dir, else a new key
+/// written there with mode 0600. Returns the key and, when it came from a file, the file's path.
+pub fn admin_key(data_dir: &std::path::Path, from_env: Option<String>) -> anyhow::Result<(String, Option<std::path::PathBuf>, bool)> {
+    if let Some(key) = from_env.filter(|k| !k.is_empty()) {
+        return Ok((key, None, false));
+    }
+    let path = data_dir.join("admin.key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        return Ok((key.trim().to_string(), Some(path), false));
+    }
+    let mut secret = [0u8; 24];
+    rand::rng().fill_bytes(&mut secret);
+    let key = format!("ica_{}", hex::encode(secret));
+    write_private(&path, &key)?;
+    Ok((key, Some(path), true))
+}
+
+#[cfg(unix)]
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, format!("{contents}\n"))?;
+    Ok(())
+}
+
+/// Validates a tenant, function or model name: `^[a-z0-9][a-z0-9._-]{0,127}$`.
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        for ok in ["a", "echo", "my-fn_2.v1", "0abc", &"a".repeat(128)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "Echo", "-a", ".a", "a b", "a/b", "é", &"a".repeat(129)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_are_random_and_parse() {
+        let a = generate_key();
+        let b = generate_key();
+        assert_ne!(a.api_key, b.api_key);
+        assert_eq!(key_id(&a.api_key), Some(a.id.as_str()));
+        assert!(a.api_key.len() >= 4 + 24 + 1 + 40);
+    }
+}
