@@ -107,7 +107,5 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 
 /// The current time as RFC 3339 (UTC), the format of every timestamp column.
 pub fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }

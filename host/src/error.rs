@@ -65,7 +65,8 @@ impl IntoResponse for ApiError {
         }
         let status = self.status();
         let message = self.to_string();
-        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], error_body(&message, "")).into_response();
+        let mut response =
+            (status, [(header::CONTENT_TYPE, "application/json")], error_body(&message, "")).into_response();
         if let ApiError::TooManyRequests { retry_after_secs, .. } = &self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }

@@ -61,10 +61,26 @@ impl Metrics {
         let uploads = Family::<UploadLabels, Counter>::default();
         registry.register("uploads", "Function uploads by outcome", uploads.clone());
         let compile_duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
-        registry.register("compile_duration_seconds", "Time to compile an uploaded component", compile_duration.clone());
+        registry.register(
+            "compile_duration_seconds",
+            "Time to compile an uploaded component",
+            compile_duration.clone(),
+        );
         let log_bytes_dropped = Family::<FunctionLabels, Counter>::default();
-        registry.register("log_bytes_dropped", "Function log bytes dropped over the per-call cap", log_bytes_dropped.clone());
-        Self { registry, invocations, invocation_duration, active_instances, uploads, compile_duration, log_bytes_dropped }
+        registry.register(
+            "log_bytes_dropped",
+            "Function log bytes dropped over the per-call cap",
+            log_bytes_dropped.clone(),
+        );
+        Self {
+            registry,
+            invocations,
+            invocation_duration,
+            active_instances,
+            uploads,
+            compile_duration,
+            log_bytes_dropped,
+        }
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus scrapes).

@@ -31,10 +31,7 @@ impl Client {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
-        let key = self
-            .key
-            .as_deref()
-            .context("no API key: set INFERCELL_KEY (or pass --key)")?;
+        let key = self.key.as_deref().context("no API key: set INFERCELL_KEY (or pass --key)")?;
         Ok(self.http.request(method, format!("{}{path}", self.url)).bearer_auth(key))
     }
 
@@ -76,7 +73,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Tenant(TenantCommand::Create { name, plan, client }) => {
             let c = Client::new(&client)?;
             let v = c
-                .send_json(c.request(reqwest::Method::POST, "/v1/tenants")?.json(&serde_json::json!({"name": name, "plan": plan})))
+                .send_json(
+                    c.request(reqwest::Method::POST, "/v1/tenants")?
+                        .json(&serde_json::json!({"name": name, "plan": plan})),
+                )
                 .await?;
             c.print(&v, |v| {
                 format!(
@@ -108,7 +108,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let c = Client::new(&client)?;
             let v = c.send_json(c.request(reqwest::Method::GET, "/v1/functions")?).await?;
             c.print(&v, |v| {
-                let mut out = format!("{:<32} {:>7} {:>8}  {:<20} {}", "FUNCTION", "LATEST", "VERSIONS", "DIGEST", "UPDATED");
+                let mut out =
+                    format!("{:<32} {:>7} {:>8}  {:<20} {}", "FUNCTION", "LATEST", "VERSIONS", "DIGEST", "UPDATED");
                 for f in v["functions"].as_array().into_iter().flatten() {
                     out.push_str(&format!(
                         "\n{:<32} {:>7} {:>8}  {:<20} {}",
@@ -126,7 +127,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let c = Client::new(&client)?;
             let v = c.send_json(c.request(reqwest::Method::GET, &format!("/v1/functions/{name}"))?).await?;
             c.print(&v, |v| {
-                let mut out = format!("{} (latest version {})", v["name"].as_str().unwrap_or_default(), v["latest_version"]);
+                let mut out =
+                    format!("{} (latest version {})", v["name"].as_str().unwrap_or_default(), v["latest_version"]);
                 for ver in v["versions"].as_array().into_iter().flatten() {
                     out.push_str(&format!(
                         "\n  @{:<4} {}  {} bytes  {}\n        imports: {}",
@@ -143,7 +145,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Functions(FunctionsCommand::Delete { name, client }) => {
             let c = Client::new(&client)?;
             let v = c.send_json(c.request(reqwest::Method::DELETE, &format!("/v1/functions/{name}"))?).await?;
-            c.print(&v, |v| format!("deleted {} ({} versions)", v["name"].as_str().unwrap_or_default(), v["deleted_versions"]));
+            c.print(&v, |v| {
+                format!("deleted {} ({} versions)", v["name"].as_str().unwrap_or_default(), v["deleted_versions"])
+            });
         }
         Command::Functions(FunctionsCommand::Logs { name, limit, client }) => {
             let c = Client::new(&client)?;
@@ -168,7 +172,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     .join("\n")
             });
         }
-        Command::Invoke { target, data, method, headers, client } => invoke(&Client::new(&client)?, &target, data, method, headers).await?,
+        Command::Invoke { target, data, method, headers, client } => {
+            invoke(&Client::new(&client)?, &target, data, method, headers).await?
+        }
         Command::Inspect { file, json } => inspect(&file, json)?,
     }
     Ok(())
@@ -178,18 +184,41 @@ fn short_digest(d: &str) -> String {
     d.chars().take(19).collect()
 }
 
+/// Import names grouped by package and version: `wasi:io/{error,poll,streams}@0.2.6, ...`.
 fn join(v: &Value) -> String {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "(none)".into())
+    let mut groups: Vec<(String, String, Vec<String>)> = Vec::new();
+    for name in v.as_array().into_iter().flatten().filter_map(Value::as_str) {
+        let (path, version) = name.split_once('@').unwrap_or((name, ""));
+        let (package, interface) = path.split_once('/').unwrap_or((path, ""));
+        match groups.iter_mut().find(|(p, v, _)| p == package && v == version) {
+            Some((_, _, interfaces)) => interfaces.push(interface.to_string()),
+            None => groups.push((package.to_string(), version.to_string(), vec![interface.to_string()])),
+        }
+    }
+    if groups.is_empty() {
+        return "(none)".into();
+    }
+    groups
+        .into_iter()
+        .map(|(package, version, interfaces)| {
+            let at = if version.is_empty() { String::new() } else { format!("@{version}") };
+            if interfaces.len() == 1 {
+                format!("{package}/{}{at}", interfaces[0])
+            } else {
+                format!("{package}/{{{}}}{at}", interfaces.join(","))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn deploy(c: &Client, dir: &Path) -> anyhow::Result<()> {
     let manifest_path = dir.join("function.toml");
     let manifest_text =
         std::fs::read_to_string(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
-    let manifest = Manifest::parse(&manifest_text).map_err(anyhow::Error::msg).with_context(|| manifest_path.display().to_string())?;
+    let manifest = Manifest::parse(&manifest_text)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| manifest_path.display().to_string())?;
     let component_rel = manifest
         .component
         .as_deref()
@@ -212,21 +241,22 @@ async fn deploy(c: &Client, dir: &Path) -> anyhow::Result<()> {
     let stream = futures::stream::iter(chunks).map(move |chunk| {
         progress.inc(chunk.len() as u64);
         if progress.position() >= len {
-            progress.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            progress.set_style(
+                ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             progress.set_message("compiling on the server");
             progress.enable_steady_tick(Duration::from_millis(100));
         }
         Ok::<_, std::io::Error>(chunk)
     });
-    let file_name = component_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "component.wasm".into());
-    let form = Form::new()
-        .part("manifest", Part::text(manifest_text).mime_str("application/toml")?)
-        .part(
-            "component",
-            Part::stream_with_length(reqwest::Body::wrap_stream(stream), len)
-                .file_name(file_name)
-                .mime_str("application/wasm")?,
-        );
+    let file_name =
+        component_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "component.wasm".into());
+    let form = Form::new().part("manifest", Part::text(manifest_text).mime_str("application/toml")?).part(
+        "component",
+        Part::stream_with_length(reqwest::Body::wrap_stream(stream), len)
+            .file_name(file_name)
+            .mime_str("application/wasm")?,
+    );
     let result = c.send_json(c.request(reqwest::Method::POST, "/v1/functions")?.multipart(form)).await;
     bar.finish_and_clear();
     let v = result?;
@@ -243,7 +273,13 @@ async fn deploy(c: &Client, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn invoke(c: &Client, target: &str, data: Option<String>, method: Option<String>, headers: Vec<String>) -> anyhow::Result<()> {
+async fn invoke(
+    c: &Client,
+    target: &str,
+    data: Option<String>,
+    method: Option<String>,
+    headers: Vec<String>,
+) -> anyhow::Result<()> {
     let target = target.trim_start_matches('/');
     if target.split('/').filter(|s| !s.is_empty()).count() < 2 {
         bail!("target must be TENANT/FUNCTION[@VERSION][/PATH], got `{target}`");
@@ -273,7 +309,8 @@ async fn invoke(c: &Client, target: &str, data: Option<String>, method: Option<S
     }
     let response = req.send().await.with_context(|| format!("cannot reach the server at {}", c.url))?;
     let status = response.status();
-    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let header =
+        |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let usage = header("infercell-usage");
     let request_id = header("infercell-request-id");
     let body = response.bytes().await?;

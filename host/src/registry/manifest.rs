@@ -70,7 +70,9 @@ impl Manifest {
         }
         for model in &manifest.capabilities.models {
             if !valid_name(model) {
-                return Err(format!("invalid manifest: model name `{model}` in capabilities.models is not a valid name"));
+                return Err(format!(
+                    "invalid manifest: model name `{model}` in capabilities.models is not a valid name"
+                ));
             }
         }
         Ok(manifest)

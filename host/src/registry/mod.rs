@@ -85,13 +85,16 @@ impl Registry {
     }
 
     /// Validates, compiles and stores a new version. Nothing is stored when any check fails.
-    pub async fn upload(&self, tenant: &str, plan: &str, manifest_text: &str, component: Bytes) -> Result<FunctionVersion, ApiError> {
+    pub async fn upload(
+        &self,
+        tenant: &str,
+        plan: &str,
+        manifest_text: &str,
+        component: Bytes,
+    ) -> Result<FunctionVersion, ApiError> {
         let manifest = Manifest::parse(manifest_text).map_err(ApiError::BadRequest)?;
-        let plan_cfg = self
-            .config
-            .plans
-            .get(plan)
-            .ok_or_else(|| anyhow::anyhow!("tenant {tenant} has unknown plan {plan}"))?;
+        let plan_cfg =
+            self.config.plans.get(plan).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has unknown plan {plan}"))?;
         let limits = manifest.limits(plan, plan_cfg).map_err(ApiError::BadRequest)?;
         let digest = digest_of(&component);
 
@@ -266,7 +269,8 @@ impl Registry {
     pub async fn resolve(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<Arc<Deployment>, ApiError> {
         let version = match version {
             Some(v) => v,
-            None => match self.latest.read().ok().and_then(|l| l.get(&(tenant.to_string(), name.to_string())).copied()) {
+            None => match self.latest.read().ok().and_then(|l| l.get(&(tenant.to_string(), name.to_string())).copied())
+            {
                 Some(v) => v,
                 None => self.latest_from_db(tenant, name).await?,
             },
@@ -316,7 +320,8 @@ impl Registry {
                     .optional()?)
             })
             .await?;
-        let (digest, manifest, plan) = row.ok_or_else(|| ApiError::NotFound(format!("function `{name}` has no version {version}")))?;
+        let (digest, manifest, plan) =
+            row.ok_or_else(|| ApiError::NotFound(format!("function `{name}` has no version {version}")))?;
         let manifest: Manifest = serde_json::from_str(&manifest).map_err(anyhow::Error::from)?;
         let plan_cfg = self.config.plans.get(&plan).ok_or_else(|| anyhow::anyhow!("unknown plan {plan}"))?;
         // A version stored under a bigger plan is clamped to the tenant's current plan.

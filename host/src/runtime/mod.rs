@@ -23,8 +23,8 @@ use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 pub use artifacts::{ArtifactCache, write_atomic};
-pub use state::{LogLevel, LogLine};
 use state::InstanceState;
+pub use state::{LogLevel, LogLine};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -144,7 +144,7 @@ pub enum InvokeError {
     Guest(GuestError),
     #[error("function timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
-    #[error("function exceeded its memory limit of {limit} bytes ({})", .trap)]
+    #[error("function exceeded its memory limit of {} MiB ({trap})", *.limit as f64 / 1048576.0)]
     MemoryLimit { limit: u64, trap: String },
     #[error("function used up its fuel limit of {0} instructions")]
     FuelExhausted(u64),
@@ -221,17 +221,13 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker.
     pub fn new(config: RuntimeConfig, artifacts_dir: cap_std::fs::Dir) -> anyhow::Result<Self> {
-        let engine = Engine::new(&engine_config(&config)).map_err(anyhow::Error::from).context("creating the wasmtime engine")?;
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
         let mut linker = Linker::<InstanceState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("linking WASI 0.2")?;
-        bindings::infercell::function::log::add_to_linker::<_, HasSelf<InstanceState>>(
-            &mut linker,
-            |s| s,
-        )?;
-        bindings::infercell::function::config::add_to_linker::<_, HasSelf<InstanceState>>(
-            &mut linker,
-            |s| s,
-        )?;
+        bindings::infercell::function::log::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
+        bindings::infercell::function::config::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
         let artifacts = ArtifactCache::new(artifacts_dir, &engine);
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
         Ok(Self { engine, linker, config, artifacts, ticker })
@@ -246,8 +242,7 @@ impl Runtime {
     /// compiled artifact under `digest`. Blocking (compilation): call it off the executor.
     pub fn prepare_new(&self, digest: &str, bytes: &[u8]) -> Result<Prepared, ValidateError> {
         check_header(bytes)?;
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
         let prepared = self.link(component.clone())?;
         if let Err(e) = self.artifacts.store(digest, &component) {
             // The cache is an optimisation: a failed write means a recompile after restart.
@@ -281,23 +276,15 @@ impl Runtime {
 
     fn link(&self, component: Component) -> Result<Prepared, ValidateError> {
         let info = describe(&self.engine, &component);
+        let unknown: Vec<&str> = info.imports.iter().map(String::as_str).filter(|name| !is_provided(name)).collect();
+        if !unknown.is_empty() {
+            return Err(ValidateError::UnknownImports(unknown.join(", ")));
+        }
         if !info.exports.iter().any(|e| e == HANDLER_EXPORT) {
             let found = if info.exports.is_empty() { "none".to_string() } else { info.exports.join(", ") };
             return Err(ValidateError::NoHandler(found));
         }
-        let unknown: Vec<&str> = info
-            .imports
-            .iter()
-            .map(String::as_str)
-            .filter(|name| !is_provided(name))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(ValidateError::UnknownImports(unknown.join(", ")));
-        }
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| ValidateError::Link(format!("{e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| ValidateError::Link(format!("{e:#}")))?;
         let pre = bindings::HandlerPre::new(pre).map_err(|e| ValidateError::Link(format!("{e:#}")))?;
         Ok(Prepared { pre, info })
     }
@@ -343,7 +330,7 @@ impl Runtime {
             peak_memory_bytes: state.limiter.peak(),
         };
         let memory_hit = state.limiter.limit_hit();
-        let (logs, logs_dropped) = state.take_logs();
+        let (mut logs, logs_dropped) = state.take_logs();
         let result = match result {
             Err(_elapsed) => Err(InvokeError::Timeout(limits.timeout)),
             Ok(Ok(Ok(resp))) => Ok(GuestResponse { status: resp.status, headers: resp.headers, body: resp.body }),
@@ -352,7 +339,12 @@ impl Runtime {
                 wit_types::Error::NotFound(m) => GuestError::NotFound(m),
                 wit_types::Error::Internal(m) => GuestError::Internal(m),
             })),
-            Ok(Err(err)) => Err(classify_trap(err, limits, memory_hit, fuel_left)),
+            Ok(Err(err)) => {
+                let detail = format!("[infercell] call failed: {err:?}");
+                let e = classify_trap(err, limits, memory_hit, fuel_left, &logs);
+                logs.push(LogLine { level: LogLevel::Error, message: detail });
+                Err(e)
+            }
         };
         drop(store);
         Outcome { result, usage, logs, logs_dropped }
@@ -361,8 +353,7 @@ impl Runtime {
     /// Describes a component without keeping it: used by `inspect` and the upload checks.
     pub fn describe_bytes(&self, bytes: &[u8]) -> Result<ComponentInfo, ValidateError> {
         check_header(bytes)?;
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
         Ok(describe(&self.engine, &component))
     }
 }
@@ -422,20 +413,51 @@ fn is_provided(name: &str) -> bool {
     PROVIDED_INTERFACES.contains(&unversioned)
 }
 
-fn classify_trap(err: wasmtime::Error, limits: &Limits, memory_hit: bool, fuel_left: u64) -> InvokeError {
-    let message = format!("{err:#}");
+fn classify_trap(
+    err: wasmtime::Error,
+    limits: &Limits,
+    memory_hit: bool,
+    fuel_left: u64,
+    logs: &[LogLine],
+) -> InvokeError {
+    let trap = err.downcast_ref::<wasmtime::Trap>().copied();
     if memory_hit {
-        return InvokeError::MemoryLimit { limit: limits.memory_bytes, trap: first_line(&message) };
+        return InvokeError::MemoryLimit {
+            limit: limits.memory_bytes,
+            trap: trap.map(|t| t.to_string()).unwrap_or_default(),
+        };
     }
-    if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
-        if *trap == wasmtime::Trap::OutOfFuel || (fuel_left == 0 && limits.fuel.is_some()) {
-            return InvokeError::FuelExhausted(limits.fuel.unwrap_or(0));
-        }
+    if trap == Some(wasmtime::Trap::OutOfFuel) || (fuel_left == 0 && limits.fuel.is_some()) {
+        return InvokeError::FuelExhausted(limits.fuel.unwrap_or(0));
     }
+    let message = format!("{err:#}");
     if message.contains("maximum concurrent") || message.contains("pooling allocator") {
         return InvokeError::Busy(first_line(&message));
     }
-    InvokeError::Trap(message)
+    // The trap itself ("wasm `unreachable` instruction executed") plus, for a Rust panic, the
+    // panic message the guest wrote to stderr just before; the backtrace stays in the log.
+    let mut text = match trap {
+        Some(t) => t.to_string(),
+        None => err.root_cause().to_string(),
+    };
+    if let Some(panic) = panic_message(logs) {
+        text = format!("{text}: {panic}");
+    }
+    InvokeError::Trap(text)
+}
+
+/// The message of the last Rust panic written to stderr, if any.
+fn panic_message(logs: &[LogLine]) -> Option<String> {
+    let start = logs.iter().rposition(|l| l.level == LogLevel::Stderr && l.message.contains("panicked at"))?;
+    let mut parts = vec![logs[start].message.trim_start_matches("thread '<unnamed>' ").to_string()];
+    parts.extend(
+        logs[start + 1..]
+            .iter()
+            .filter(|l| l.level == LogLevel::Stderr)
+            .take_while(|l| !l.message.starts_with("note:"))
+            .map(|l| l.message.clone()),
+    );
+    Some(parts.join(" "))
 }
 
 fn first_line(s: &str) -> String {

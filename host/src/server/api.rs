@@ -66,7 +66,19 @@ pub async fn upload_function(
     principal: Principal,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = principal.tenant_with(DEPLOYERS)?.to_string();
+    let tenant = match principal.tenant_with(DEPLOYERS) {
+        Ok(tenant) => tenant.to_string(),
+        Err(e) => {
+            // Read (and drop) the upload before refusing it: clients still sending the body
+            // would otherwise see a reset connection instead of the 403.
+            if let Ok(mut multipart) = multipart {
+                while let Ok(Some(field)) = multipart.next_field().await {
+                    let _ = field.bytes().await;
+                }
+            }
+            return Err(e);
+        }
+    };
     let result = upload(&app, &tenant, multipart).await;
     let outcome = match &result {
         Ok(_) => "ok",
@@ -113,8 +125,10 @@ async fn upload(
             }
         }
     }
-    let manifest = manifest.ok_or_else(|| ApiError::BadRequest("missing part `manifest` (the function.toml text)".into()))?;
-    let component = component.ok_or_else(|| ApiError::BadRequest("missing part `component` (the .wasm bytes)".into()))?;
+    let manifest =
+        manifest.ok_or_else(|| ApiError::BadRequest("missing part `manifest` (the function.toml text)".into()))?;
+    let component =
+        component.ok_or_else(|| ApiError::BadRequest("missing part `component` (the .wasm bytes)".into()))?;
     if component.is_empty() {
         return Err(ApiError::BadRequest("part `component` is empty".into()));
     }

@@ -20,9 +20,7 @@ pub fn principal_from_headers(app: &App, headers: &HeaderMap) -> Result<Principa
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header: expected `Bearer <key>`".into()))?;
-    app.tenants
-        .authenticate(key)
-        .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))
+    app.tenants.authenticate(key).ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))
 }
 
 impl FromRequestParts<Arc<App>> for Principal {

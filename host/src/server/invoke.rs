@@ -18,8 +18,15 @@ use crate::tenants::{Principal, Role};
 const INVOKERS: &[Role] = &[Role::Owner, Role::Deployer, Role::Invoker];
 
 /// Response headers a function may not set: the host owns framing and its own headers.
-const RESERVED_HEADERS: &[&str] =
-    &["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "infercell-request-id", "infercell-usage"];
+const RESERVED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "infercell-request-id",
+    "infercell-usage",
+];
 
 pub async fn invoke_root(
     state: State<Arc<App>>,
@@ -51,11 +58,9 @@ async fn invoke(
     let target = params.get("function").map(String::as_str).unwrap_or_default();
     let (function, version) = match target.split_once('@') {
         Some((name, v)) => {
-            let v: u32 = v
-                .parse()
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| ApiError::BadRequest(format!("`{v}` is not a version number (use name@1, name@2, ...)")))?;
+            let v: u32 = v.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+                ApiError::BadRequest(format!("`{v}` is not a version number (use name@1, name@2, ...)"))
+            })?;
             (name, Some(v))
         }
         None => (target, None),
@@ -88,10 +93,8 @@ async fn invoke(
     };
 
     let active = ActiveGuard::new(&app);
-    let outcome = app
-        .runtime
-        .invoke(&deployment.prepared, &deployment.limits, deployment.config.clone(), guest_request)
-        .await;
+    let outcome =
+        app.runtime.invoke(&deployment.prepared, &deployment.limits, deployment.config.clone(), guest_request).await;
     drop(active);
 
     let labels = FunctionLabels { tenant: tenant.to_string(), function: function.to_string() };
@@ -104,7 +107,15 @@ async fn invoke(
             outcome: outcome_label(&outcome.result).into(),
         })
         .inc();
-    record_logs(&app, &deployment.tenant, &deployment.name, deployment.version, &request_id, outcome.logs, outcome.logs_dropped);
+    record_logs(
+        &app,
+        &deployment.tenant,
+        &deployment.name,
+        deployment.version,
+        &request_id,
+        outcome.logs,
+        outcome.logs_dropped,
+    );
     if outcome.logs_dropped > 0 {
         app.metrics.log_bytes_dropped.get_or_create(&labels).inc_by(outcome.logs_dropped as u64);
     }
@@ -120,7 +131,9 @@ async fn invoke(
                     let mut response = Response::new(Body::from(answer.body.clone()));
                     *response.status_mut() = status;
                     for (name, value) in &answer.headers {
-                        let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) else {
+                        let (Ok(name), Ok(value)) =
+                            (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
+                        else {
                             continue;
                         };
                         if !RESERVED_HEADERS.contains(&name.as_str()) {
@@ -195,7 +208,13 @@ fn record_logs(
     let time = crate::db::now();
     let mut entries: Vec<LogEntry> = lines
         .into_iter()
-        .map(|l| LogEntry { time: time.clone(), request_id: request_id.to_string(), version, level: l.level, message: l.message })
+        .map(|l| LogEntry {
+            time: time.clone(),
+            request_id: request_id.to_string(),
+            version,
+            level: l.level,
+            message: l.message,
+        })
         .collect();
     if dropped > 0 {
         entries.push(LogEntry {

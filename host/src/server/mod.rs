@@ -51,7 +51,11 @@ pub struct AdminKeySource {
 
 impl App {
     /// Opens (creating if needed) the data directory and everything in it.
-    pub fn open(config: Config, data_dir: &std::path::Path, admin_key_env: Option<String>) -> anyhow::Result<(Arc<Self>, AdminKeySource)> {
+    pub fn open(
+        config: Config,
+        data_dir: &std::path::Path,
+        admin_key_env: Option<String>,
+    ) -> anyhow::Result<(Arc<Self>, AdminKeySource)> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let root = cap_std::fs::Dir::open_ambient_dir(data_dir, cap_std::ambient_authority())
             .with_context(|| format!("opening data dir {}", data_dir.display()))?;
@@ -109,10 +113,7 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
     if app.config.server.metrics_require_key {
         auth::principal_from_headers(&app, &headers)?;
     }
-    Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        app.metrics.encode(),
-    )
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response())
 }
 
@@ -123,18 +124,16 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.run(req).await;
     let status = response.status();
-    if (status.is_client_error() || status.is_server_error()) && response.extensions().get::<FunctionResponse>().is_none() {
+    if (status.is_client_error() || status.is_server_error())
+        && response.extensions().get::<FunctionResponse>().is_none()
+    {
         let message = match response.extensions().get::<ErrorMessage>() {
             Some(ErrorMessage(m)) => m.clone(),
             None => {
                 let body = std::mem::replace(response.body_mut(), Body::empty());
                 let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
                 let text = String::from_utf8_lossy(&text).trim().to_string();
-                if text.is_empty() {
-                    status.canonical_reason().unwrap_or("error").to_string()
-                } else {
-                    text
-                }
+                if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text }
             }
         };
         let (mut parts, _) = response.into_parts();

@@ -64,9 +64,7 @@ impl Principal {
     /// The caller's tenant, with the roles allowed for the action; 403 otherwise.
     pub fn tenant_with(&self, allowed: &[Role]) -> Result<&str, ApiError> {
         let Some(tenant) = self.tenant.as_deref() else {
-            return Err(ApiError::Forbidden(
-                "the admin key manages the platform; use a tenant's key for this".into(),
-            ));
+            return Err(ApiError::Forbidden("the admin key manages the platform; use a tenant's key for this".into()));
         };
         if !allowed.contains(&self.role) {
             return Err(ApiError::Forbidden(format!(
@@ -140,9 +138,7 @@ impl Tenants {
     /// Loads every live key into memory.
     pub fn load(db: Db, admin_key: &str) -> anyhow::Result<Self> {
         let records = db.call_blocking(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT id, tenant, role, hash FROM api_keys WHERE revoked_at IS NULL",
-            )?;
+            let mut stmt = conn.prepare("SELECT id, tenant, role, hash FROM api_keys WHERE revoked_at IS NULL")?;
             let rows = stmt.query_map([], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
             })?;
@@ -151,15 +147,14 @@ impl Tenants {
                 let (id, tenant, role, hash) = row?;
                 let (Some(role), Ok(hash)) = (Role::parse(&role), hex::decode(&hash)) else { continue };
                 let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else { continue };
-                out.insert(id.clone(), KeyRecord { hash, principal: Principal { key_id: id, tenant: Some(tenant), role } });
+                out.insert(
+                    id.clone(),
+                    KeyRecord { hash, principal: Principal { key_id: id, tenant: Some(tenant), role } },
+                );
             }
             Ok(out)
         })?;
-        Ok(Self {
-            db,
-            keys: RwLock::new(records),
-            admin_hash: Sha256::digest(admin_key.as_bytes()).into(),
-        })
+        Ok(Self { db, keys: RwLock::new(records), admin_hash: Sha256::digest(admin_key.as_bytes()).into() })
     }
 
     /// Who holds `api_key`, if anyone.
@@ -242,7 +237,8 @@ impl Tenants {
             .db
             .call(|conn| {
                 let mut stmt = conn.prepare("SELECT name, plan, created_at FROM tenants ORDER BY name")?;
-                let rows = stmt.query_map([], |r| Ok(Tenant { name: r.get(0)?, plan: r.get(1)?, created_at: r.get(2)? }))?;
+                let rows =
+                    stmt.query_map([], |r| Ok(Tenant { name: r.get(0)?, plan: r.get(1)?, created_at: r.get(2)? }))?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await?)
@@ -251,7 +247,10 @@ impl Tenants {
 
 /// The admin key: `INFERCELL_ADMIN_KEY`, else the key file in the data dir, else a new key
 /// written there with mode 0600. Returns the key and, when it came from a file, the file's path.
-pub fn admin_key(data_dir: &std::path::Path, from_env: Option<String>) -> anyhow::Result<(String, Option<std::path::PathBuf>, bool)> {
+pub fn admin_key(
+    data_dir: &std::path::Path,
+    from_env: Option<String>,
+) -> anyhow::Result<(String, Option<std::path::PathBuf>, bool)> {
     if let Some(key) = from_env.filter(|k| !k.is_empty()) {
         return Ok((key, None, false));
     }

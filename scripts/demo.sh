@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The main job on the embedded default, end to end: build the server and the samples, start a
+# server on a temporary data directory (SQLite + blobs), create a tenant, deploy the samples,
+# invoke them, and show what each call used. Leaves nothing running.
+#
+# Usage: scripts/demo.sh   (from any directory)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+echo "== building the server and the samples (first time: a few minutes)"
+build_log="$(mktemp)"
+if ! { scripts/build-samples.sh && cargo build -p infercell; } >"$build_log" 2>&1; then
+    cat "$build_log"
+    exit 1
+fi
+rm -f "$build_log"
+bin="${CARGO_TARGET_DIR:-$root/target}/debug/infercell"
+
+data="$(mktemp -d)"
+log="$data/server.log"
+"$bin" serve --listen 127.0.0.1:0 --data-dir "$data/data" >"$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
+for _ in $(seq 1 100); do
+    grep -q '^listening on ' "$log" && break
+    sleep 0.1
+done
+export INFERCELL_URL
+INFERCELL_URL="$(sed -n 's/^listening on //p' "$log")"
+echo "== server on $INFERCELL_URL, data in $data/data"
+sed -n 's/^admin key created: /   admin key file: /p' "$log"
+
+echo "== infercell tenant create demo"
+tenant_key="$(INFERCELL_KEY="$(cat "$data/data/admin.key")" "$bin" tenant create demo --plan free --json |
+    sed -n 's/.*"api_key": "\([^"]*\)".*/\1/p')"
+export INFERCELL_KEY="$tenant_key"
+
+echo "== infercell deploy samples/echo samples/hello"
+"$bin" deploy samples/echo
+"$bin" deploy samples/hello
+
+echo "== infercell functions list"
+"$bin" functions list
+
+echo "== infercell invoke demo/echo --data 'hello, sandbox'"
+"$bin" invoke demo/echo --data 'hello, sandbox'
+echo "== infercell invoke 'demo/hello?name=Ada'"
+"$bin" invoke 'demo/hello?name=Ada'
+
+echo "== usage of one call (infercell-usage header)"
+curl -s -o /dev/null -D - -H "Authorization: Bearer $INFERCELL_KEY" --data 'metered' "$INFERCELL_URL/fn/demo/echo" |
+    grep -i '^infercell-usage' | tr -d '\r'
+
+echo "== /metrics (invocations)"
+curl -s "$INFERCELL_URL/metrics" | grep '^infercell_invocations_total'

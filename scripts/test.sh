@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: build the guest components, check formatting and
+# lints, build the server binary (the end-to-end tests start it), run every test.
+#
+# Usage: scripts/test.sh   (from any directory)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+scripts/build-samples.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build -p infercell --locked
+cargo test --workspace --locked

@@ -1,0 +1,141 @@
+//! `hostile`: a function that misbehaves in a chosen way, picked by the request path.
+//!
+//! The host's tests call it to prove that one tenant's bad code costs only that tenant's
+//! request: a trap, a runaway loop, memory exhaustion and output floods must each end in an
+//! error response while the host keeps serving, and the sandbox must show no ambient
+//! environment, arguments or files. Every path and what it does:
+//!
+//! | path | behaviour |
+//! |---|---|
+//! | `/ok` | 200 `ok` |
+//! | `/trap` | panics, which traps the instance |
+//! | `/loop` | spins forever (only an epoch deadline or fuel stops it) |
+//! | `/alloc` | keeps 1 MiB blocks alive and touched until allocation fails (aborts) |
+//! | `/stdout`, `/stderr` | prints 10 MiB in 1 KiB lines, then 200 |
+//! | `/log` | writes 10,000 lines through the `log` import, then 200 |
+//! | `/env` | 200 `{"vars":[[name,value],...],"args":[...]}` from `std::env` |
+//! | `/fs` | 200 `denied: <error>` or `read: <bytes>` for `/etc/passwd` |
+//! | `/bad-request`, `/not-found`, `/internal` | the matching [`Error`] value |
+//! | `/status/{n}` | an empty response with status `n` (400 if `n` is not a `u16`) |
+//! | `/headers` | 200 with the request headers as a JSON list of `[name, value]` |
+//! | anything else | [`Error::NotFound`] |
+
+use std::hint::black_box;
+
+use infercell_guest::{Error, Handler, Request, Response, log};
+use serde::Serialize;
+
+const MIB: usize = 1 << 20;
+/// What `/stdout` and `/stderr` print: 10 MiB in lines of 1 KiB (newline included).
+const FLOOD_BYTES: usize = 10 * MIB;
+const FLOOD_LINE: usize = 1024;
+const LOG_LINES: usize = 10_000;
+
+struct Hostile;
+
+impl Handler for Hostile {
+    fn handle(req: Request) -> Result<Response, Error> {
+        match req.path.as_str() {
+            "/ok" => Ok(Response::text("ok")),
+            "/trap" => panic!("hostile guest panicked on purpose"),
+            "/loop" => spin(),
+            "/alloc" => exhaust_memory(),
+            "/stdout" => Ok(flood(|line| println!("{line}"), "stdout")),
+            "/stderr" => Ok(flood(|line| eprintln!("{line}"), "stderr")),
+            "/log" => {
+                for i in 0..LOG_LINES {
+                    log::info(format!("hostile log line {i}"));
+                }
+                Ok(Response::text(format!("wrote {LOG_LINES} log lines")))
+            }
+            "/env" => {
+                Response::json(&Environment { vars: std::env::vars().collect(), args: std::env::args().collect() })
+            }
+            "/fs" => Ok(Response::text(match std::fs::read_to_string("/etc/passwd") {
+                Ok(text) => format!("read: {}", text.len()),
+                Err(e) => format!("denied: {e}"),
+            })),
+            "/bad-request" => Err(Error::BadRequest("bad on purpose".to_owned())),
+            "/not-found" => Err(Error::NotFound("nothing here".to_owned())),
+            "/internal" => Err(Error::Internal("broken on purpose".to_owned())),
+            "/headers" => Response::json(&req.headers),
+            path => match path.strip_prefix("/status/") {
+                Some(code) => code
+                    .parse::<u16>()
+                    .map(Response::new)
+                    .map_err(|e| Error::BadRequest(format!("status {code:?} is not a u16: {e}"))),
+                None => Err(Error::NotFound(format!("no behaviour for path {path:?}"))),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Environment {
+    vars: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+/// Loops forever; `black_box` keeps the optimizer from proving the loop has no effect.
+fn spin() -> ! {
+    let mut counter = 0u64;
+    loop {
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+/// Allocates 1 MiB blocks, writes every byte and keeps them all alive. When the memory limit
+/// refuses to grow the heap the allocator fails and the guest aborts: a trap, not an answer.
+fn exhaust_memory() -> ! {
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let fill = u8::try_from(kept.len() % 251).unwrap_or(0) + 1;
+        let block = black_box(vec![fill; MIB]);
+        kept.push(block);
+        black_box(&kept);
+    }
+}
+
+/// Writes [`FLOOD_BYTES`] through `print` in lines of [`FLOOD_LINE`] bytes.
+fn flood(print: impl Fn(&str), stream: &str) -> Response {
+    let line = "x".repeat(FLOOD_LINE - 1);
+    for _ in 0..FLOOD_BYTES / FLOOD_LINE {
+        print(&line);
+    }
+    Response::text(format!("printed {FLOOD_BYTES} bytes to {stream}"))
+}
+
+infercell_guest::export!(Hostile);
+
+#[cfg(test)]
+mod tests {
+    //! Only the well-behaved paths: the hostile ones need a sandbox, which the host tests own.
+
+    use super::*;
+
+    fn call(path: &str) -> Result<Response, Error> {
+        Hostile::handle(Request {
+            method: "GET".to_owned(),
+            path: path.to_owned(),
+            query: String::new(),
+            headers: vec![("x-test".to_owned(), "1".to_owned())],
+            body: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn answers_the_plain_paths() {
+        assert!(matches!(call("/ok"), Ok(r) if r.status == 200 && r.body == b"ok"));
+        assert!(matches!(call("/status/418"), Ok(r) if r.status == 418 && r.body.is_empty()));
+        assert!(matches!(call("/headers"), Ok(r) if r.body == br#"[["x-test","1"]]"#));
+    }
+
+    #[test]
+    fn returns_error_values() {
+        assert!(matches!(call("/bad-request"), Err(Error::BadRequest(m)) if m == "bad on purpose"));
+        assert!(matches!(call("/not-found"), Err(Error::NotFound(m)) if m == "nothing here"));
+        assert!(matches!(call("/internal"), Err(Error::Internal(m)) if m == "broken on purpose"));
+        assert!(matches!(call("/status/70000"), Err(Error::BadRequest(_))));
+        assert!(matches!(call("/nope"), Err(Error::NotFound(_))));
+    }
+}

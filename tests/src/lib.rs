@@ -1,0 +1,232 @@
+//! Test harness: starts the real `infercell` binary on `127.0.0.1:0` with its own data
+//! directory, reads the bound address from its output, and talks to it over HTTP.
+//!
+//! The binary and the sample components must be built first; `scripts/test.sh` does both
+//! (`cargo build -p infercell` and `scripts/build-samples.sh`).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub use reqwest::blocking::{Client, Response};
+pub use serde_json::{Value, json};
+
+/// The admin key every test server is started with.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `infercell` binary next to the test executable (target/<profile>/infercell).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("infercell");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p infercell` (scripts/test.sh does)", bin.display());
+    bin
+}
+
+/// A built component: `samples/<name>` or `tests/guests/<name>`.
+pub fn component(name: &str) -> Vec<u8> {
+    let root = repo_root();
+    for dir in ["samples", "tests/guests"] {
+        let path = root.join(dir).join("target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+        if path.exists() {
+            return std::fs::read(path).unwrap();
+        }
+    }
+    panic!("component {name}.wasm is not built: run scripts/build-samples.sh");
+}
+
+/// The directory of a sample or test guest, holding its function.toml.
+pub fn function_dir(name: &str) -> PathBuf {
+    let root = repo_root();
+    ["samples", "tests/guests"]
+        .iter()
+        .map(|d| root.join(d).join(name))
+        .find(|p| p.join("function.toml").exists())
+        .unwrap()
+}
+
+/// A running server, killed on drop.
+pub struct Server {
+    pub url: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+    config: Option<String>,
+    pub http: Client,
+}
+
+impl Server {
+    /// A server on a fresh temporary data directory.
+    pub fn start() -> Self {
+        Self::start_with_config(None)
+    }
+
+    /// A server with `infercell.toml` overrides.
+    pub fn start_with_config(config: Option<&str>) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let mut server = Self {
+            url: String::new(),
+            data_dir,
+            child: None,
+            _tmp: Some(tmp),
+            config: config.map(str::to_string),
+            http: Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(&self.data_dir);
+        if let Some(config) = &self.config {
+            std::fs::create_dir_all(&self.data_dir).unwrap();
+            let path = self.data_dir.join("test-config.toml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.env("INFERCELL_ADMIN_KEY", ADMIN_KEY)
+            .env("INFERCELL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("server exited before listening").unwrap();
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server not running");
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        child.wait().unwrap()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
+        let child = self.child.as_ref().expect("server not running");
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    }
+
+    /// Waits for the server process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("server not running").wait().unwrap()
+    }
+
+    /// Kills the server with SIGKILL (no chance to clean up).
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("server not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts the server again on the same data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        self.spawn();
+    }
+
+    pub fn get(&self, path: &str, key: Option<&str>) -> Response {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        req.send().unwrap()
+    }
+
+    pub fn delete(&self, path: &str, key: &str) -> Response {
+        self.http.delete(format!("{}{path}", self.url)).bearer_auth(key).send().unwrap()
+    }
+
+    pub fn post(&self, path: &str, key: Option<&str>, body: impl Into<reqwest::blocking::Body>) -> Response {
+        let mut req = self.http.post(format!("{}{path}", self.url)).body(body);
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        req.send().unwrap()
+    }
+
+    /// Creates a tenant (admin) and returns its owner key.
+    pub fn tenant(&self, name: &str, plan: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/v1/tenants", self.url))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"name": name, "plan": plan}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 201, "creating tenant {name}");
+        let v: Value = resp.json().unwrap();
+        v["api_key"].as_str().unwrap().to_string()
+    }
+
+    /// Uploads `component` with the manifest text; returns the raw response.
+    pub fn upload(&self, key: &str, manifest: &str, component: Vec<u8>) -> Response {
+        let form = reqwest::blocking::multipart::Form::new()
+            .part("manifest", reqwest::blocking::multipart::Part::text(manifest.to_string()))
+            .part("component", reqwest::blocking::multipart::Part::bytes(component).file_name("c.wasm"));
+        self.http.post(format!("{}/v1/functions", self.url)).bearer_auth(key).multipart(form).send().unwrap()
+    }
+
+    /// Uploads a sample under its own manifest (or `name` overriding its name); asserts 201.
+    pub fn deploy(&self, key: &str, sample: &str) -> Value {
+        let manifest = std::fs::read_to_string(function_dir(sample).join("function.toml")).unwrap();
+        let resp = self.upload(key, &manifest, component(sample));
+        let status = resp.status();
+        let body = resp.text().unwrap();
+        assert_eq!(status, 201, "deploying {sample}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Calls a function.
+    pub fn invoke(&self, key: &str, path: &str, body: &str) -> Response {
+        self.post(&format!("/fn/{path}"), Some(key), body.to_string())
+    }
+
+    /// Runs the CLI against this server with `key`.
+    pub fn cli(&self, key: &str, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .args(args)
+            .env("INFERCELL_URL", &self.url)
+            .env("INFERCELL_KEY", key)
+            .current_dir(repo_root())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The JSON error body of a response, asserting its status and shape.
+pub fn expect_error(resp: Response, status: u16) -> String {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    let request_id = resp.headers().get("infercell-request-id").map(|v| v.to_str().unwrap().to_string());
+    let body: Value = resp.json().expect("error body is JSON");
+    let message = body["error"].as_str().expect("error has a message").to_string();
+    assert_eq!(body["request_id"].as_str(), request_id.as_deref(), "request_id matches the header");
+    message
+}
