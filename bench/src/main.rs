@@ -1,1 +1,227 @@
-fn main() {}
+//! Benchmarks, each run beside its baseline in the same process or script.
+//!
+//! - `invoke`: one echo call through infercell's runtime (fresh store, limits, log capture,
+//!   metering) vs bare wasmtime with the same engine settings. Goal: ratio <= 1.10.
+//! - `http`: echo req/s and latency through the infercell server (auth, routing, metrics)
+//!   vs a bare hyper + wasmtime server (`serve-bare`, below). Goal: ratio >= 0.90.
+//!
+//! Run `bench/run.sh` (release build); results go to `bench/RESULTS.md` by hand, with the
+//! machine and commit. Nothing here is a test: timings never gate CI.
+
+mod bare;
+mod load;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use infercell::runtime::{GuestRequest, Limits, Runtime, RuntimeConfig};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+fn echo_wasm() -> Result<Vec<u8>> {
+    let path = repo_root().join("samples/target/wasm32-wasip2/release/echo.wasm");
+    std::fs::read(&path).with_context(|| format!("{} missing: run scripts/build-samples.sh", path.display()))
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("invoke") => invoke(arg(&args, "--iters", 20_000), arg(&args, "--rounds", 5)).await,
+        Some("http") => {
+            http(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, arg(&args, "--rounds", 3)).await
+        }
+        Some("serve-bare") => serve_bare().await,
+        _ => {
+            eprintln!(
+                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | serve-bare"
+            );
+            std::process::exit(2)
+        }
+    }
+}
+
+async fn invoke(iters: u64, rounds: u64) -> Result<()> {
+    let wasm = echo_wasm()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = cap_std::fs::Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority())?;
+    let runtime = Runtime::new(RuntimeConfig::default(), dir)?;
+    let prepared = runtime.prepare_new("sha256:bench", &wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let limits = Limits { memory_bytes: 64 << 20, timeout: Duration::from_secs(10), fuel: None };
+    let config = Arc::new(Vec::new());
+    let bare = bare::Bare::new(&wasm)?;
+    let body = b"hello, sandbox".to_vec();
+
+    let run_infercell = || async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let request =
+                GuestRequest { method: "POST".into(), path: "/".into(), body: body.clone(), ..Default::default() };
+            let outcome = runtime.invoke(&prepared, &limits, config.clone(), request).await;
+            if outcome.result.map(|r| r.body).ok().as_deref() != Some(&body[..]) {
+                bail!("infercell echo answered wrongly");
+            }
+        }
+        Ok(start.elapsed() / iters as u32)
+    };
+    let run_bare = || async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            if bare.call(body.clone()).await? != body {
+                bail!("bare echo answered wrongly");
+            }
+        }
+        Ok(start.elapsed() / iters as u32)
+    };
+    // Warm up both, then alternate so drift hits both equally.
+    run_infercell().await?;
+    run_bare().await?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ours.push(run_infercell().await?);
+        theirs.push(run_bare().await?);
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
+    println!("invoke echo, in process, fresh store per call ({iters} calls x {rounds} rounds, median round):");
+    println!("  infercell runtime   {:>8.2} us/call", ours.as_secs_f64() * 1e6);
+    println!("  bare wasmtime       {:>8.2} us/call", theirs.as_secs_f64() * 1e6);
+    println!("  ratio               {:>8.3}   (goal <= 1.10)", ours.as_secs_f64() / theirs.as_secs_f64());
+    Ok(())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn http(seconds: u64, connections: usize, rounds: u64) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe.parent().context("exe dir")?;
+    let infercell_bin = bin_dir.join("infercell");
+    anyhow::ensure!(infercell_bin.exists(), "{} missing: cargo build --release -p infercell", infercell_bin.display());
+    let tmp = tempfile::tempdir()?;
+
+    // infercell: tenant + echo deployed through its own CLI.
+    let admin = "bench-admin-key";
+    let mut server = Spawned::start(
+        std::process::Command::new(&infercell_bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .env("INFERCELL_ADMIN_KEY", admin)
+            .env("INFERCELL_LOG", "warn"),
+    )?;
+    let cli = |key: &str, args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(&infercell_bin)
+            .args(args)
+            .env("INFERCELL_URL", &server.url)
+            .env("INFERCELL_KEY", key)
+            .current_dir(repo_root())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let created: serde_json::Value = serde_json::from_str(&cli(admin, &["tenant", "create", "bench", "--json"])?)?;
+    let key = created["api_key"].as_str().context("api_key")?.to_string();
+    cli(&key, &["deploy", "samples/echo"])?;
+    let infercell_target = load::Target { url: format!("{}/fn/bench/echo", server.url), bearer: Some(key) };
+
+    let mut bare_server = Spawned::start(std::process::Command::new(&exe).arg("serve-bare"))?;
+    let bare_target = load::Target { url: format!("{}/", bare_server.url), bearer: None };
+
+    let duration = Duration::from_secs(seconds);
+    load::run(&infercell_target, connections, Duration::from_secs(1)).await?;
+    load::run(&bare_target, connections, Duration::from_secs(1)).await?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ours.push(load::run(&infercell_target, connections, duration).await?);
+        theirs.push(load::run(&bare_target, connections, duration).await?);
+    }
+    let pick = |mut v: Vec<load::Report>| {
+        v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        v.swap_remove(v.len() / 2)
+    };
+    let (ours, theirs) = (pick(ours), pick(theirs));
+    println!("HTTP echo, {connections} keep-alive connections, {seconds} s x {rounds} rounds (median round):");
+    println!("  {:<28} {:>10} {:>10} {:>10}", "", "req/s", "p50 ms", "p99 ms");
+    for (name, r) in [("infercell server", &ours), ("bare hyper + wasmtime", &theirs)] {
+        println!("  {:<28} {:>10.0} {:>10.3} {:>10.3}", name, r.rps, r.p50_ms, r.p99_ms);
+    }
+    println!("  ratio req/s                  {:>10.3}   (goal >= 0.90)", ours.rps / theirs.rps);
+    server.stop();
+    bare_server.stop();
+    Ok(())
+}
+
+/// A child server that printed `listening on http://ADDR`.
+struct Spawned {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Spawned {
+    fn start(cmd: &mut std::process::Command) -> Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().context("server exited before listening")??;
+            if let Some(url) = line.strip_prefix("listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child, url })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The bare hyper + wasmtime echo server: read the body, fresh store, call, answer.
+async fn serve_bare() -> Result<()> {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::service::service_fn;
+    let bare = bare::Bare::new(&echo_wasm()?)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let bare = bare.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let bare = bare.clone();
+                async move {
+                    let body = req.into_body().collect().await?.to_bytes().to_vec();
+                    let out = match bare.call(body).await {
+                        Ok(out) => hyper::Response::new(Full::new(bytes::Bytes::from(out))),
+                        Err(e) => {
+                            let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(e.to_string())));
+                            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                            r
+                        }
+                    };
+                    Ok::<_, hyper::Error>(out)
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}

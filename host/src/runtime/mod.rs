@@ -366,10 +366,13 @@ impl Drop for Runtime {
 
 fn engine_config(config: &RuntimeConfig) -> Config {
     let mut pool = PoolingAllocationConfig::default();
+    // A Rust wasip2 component instantiates several core instances (its module plus the
+    // canonical-ABI shims), so the core-instance and table pools are sized per component slot:
+    // `max_instances` is the number of whole components that can run at once.
     pool.total_component_instances(config.max_instances)
-        .total_core_instances(config.max_instances * 2)
-        .total_memories(config.max_instances)
-        .total_tables(config.max_instances * 2)
+        .total_core_instances(config.max_instances * 8)
+        .total_memories(config.max_instances * 2)
+        .total_tables(config.max_instances * 8)
         .max_memory_size(config.max_memory_bytes as usize)
         .max_memories_per_component(4)
         .max_tables_per_component(8)

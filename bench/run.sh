@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds in release and runs every benchmark beside its baseline; prints the tables that go
+# into bench/RESULTS.md (with `uname -m`, the CPU model, `nproc` and the commit).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+scripts/build-samples.sh >/dev/null 2>&1
+cargo build --release -p infercell -p infercell-bench
+bin="${CARGO_TARGET_DIR:-$root/target}/release/infercell-bench"
+echo "machine: $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+echo "commit:  $(git rev-parse --short HEAD)  date: $(date -u +%Y-%m-%d)"
+"$bin" invoke "$@"
+"$bin" http

@@ -1,0 +1,87 @@
+//! The baseline: what a user would write with bare wasmtime. Same engine settings as
+//! infercell's runtime (pooling allocator, epoch interruption, fuel, async), a fresh store
+//! per call, no platform around it.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "infercell:function/handler",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+use bindings::infercell::function::types::Request;
+
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A bare-wasmtime echo host.
+pub struct Bare {
+    engine: Engine,
+    pre: bindings::HandlerPre<State>,
+}
+
+impl Bare {
+    pub fn new(component_bytes: &[u8]) -> Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(1000)
+            .total_core_instances(8000)
+            .total_memories(2000)
+            .total_tables(8000)
+            .max_memory_size(512 << 20)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(32)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20);
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&cfg)?;
+        let ticker = engine.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                ticker.increment_epoch();
+            }
+        });
+        let mut linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        let component = Component::new(&engine, component_bytes)?;
+        let pre = bindings::HandlerPre::new(linker.instantiate_pre(&component)?)?;
+        Ok(Arc::new(Self { engine, pre }))
+    }
+
+    /// Fresh store, instantiate, call `handle`, drop.
+    pub async fn call(&self, body: Vec<u8>) -> Result<Vec<u8>> {
+        let mut store =
+            Store::new(&self.engine, State { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
+        store.set_fuel(u64::MAX)?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        let req = Request { method: "POST".into(), path: "/".into(), query: String::new(), headers: Vec::new(), body };
+        match instance.infercell_function_incoming_handler().call_handle(&mut store, &req).await? {
+            Ok(resp) => Ok(resp.body),
+            Err(e) => anyhow::bail!("guest error: {e:?}"),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! A small closed-loop HTTP/1.1 load generator: C keep-alive connections, each sending the
+//! next request as soon as the previous answer arrives, for a fixed time.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use http_body_util::{BodyExt as _, Full};
+
+pub struct Target {
+    pub url: String,
+    pub bearer: Option<String>,
+}
+
+pub struct Report {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+pub async fn run(target: &Target, connections: usize, duration: Duration) -> Result<Report> {
+    let uri: hyper::Uri = target.url.parse()?;
+    let authority = uri.authority().context("url has no host")?.to_string();
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (uri, authority, bearer) = (uri.clone(), authority.clone(), target.bearer.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&authority).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let mut req = hyper::Request::post(uri.clone()).header("host", authority.as_str());
+                if let Some(b) = &bearer {
+                    req = req.header("authorization", format!("Bearer {b}"));
+                }
+                let req = req.body(Full::new(bytes::Bytes::from_static(b"hello, sandbox")))?;
+                let t = Instant::now();
+                let resp = sender.send_request(req).await?;
+                anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+                let body = resp.into_body().collect().await?.to_bytes();
+                anyhow::ensure!(&body[..] == b"hello, sandbox", "wrong body");
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0)
+    };
+    Ok(Report { rps: all.len() as f64 / elapsed, p50_ms: pct(0.50), p99_ms: pct(0.99) })
+}
