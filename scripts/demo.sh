@@ -54,3 +54,8 @@ curl -s -o /dev/null -D - -H "Authorization: Bearer $INFERCELL_KEY" --data 'mete
 
 echo "== /metrics (invocations)"
 curl -s "$INFERCELL_URL/metrics" | grep '^infercell_invocations_total'
+
+echo "== infercell usage"
+"$bin" usage
+echo "== infercell billing"
+"$bin" billing

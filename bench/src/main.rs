@@ -128,7 +128,8 @@ async fn http(seconds: u64, connections: usize, rounds: u64) -> Result<()> {
         anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    let created: serde_json::Value = serde_json::from_str(&cli(admin, &["tenant", "create", "bench", "--json"])?)?;
+    let created: serde_json::Value =
+        serde_json::from_str(&cli(admin, &["tenant", "create", "bench", "--plan", "standard", "--json"])?)?;
     let key = created["api_key"].as_str().context("api_key")?.to_string();
     cli(&key, &["deploy", "samples/echo"])?;
     let infercell_target = load::Target { url: format!("{}/fn/bench/echo", server.url), bearer: Some(key) };

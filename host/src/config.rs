@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
 
 /// The embedded defaults, also shipped as documentation in `docs/configuration.md`.
@@ -18,6 +19,10 @@ pub const DEFAULT_CONFIG: &str = r#"
 max_upload_bytes = "64MiB"
 max_request_bytes = "16MiB"
 metrics_require_key = false
+
+[metering]
+enabled = true
+fsync = false
 
 [runtime]
 max_instances = 1000
@@ -31,6 +36,22 @@ max_timeout = "5s"
 default_memory = "32MiB"
 default_timeout = "2s"
 gpu = false
+max_model_bytes = "16MiB"
+requests_per_second = 10
+burst = 20
+max_concurrency = 4
+monthly_budget = "1.00"
+currency = "USD"
+
+[plans.free.prices]
+invocations = "0.0000002"
+guest_ms = "0.00000002"
+fuel = "0"
+memory_gib_s = "0.0000166667"
+nn_cpu_ms = "0.00000002"
+nn_gpu_ms = "0.0000004"
+bytes_in = "0"
+bytes_out = "0.00000000009"
 
 [plans.standard]
 max_memory = "512MiB"
@@ -38,6 +59,19 @@ max_timeout = "30s"
 default_memory = "128MiB"
 default_timeout = "10s"
 gpu = true
+max_model_bytes = "256MiB"
+max_concurrency = 256
+currency = "USD"
+
+[plans.standard.prices]
+invocations = "0.0000002"
+guest_ms = "0.00000002"
+fuel = "0"
+memory_gib_s = "0.0000166667"
+nn_cpu_ms = "0.00000002"
+nn_gpu_ms = "0.0000004"
+bytes_in = "0"
+bytes_out = "0.00000000009"
 "#;
 
 /// The whole configuration.
@@ -45,6 +79,7 @@ gpu = true
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub metering: MeteringConfig,
     pub runtime: RuntimeSection,
     pub plans: BTreeMap<String, Plan>,
 }
@@ -60,6 +95,18 @@ pub struct ServerConfig {
     pub max_request_bytes: u64,
     /// When true, `GET /metrics` needs a key like every other endpoint.
     pub metrics_require_key: bool,
+}
+
+/// `[metering]`: usage records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeteringConfig {
+    /// Record usage (and so bill) every call. Turning it off exists only to measure what
+    /// metering costs (bench/); a server with it off bills nothing.
+    pub enabled: bool,
+    /// Also fsync every usage commit, so acknowledged records survive power loss, not only
+    /// a crash of the process.
+    pub fsync: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +136,62 @@ pub struct Plan {
     #[serde(default)]
     pub max_fuel: Option<u64>,
     pub gpu: bool,
+    /// Largest model a tenant on this plan may push.
+    #[serde(deserialize_with = "de_size")]
+    pub max_model_bytes: u64,
+    /// Sustained calls per second per tenant; absent = no rate limit.
+    #[serde(default)]
+    pub requests_per_second: Option<u32>,
+    /// Calls that may arrive at once above the sustained rate (default: the rate).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Calls of one tenant running at the same time.
+    pub max_concurrency: u32,
+    /// Spend per calendar month (UTC) after which calls get 402; absent = no budget.
+    #[serde(default, deserialize_with = "de_opt_decimal")]
+    pub monthly_budget: Option<Decimal>,
+    /// ISO 4217 code of the prices and bills.
+    pub currency: String,
+    pub prices: Prices,
+}
+
+/// Unit price of each meter, exact decimals (strings in TOML: `"0.0000002"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prices {
+    #[serde(deserialize_with = "de_decimal")]
+    pub invocations: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub guest_ms: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub fuel: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub memory_gib_s: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub nn_cpu_ms: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub nn_gpu_ms: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub bytes_in: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub bytes_out: Decimal,
+}
+
+impl Prices {
+    /// The unit price of `meter` (one of [`crate::metering::METERS`]).
+    pub fn of(&self, meter: &str) -> Decimal {
+        match meter {
+            "invocations" => self.invocations,
+            "guest_ms" => self.guest_ms,
+            "fuel" => self.fuel,
+            "memory_gib_s" => self.memory_gib_s,
+            "nn_cpu_ms" => self.nn_cpu_ms,
+            "nn_gpu_ms" => self.nn_gpu_ms,
+            "bytes_in" => self.bytes_in,
+            "bytes_out" => self.bytes_out,
+            _ => Decimal::ZERO,
+        }
+    }
 }
 
 impl Config {
@@ -118,6 +221,15 @@ impl Config {
             anyhow::ensure!(
                 plan.default_memory <= plan.max_memory && plan.default_timeout <= plan.max_timeout,
                 "plan `{name}`: defaults must not exceed the plan's maxima"
+            );
+            anyhow::ensure!(plan.max_concurrency > 0, "plan `{name}`: max_concurrency must be at least 1");
+            anyhow::ensure!(
+                plan.requests_per_second != Some(0),
+                "plan `{name}`: requests_per_second must be at least 1"
+            );
+            anyhow::ensure!(
+                plan.currency.len() == 3 && plan.currency.bytes().all(|b| b.is_ascii_uppercase()),
+                "plan `{name}`: currency must be an ISO 4217 code such as USD"
             );
         }
         anyhow::ensure!(self.runtime.max_instances > 0, "runtime.max_instances must be at least 1");
@@ -179,6 +291,24 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+fn de_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_decimal(&text).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    de_decimal(d).map(Some)
+}
+
+/// Parses an exact, non-negative decimal such as `"0.0000002"`.
+pub fn parse_decimal(text: &str) -> Result<Decimal, String> {
+    let value = Decimal::from_str_exact(text.trim()).map_err(|e| format!("`{text}` is not a decimal: {e}"))?;
+    if value.is_sign_negative() {
+        return Err(format!("`{text}` must not be negative"));
+    }
+    Ok(value)
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
@@ -191,6 +321,11 @@ mod tests {
     #[test]
     fn embedded_defaults_have_both_plans() {
         let config = Config::embedded();
+        assert_eq!(config.plans["free"].requests_per_second, Some(10));
+        assert_eq!(config.plans["free"].burst, Some(20));
+        assert_eq!(config.plans["free"].monthly_budget, Some(Decimal::new(100, 2)));
+        assert_eq!(config.plans["standard"].requests_per_second, None);
+        assert_eq!(config.plans["standard"].prices.invocations, Decimal::new(2, 7));
         assert_eq!(config.plans["free"].max_memory, 64 << 20);
         assert!(!config.plans["free"].gpu);
         assert_eq!(config.plans["standard"].max_timeout, Duration::from_secs(30));

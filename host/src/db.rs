@@ -58,12 +58,17 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_with(path, MIGRATIONS, "FULL")
+    }
+
+    /// Opens a database at `path` with its own migrations and `synchronous` setting.
+    pub fn open_with(path: &Path, migrations: &[&str], synchronous: &str) -> anyhow::Result<Self> {
         let mut conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "synchronous", synchronous)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&mut conn)?;
+        migrate(&mut conn, migrations)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -89,14 +94,14 @@ impl Db {
     }
 }
 
-fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> anyhow::Result<()> {
     let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     anyhow::ensure!(
-        done <= MIGRATIONS.len(),
+        done <= migrations.len(),
         "the database was written by a newer infercell (schema {done}, this build knows {})",
-        MIGRATIONS.len()
+        migrations.len()
     );
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+    for (i, sql) in migrations.iter().enumerate().skip(done) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql).with_context(|| format!("migration {}", i + 1))?;
         tx.pragma_update(None, "user_version", i + 1)?;

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod metering;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;

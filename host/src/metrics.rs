@@ -22,6 +22,13 @@ pub struct FunctionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub tenant: String,
+    /// rate, concurrency, budget, busy.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UploadLabels {
     pub outcome: String,
 }
@@ -35,6 +42,9 @@ pub struct Metrics {
     pub uploads: Family<UploadLabels, Counter>,
     pub compile_duration: Histogram,
     pub log_bytes_dropped: Family<FunctionLabels, Counter>,
+    pub refused: Family<RefusedLabels, Counter>,
+    pub usage_batch_size: Histogram,
+    pub usage_commit: Histogram,
 }
 
 impl Default for Metrics {
@@ -72,6 +82,16 @@ impl Metrics {
             "Function log bytes dropped over the per-call cap",
             log_bytes_dropped.clone(),
         );
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register("refused", "Calls refused before running (quota, budget, no free instance)", refused.clone());
+        let usage_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        registry.register("usage_batch_size", "Usage records per group commit", usage_batch_size.clone());
+        let usage_commit = Histogram::new(exponential_buckets(0.00005, 2.0, 14));
+        registry.register(
+            "usage_commit_seconds",
+            "Time a call waits for its usage record to commit",
+            usage_commit.clone(),
+        );
         Self {
             registry,
             invocations,
@@ -80,6 +100,9 @@ impl Metrics {
             uploads,
             compile_duration,
             log_bytes_dropped,
+            refused,
+            usage_batch_size,
+            usage_commit,
         }
     }
 

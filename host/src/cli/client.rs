@@ -176,8 +176,100 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             invoke(&Client::new(&client)?, &target, data, method, headers).await?
         }
         Command::Inspect { file, json } => inspect(&file, json)?,
+        Command::Billing { from, to, format, tenant, client } => {
+            let c = Client::new(&client)?;
+            let format = if c.json { "json".to_string() } else { format };
+            if !matches!(format.as_str(), "table" | "json" | "csv") {
+                bail!("--format must be table, json or csv");
+            }
+            let mut query = vec![("format", if format == "csv" { "csv".to_string() } else { "json".to_string() })];
+            query.extend(from.map(|v| ("from", v)));
+            query.extend(to.map(|v| ("to", v)));
+            query.extend(tenant.map(|v| ("tenant", v)));
+            let req = c.request(reqwest::Method::GET, "/v1/billing")?.query(&query);
+            if format == "csv" {
+                let response = req.send().await.with_context(|| format!("cannot reach the server at {}", c.url))?;
+                let status = response.status();
+                let body = response.bytes().await?;
+                if !status.is_success() {
+                    bail!("{}", server_error(status, &body));
+                }
+                print!("{}", String::from_utf8_lossy(&body));
+            } else {
+                let v = c.send_json(req).await?;
+                if format == "json" {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!("{}", bill_table(&v));
+                }
+            }
+        }
+        Command::Usage { from, to, function, limit, tenant, client } => {
+            let c = Client::new(&client)?;
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(from.map(|v| ("from", v)));
+            query.extend(to.map(|v| ("to", v)));
+            query.extend(function.map(|v| ("function", v)));
+            query.extend(tenant.map(|v| ("tenant", v)));
+            let v = c.send_json(c.request(reqwest::Method::GET, "/v1/usage")?.query(&query)).await?;
+            c.print(&v, |v| {
+                let mut out = format!(
+                    "{:<27} {:<16} {:>4} {:<12} {:>6} {:>10} {:>10} {:>9} {:>9}",
+                    "STARTED", "FUNCTION", "VER", "OUTCOME", "STATUS", "GUEST MS", "FUEL", "IN", "OUT"
+                );
+                for r in v["records"].as_array().into_iter().flatten() {
+                    let m = &r["meters"];
+                    out.push_str(&format!(
+                        "\n{:<27} {:<16} {:>4} {:<12} {:>6} {:>10} {:>10} {:>9} {:>9}",
+                        r["started_at"].as_str().unwrap_or_default(),
+                        r["function"].as_str().unwrap_or_default(),
+                        r["version"].to_string(),
+                        r["outcome"].as_str().unwrap_or_default(),
+                        r["status"].to_string(),
+                        m["guest_ms"].as_str().unwrap_or_default(),
+                        m["fuel"].as_str().unwrap_or_default(),
+                        m["bytes_in"].as_str().unwrap_or_default(),
+                        m["bytes_out"].as_str().unwrap_or_default(),
+                    ));
+                }
+                out
+            });
+        }
     }
     Ok(())
+}
+
+/// A bill as a readable table.
+fn bill_table(v: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let currency = s(&v["currency"]);
+    let mut out = format!("Bill for {}, {} to {} ({currency})\n\n", s(&v["tenant"]), s(&v["from"]), s(&v["to"]));
+    out.push_str(&format!(
+        "{:<20} {:<14} {:>22} {:>16} {:>24}\n",
+        "FUNCTION", "METER", "QUANTITY", "UNIT PRICE", "AMOUNT"
+    ));
+    for l in v["lines"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<20} {:<14} {:>22} {:>16} {:>24}\n",
+            s(&l["function"]),
+            s(&l["meter"]),
+            s(&l["quantity"]),
+            s(&l["unit_price"]),
+            s(&l["amount"])
+        ));
+    }
+    out.push_str(&format!("\n{:<20} {:>12} {:>24} {:>24}\n", "FUNCTION", "INVOCATIONS", "COST", "COST PER 1000"));
+    for f in v["functions"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<20} {:>12} {:>24} {:>24}\n",
+            s(&f["function"]),
+            f["invocations"].to_string(),
+            s(&f["cost"]),
+            s(&f["cost_per_1000"])
+        ));
+    }
+    out.push_str(&format!("\nTOTAL      {} {currency}\nTOTAL DUE  {} {currency}", s(&v["total"]), s(&v["total_due"])));
+    out
 }
 
 fn short_digest(d: &str) -> String {

@@ -54,6 +54,41 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The bill for a period (default: this calendar month, UTC).
+    Billing {
+        /// Start (inclusive): 2026-11-01 or an RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// End (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// table, json or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Another tenant's bill (admin key only).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Raw usage records, one per call (default: this calendar month).
+    Usage {
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Another tenant's records (admin key only).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show a component's imports and exports, and whether this platform can run it.
     Inspect {
         /// A .wasm file.

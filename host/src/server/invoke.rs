@@ -7,12 +7,15 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use http_body::Body as _;
 
 use super::{App, FunctionResponse, RequestId, USAGE_HEADER, guest_status};
 use crate::error::ApiError;
-use crate::metrics::{FunctionLabels, InvocationLabels};
+use crate::metering::quota::Refusal;
+use crate::metering::{Meters, UsageRecord, now_us};
+use crate::metrics::{FunctionLabels, InvocationLabels, RefusedLabels};
 use crate::registry::LogEntry;
-use crate::runtime::{CallUsage, GuestError, GuestRequest, InvokeError, LogLevel};
+use crate::runtime::{GuestError, GuestRequest, InvokeError, LogLevel};
 use crate::tenants::{Principal, Role};
 
 const INVOKERS: &[Role] = &[Role::Owner, Role::Deployer, Role::Invoker];
@@ -92,21 +95,58 @@ async fn invoke(
         body: body.to_vec(),
     };
 
+    // Admission: quota and budget, before anything runs. Refused calls are never billed.
+    let plan_name = app.tenants.plan_of(tenant).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no plan"))?;
+    let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
+    let spent = if plan.monthly_budget.is_some() {
+        app.metering.month_to_date(tenant, &plan.prices).await?
+    } else {
+        rust_decimal::Decimal::ZERO
+    };
+    let admission = match app.quotas.admit(tenant, &plan_name, plan, spent) {
+        Ok(admission) => admission,
+        Err(refusal) => {
+            app.metrics
+                .refused
+                .get_or_create(&RefusedLabels { tenant: tenant.to_string(), reason: refusal.reason().into() })
+                .inc();
+            return Err(match refusal {
+                Refusal::Rate { retry_after_secs, .. } => {
+                    ApiError::TooManyRequests { message: refusal.to_string(), retry_after_secs }
+                }
+                Refusal::Concurrency { .. } => {
+                    ApiError::TooManyRequests { message: refusal.to_string(), retry_after_secs: 1 }
+                }
+                Refusal::Budget { .. } => ApiError::PaymentRequired(refusal.to_string()),
+            });
+        }
+    };
+
+    let started_us = now_us();
     let active = ActiveGuard::new(&app);
     let outcome =
         app.runtime.invoke(&deployment.prepared, &deployment.limits, deployment.config.clone(), guest_request).await;
     drop(active);
+    drop(admission);
 
-    let labels = FunctionLabels { tenant: tenant.to_string(), function: function.to_string() };
-    app.metrics.invocation_duration.get_or_create(&labels).observe(outcome.usage.wall.as_secs_f64());
-    app.metrics
-        .invocations
-        .get_or_create(&InvocationLabels {
-            tenant: tenant.to_string(),
-            function: function.to_string(),
-            outcome: outcome_label(&outcome.result).into(),
-        })
-        .inc();
+    if let Err(InvokeError::Busy(_)) = &outcome.result {
+        // Nothing ran: refused, not billed.
+        app.metrics.refused.get_or_create(&RefusedLabels { tenant: tenant.to_string(), reason: "busy".into() }).inc();
+    } else {
+        let labels = FunctionLabels { tenant: tenant.to_string(), function: function.to_string() };
+        app.metrics.invocation_duration.get_or_create(&labels).observe(outcome.usage.wall.as_secs_f64());
+        app.metrics
+            .invocations
+            .get_or_create(&InvocationLabels {
+                tenant: tenant.to_string(),
+                function: function.to_string(),
+                outcome: outcome_label(&outcome.result).into(),
+            })
+            .inc();
+        if outcome.logs_dropped > 0 {
+            app.metrics.log_bytes_dropped.get_or_create(&labels).inc_by(outcome.logs_dropped as u64);
+        }
+    }
     record_logs(
         &app,
         &deployment.tenant,
@@ -116,11 +156,9 @@ async fn invoke(
         outcome.logs,
         outcome.logs_dropped,
     );
-    if outcome.logs_dropped > 0 {
-        app.metrics.log_bytes_dropped.get_or_create(&labels).inc_by(outcome.logs_dropped as u64);
-    }
 
     let bytes_in = body.len();
+    let status_outcome = outcome_label(&outcome.result);
     let mut response = match outcome.result {
         Ok(answer) => {
             let status = guest_status(answer.status).ok_or_else(|| {
@@ -148,17 +186,52 @@ async fn invoke(
         }
         Err(e) => invoke_error(e).into_response(),
     };
-    let bytes_out = match response.body().size_hint().exact() {
-        Some(n) => n as usize,
-        None => 0,
-    };
-    if let Ok(value) = HeaderValue::from_str(&usage_header(&outcome.usage, deployment.version, bytes_in, bytes_out)) {
+    let bytes_out = response.body().size_hint().exact().unwrap_or(0);
+    let busy = matches!(response.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    let mut usage = format!(
+        "version={}, wall_ms={:.3}, memory_peak_bytes={}",
+        deployment.version,
+        outcome.usage.wall.as_secs_f64() * 1000.0,
+        outcome.usage.peak_memory_bytes
+    );
+    if !busy {
+        let wall_us = outcome.usage.wall.as_micros() as i64;
+        let pages = outcome.usage.peak_memory_bytes.div_ceil(65_536) as i64;
+        let record = UsageRecord {
+            request_id: request_id.clone(),
+            tenant: tenant.to_string(),
+            kind: "function",
+            function: function.to_string(),
+            version: deployment.version,
+            started_us,
+            ended_us: started_us + wall_us,
+            outcome: status_outcome,
+            status: response.status().as_u16(),
+            meters: Meters {
+                invocations: 1,
+                guest_us: wall_us,
+                fuel: outcome.usage.fuel.min(i64::MAX as u64) as i64,
+                memory_page_us: pages.saturating_mul(wall_us),
+                nn_cpu_us: 0,
+                nn_gpu_us: 0,
+                bytes_in: bytes_in as i64,
+                bytes_out: bytes_out as i64,
+            },
+        };
+        usage = format!("{}, {usage}", record.meters.header_pairs());
+        // The answer goes out only once its usage record is committed.
+        let commit = std::time::Instant::now();
+        app.metering
+            .record(record, &plan.prices)
+            .await
+            .map_err(|e| ApiError::Internal(e.context("the call ran but its usage could not be recorded")))?;
+        app.metrics.usage_commit.observe(commit.elapsed().as_secs_f64());
+    }
+    if let Ok(value) = HeaderValue::from_str(&usage) {
         response.headers_mut().insert(USAGE_HEADER, value);
     }
     Ok(response)
 }
-
-use http_body::Body as _;
 
 fn invoke_error(e: InvokeError) -> ApiError {
     match e {
@@ -181,16 +254,6 @@ fn outcome_label(result: &Result<crate::runtime::GuestResponse, InvokeError>) ->
         Err(InvokeError::Trap(_)) => "trap",
         Err(InvokeError::Busy(_)) => "busy",
     }
-}
-
-/// `infercell-usage`: the call's meters as `key=value` pairs separated by `, `.
-fn usage_header(usage: &CallUsage, version: u32, bytes_in: usize, bytes_out: usize) -> String {
-    let wall_ms = usage.wall.as_secs_f64() * 1000.0;
-    let gib_s = usage.peak_memory_bytes as f64 / (1u64 << 30) as f64 * usage.wall.as_secs_f64();
-    format!(
-        "version={version}, invocations=1, wall_ms={wall_ms:.3}, fuel={}, memory_peak_bytes={}, memory_gib_s={gib_s:.9}, bytes_in={bytes_in}, bytes_out={bytes_out}",
-        usage.fuel, usage.peak_memory_bytes
-    )
 }
 
 fn record_logs(

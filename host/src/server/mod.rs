@@ -6,6 +6,7 @@
 
 mod api;
 mod auth;
+mod billing;
 mod invoke;
 
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ use axum::routing::{any, get, post};
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{ApiError, ErrorMessage, error_body};
+use crate::metering::Metering;
+use crate::metering::quota::Quotas;
 use crate::metrics::Metrics;
 use crate::registry::{BlobStore, Registry};
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -41,6 +44,8 @@ pub struct App {
     pub registry: Registry,
     pub runtime: Arc<Runtime>,
     pub metrics: Metrics,
+    pub metering: Metering,
+    pub quotas: Quotas,
 }
 
 /// Where the admin key came from, for the start-up message.
@@ -74,7 +79,14 @@ impl App {
         let config = Arc::new(config);
         let tenants = Tenants::load(db.clone(), &admin_key)?;
         let registry = Registry::new(db, BlobStore::new(root.open_dir("blobs")?), runtime.clone(), config.clone());
-        let app = Arc::new(Self { config, tenants, registry, runtime, metrics: Metrics::new() });
+        let metrics = Metrics::new();
+        let metering = Metering::open(
+            &data_dir.join("usage.db"),
+            config.metering.enabled,
+            config.metering.fsync,
+            metrics.usage_batch_size.clone(),
+        )?;
+        let app = Arc::new(Self { config, tenants, registry, runtime, metrics, metering, quotas: Quotas::default() });
         Ok((app, AdminKeySource { path, created }))
     }
 }
@@ -101,6 +113,8 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/functions/{name}", get(api::get_function).delete(api::delete_function))
         .route("/v1/functions/{name}/logs", get(api::function_logs))
+        .route("/v1/usage", get(billing::usage))
+        .route("/v1/billing", get(billing::billing))
         .route("/fn/{tenant}/{function}", any(invoke::invoke_root))
         .route("/fn/{tenant}/{function}/", any(invoke::invoke_root))
         .route("/fn/{tenant}/{function}/{*rest}", any(invoke::invoke_rest))

@@ -123,6 +123,8 @@ fn key_id(api_key: &str) -> Option<&str> {
 pub struct Tenants {
     db: Db,
     keys: RwLock<HashMap<String, KeyRecord>>,
+    /// Tenant name -> plan name, so admission never touches SQLite.
+    plans: RwLock<HashMap<String, String>>,
     admin_hash: [u8; 32],
 }
 
@@ -154,7 +156,17 @@ impl Tenants {
             }
             Ok(out)
         })?;
-        Ok(Self { db, keys: RwLock::new(records), admin_hash: Sha256::digest(admin_key.as_bytes()).into() })
+        let plans = db.call_blocking(|conn| {
+            let mut stmt = conn.prepare("SELECT name, plan FROM tenants")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
+        })?;
+        Ok(Self {
+            db,
+            keys: RwLock::new(records),
+            plans: RwLock::new(plans),
+            admin_hash: Sha256::digest(admin_key.as_bytes()).into(),
+        })
     }
 
     /// Who holds `api_key`, if anyone.
@@ -200,6 +212,9 @@ impl Tenants {
             return Err(ApiError::Conflict(format!("tenant `{name}` already exists")));
         }
         self.cache_key(&key, name, Role::Owner);
+        if let Ok(mut plans) = self.plans.write() {
+            plans.insert(name.to_string(), plan.to_string());
+        }
         Ok((tenant, key))
     }
 
@@ -214,6 +229,11 @@ impl Tenants {
                 KeyRecord { hash, principal: Principal { key_id: key.id.clone(), tenant: Some(tenant.into()), role } },
             );
         }
+    }
+
+    /// The plan of `tenant`, from memory.
+    pub fn plan_of(&self, tenant: &str) -> Option<String> {
+        self.plans.read().ok()?.get(tenant).cloned()
     }
 
     /// One tenant by name.
