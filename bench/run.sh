@@ -11,3 +11,4 @@ echo "machine: $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 
 echo "commit:  $(git rev-parse --short HEAD)  date: $(date -u +%Y-%m-%d)"
 "$bin" invoke "$@"
 "$bin" http
+"$bin" fairness

@@ -40,9 +40,10 @@ async fn main() -> Result<()> {
             http(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, arg(&args, "--rounds", 3)).await
         }
         Some("serve-bare") => serve_bare().await,
+        Some("fairness") => fairness(arg(&args, "--seconds", 5)).await,
         _ => {
             eprintln!(
-                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | serve-bare"
+                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | serve-bare"
             );
             std::process::exit(2)
         }
@@ -102,62 +103,116 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// An infercell server (release binary next to this one) with `echo` deployed for tenant
+/// `bench` on the standard plan, plus any extra tenants on the given plans.
+struct Infercell {
+    server: Spawned,
+    _tmp: tempfile::TempDir,
+    keys: std::collections::HashMap<String, String>,
+}
+
+impl Infercell {
+    fn start(config: &str, tenants: &[(&str, &str)]) -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let bin = exe.parent().context("exe dir")?.join("infercell");
+        anyhow::ensure!(bin.exists(), "{} missing: cargo build --release -p infercell", bin.display());
+        let tmp = tempfile::tempdir()?;
+        let config_path = tmp.path().join("infercell.toml");
+        std::fs::write(&config_path, config)?;
+        let admin = "bench-admin-key";
+        let server = Spawned::start(
+            std::process::Command::new(&bin)
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(tmp.path().join("data"))
+                .arg("--config")
+                .arg(&config_path)
+                .env("INFERCELL_ADMIN_KEY", admin)
+                .env("INFERCELL_LOG", "warn"),
+        )?;
+        let cli = |key: &str, args: &[&str]| -> Result<String> {
+            let out = std::process::Command::new(&bin)
+                .args(args)
+                .env("INFERCELL_URL", &server.url)
+                .env("INFERCELL_KEY", key)
+                .current_dir(repo_root())
+                .output()?;
+            anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let mut keys = std::collections::HashMap::new();
+        for (tenant, plan) in tenants {
+            let created: serde_json::Value =
+                serde_json::from_str(&cli(admin, &["tenant", "create", tenant, "--plan", plan, "--json"])?)?;
+            let key = created["api_key"].as_str().context("api_key")?.to_string();
+            cli(&key, &["deploy", "samples/echo"])?;
+            keys.insert(tenant.to_string(), key);
+        }
+        Ok(Self { server, _tmp: tmp, keys })
+    }
+
+    fn target(&self, tenant: &str) -> load::Target {
+        load::Target { url: format!("{}/fn/{tenant}/echo", self.server.url), bearer: self.keys.get(tenant).cloned() }
+    }
+}
+
 async fn http(seconds: u64, connections: usize, rounds: u64) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let bin_dir = exe.parent().context("exe dir")?;
-    let infercell_bin = bin_dir.join("infercell");
-    anyhow::ensure!(infercell_bin.exists(), "{} missing: cargo build --release -p infercell", infercell_bin.display());
-    let tmp = tempfile::tempdir()?;
-
-    // infercell: tenant + echo deployed through its own CLI.
-    let admin = "bench-admin-key";
-    let mut server = Spawned::start(
-        std::process::Command::new(&infercell_bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(tmp.path().join("data"))
-            .env("INFERCELL_ADMIN_KEY", admin)
-            .env("INFERCELL_LOG", "warn"),
-    )?;
-    let cli = |key: &str, args: &[&str]| -> Result<String> {
-        let out = std::process::Command::new(&infercell_bin)
-            .args(args)
-            .env("INFERCELL_URL", &server.url)
-            .env("INFERCELL_KEY", key)
-            .current_dir(repo_root())
-            .output()?;
-        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let created: serde_json::Value =
-        serde_json::from_str(&cli(admin, &["tenant", "create", "bench", "--plan", "standard", "--json"])?)?;
-    let key = created["api_key"].as_str().context("api_key")?.to_string();
-    cli(&key, &["deploy", "samples/echo"])?;
-    let infercell_target = load::Target { url: format!("{}/fn/bench/echo", server.url), bearer: Some(key) };
-
-    let mut bare_server = Spawned::start(std::process::Command::new(&exe).arg("serve-bare"))?;
-    let bare_target = load::Target { url: format!("{}/", bare_server.url), bearer: None };
-
+    let metered = Infercell::start("", &[("bench", "standard")])?;
+    let unmetered = Infercell::start("[metering]\nenabled = false\n", &[("bench", "standard")])?;
+    let bare_server = Spawned::start(std::process::Command::new(&exe).arg("serve-bare"))?;
+    let targets = [
+        ("infercell server", metered.target("bench")),
+        ("infercell, metering off", unmetered.target("bench")),
+        ("bare hyper + wasmtime", load::Target { url: format!("{}/", bare_server.url), bearer: None }),
+    ];
     let duration = Duration::from_secs(seconds);
-    load::run(&infercell_target, connections, Duration::from_secs(1)).await?;
-    load::run(&bare_target, connections, Duration::from_secs(1)).await?;
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        ours.push(load::run(&infercell_target, connections, duration).await?);
-        theirs.push(load::run(&bare_target, connections, duration).await?);
+    for (_, target) in &targets {
+        load::run(target, connections, Duration::from_secs(1)).await?;
     }
-    let pick = |mut v: Vec<load::Report>| {
-        v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-        v.swap_remove(v.len() / 2)
-    };
-    let (ours, theirs) = (pick(ours), pick(theirs));
+    let mut results: Vec<Vec<load::Report>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, (_, target)) in targets.iter().enumerate() {
+            results[i].push(load::run(target, connections, duration).await?);
+        }
+    }
+    let medians: Vec<load::Report> = results
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            v.swap_remove(v.len() / 2)
+        })
+        .collect();
     println!("HTTP echo, {connections} keep-alive connections, {seconds} s x {rounds} rounds (median round):");
     println!("  {:<28} {:>10} {:>10} {:>10}", "", "req/s", "p50 ms", "p99 ms");
-    for (name, r) in [("infercell server", &ours), ("bare hyper + wasmtime", &theirs)] {
+    for ((name, _), r) in targets.iter().zip(&medians) {
         println!("  {:<28} {:>10.0} {:>10.3} {:>10.3}", name, r.rps, r.p50_ms, r.p99_ms);
     }
-    println!("  ratio req/s                  {:>10.3}   (goal >= 0.90)", ours.rps / theirs.rps);
-    server.stop();
-    bare_server.stop();
+    println!("  ratio infercell / bare       {:>10.3}   (goal >= 0.90)", medians[0].rps / medians[2].rps);
+    println!("  metering cost                {:>9.1}%   (goal <= 5%)", (1.0 - medians[0].rps / medians[1].rps) * 100.0);
+    Ok(())
+}
+
+/// A tenant at 10x its rate quota beside a quiet tenant: how much does the quiet one's p99 move?
+async fn fairness(seconds: u64) -> Result<()> {
+    let server = Infercell::start("", &[("quiet", "standard"), ("noisy", "free")])?;
+    let quiet = server.target("quiet");
+    let noisy = server.target("noisy");
+    let duration = Duration::from_secs(seconds);
+    load::run(&quiet, 4, Duration::from_secs(1)).await?;
+    let alone = load::run(&quiet, 4, duration).await?;
+    // The free plan allows 10 requests/s: noisy sends 100/s (4 connections, one every 40 ms).
+    let flood = load::run_mode(&noisy, 4, duration, load::Mode::Paced(Duration::from_millis(40)));
+    let (with_noise, flooded) = tokio::join!(load::run(&quiet, 4, duration), flood);
+    let (with_noise, flooded) = (with_noise?, flooded?);
+    println!("fairness: quiet tenant (4 closed-loop connections) beside a tenant at 10x its rate quota, {seconds} s:");
+    println!("  {:<28} {:>10} {:>10} {:>10}", "", "req/s", "p50 ms", "p99 ms");
+    println!("  {:<28} {:>10.0} {:>10.3} {:>10.3}", "quiet alone", alone.rps, alone.p50_ms, alone.p99_ms);
+    println!(
+        "  {:<28} {:>10.0} {:>10.3} {:>10.3}",
+        "quiet beside noisy", with_noise.rps, with_noise.p50_ms, with_noise.p99_ms
+    );
+    println!("  {:<28} {:>10.0}", "noisy sent (mostly 429)", flooded.rps);
+    println!("  p99 ratio                    {:>10.3}   (goal <= 2.0)", with_noise.p99_ms / alone.p99_ms);
     Ok(())
 }
 

@@ -271,3 +271,94 @@ fn cli_prints_bills_as_table_json_and_csv() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a date"));
 }
+
+#[test]
+fn kill_9_under_concurrent_load_loses_no_acknowledged_call() {
+    let mut server = Server::start();
+    let key = server.tenant("acme", "standard");
+    server.deploy(&key, "echo");
+    let mut acknowledged: HashSet<String> = HashSet::new();
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    for round in 0..20 {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..6)
+            .map(|w| {
+                let (url, key, stop) = (format!("{}/fn/acme/echo", server.url), key.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let client = reqwest::blocking::Client::new();
+                    let mut ids = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        i += 1;
+                        // A killed server fails the request: that call was not acknowledged.
+                        if let Ok(resp) = client.post(&url).bearer_auth(&key).body(format!("{round}/{w}/{i}")).send()
+                            && resp.status() == 200
+                        {
+                            let id = resp.headers()["infercell-request-id"].to_str().unwrap().to_string();
+                            if resp.text().is_ok() {
+                                ids.push(id);
+                            }
+                        }
+                    }
+                    ids
+                })
+            })
+            .collect();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(std::time::Duration::from_millis(50 + seed % 250));
+        server.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in workers {
+            acknowledged.extend(w.join().unwrap());
+        }
+        server.restart();
+    }
+    assert!(acknowledged.len() > 100, "the load ran: {}", acknowledged.len());
+    server.stop();
+
+    let db = rusqlite::Connection::open(server.data_dir.join("usage.db")).unwrap();
+    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let mut stmt = db.prepare("SELECT request_id, invocations FROM usage").unwrap();
+    let stored: Vec<(String, i64)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let unique: HashSet<&String> = stored.iter().map(|(id, _)| id).collect();
+    assert_eq!(unique.len(), stored.len(), "no record is duplicated");
+    assert!(stored.iter().all(|(_, n)| *n == 1));
+    let missing: Vec<&String> = acknowledged.iter().filter(|id| !unique.contains(id)).collect();
+    assert!(missing.is_empty(), "{} acknowledged calls have no record", missing.len());
+}
+
+#[test]
+fn the_done_when_scenario() {
+    let mut server = Server::start();
+    let a = server.tenant("alpha", "standard");
+    let b = server.tenant("beta", "standard");
+    server.deploy(&a, "echo");
+    server.deploy(&b, "echo");
+    for _ in 0..7 {
+        assert_eq!(server.invoke(&a, "alpha/echo", "a").status(), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(server.invoke(&b, "beta/echo", "b").status(), 200);
+    }
+    expect_error(server.invoke(&a, "alpha/unknown", "a"), 404);
+    for _ in 0..5 {
+        assert_eq!(server.invoke(&a, "alpha/echo", "a").status(), 200);
+    }
+    server.kill9();
+    server.restart();
+    let bill: Value = server.get("/v1/billing", Some(&a)).json().unwrap();
+    let lines = bill["lines"].as_array().unwrap();
+    assert!(lines.iter().all(|l| l["function"] == "echo"), "the unknown function is not billed");
+    let inv = lines.iter().find(|l| l["meter"] == "invocations").unwrap();
+    assert_eq!(inv["quantity"], "12");
+    let b_bill: Value = server.get("/v1/billing", Some(&b)).json().unwrap();
+    let b_inv = b_bill["lines"].as_array().unwrap().iter().find(|l| l["meter"] == "invocations").unwrap().clone();
+    assert_eq!(b_inv["quantity"], "3");
+    expect_error(server.get("/v1/billing?tenant=alpha", Some(&b)), 403);
+    let admin_view: Value = server.get("/v1/billing?tenant=alpha", Some(ADMIN_KEY)).json().unwrap();
+    assert_eq!(admin_view["lines"], bill["lines"]);
+}

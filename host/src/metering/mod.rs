@@ -439,3 +439,100 @@ mod tests {
         assert_eq!(rfc3339_us(to), "2027-01-01T00:00:00.000000Z");
     }
 }
+
+#[cfg(test)]
+mod fold_tests {
+    //! Property test: the bill computed through the database equals an independent fold of
+    //! the raw records with the price sheet, over random records and prices.
+    use rand::{Rng as _, SeedableRng as _};
+
+    use super::billing::Bill;
+    use super::*;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn bill_equals_the_fold_of_raw_records() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let histogram = prometheus_client::metrics::histogram::Histogram::new([1.0].into_iter());
+        let metering = Metering::open(&tmp.path().join("usage.db"), true, false, histogram).expect("open");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for round in 0..20 {
+            let mut prices = Config::embedded().plans["free"].prices.clone();
+            for meter in METERS {
+                let price = Decimal::new(rng.random_range(0..10_000_000), rng.random_range(0..12));
+                match meter {
+                    "invocations" => prices.invocations = price,
+                    "guest_ms" => prices.guest_ms = price,
+                    "fuel" => prices.fuel = price,
+                    "memory_gib_s" => prices.memory_gib_s = price,
+                    "nn_cpu_ms" => prices.nn_cpu_ms = price,
+                    "nn_gpu_ms" => prices.nn_gpu_ms = price,
+                    "bytes_in" => prices.bytes_in = price,
+                    _ => prices.bytes_out = price,
+                }
+            }
+            let tenant = format!("t{round}");
+            let mut raw: Vec<UsageRecord> = Vec::new();
+            for i in 0..rng.random_range(1..60) {
+                let started_us = 1_790_000_000_000_000 + rng.random_range(0..1_000_000_000i64);
+                let record = UsageRecord {
+                    request_id: format!("{round}-{i}"),
+                    tenant: if rng.random_bool(0.8) { tenant.clone() } else { "someone-else".into() },
+                    kind: "function",
+                    function: ["a", "b", "c"][rng.random_range(0..3)].to_string(),
+                    version: 1,
+                    started_us,
+                    ended_us: started_us + 10,
+                    outcome: "ok",
+                    status: 200,
+                    meters: Meters {
+                        invocations: 1,
+                        guest_us: rng.random_range(0..5_000_000),
+                        fuel: rng.random_range(0..1_000_000_000),
+                        memory_page_us: rng.random_range(0..8192i64) * rng.random_range(0..30_000_000i64),
+                        nn_cpu_us: rng.random_range(0..1_000_000),
+                        nn_gpu_us: rng.random_range(0..1_000_000),
+                        bytes_in: rng.random_range(0..16 << 20),
+                        bytes_out: rng.random_range(0..16 << 20),
+                    },
+                };
+                metering.record(record.clone(), &prices).await.expect("commit");
+                raw.push(record);
+            }
+            let (from, to) = (1_790_000_000_000_000, 1_790_000_000_000_000 + 600_000_000);
+            let totals = metering.totals(&tenant, from, to, None).await.expect("totals");
+            let bill = Bill::new(&tenant, "USD", String::new(), String::new(), &totals, &prices);
+
+            // The independent fold: sum each function's raw integer meters in range, then price.
+            let mut fold: std::collections::BTreeMap<String, Meters> = Default::default();
+            for r in raw.iter().filter(|r| r.tenant == tenant && r.started_us >= from && r.started_us < to) {
+                let m = fold.entry(r.function.clone()).or_default();
+                m.invocations += r.meters.invocations;
+                m.guest_us += r.meters.guest_us;
+                m.fuel += r.meters.fuel;
+                m.memory_page_us += r.meters.memory_page_us;
+                m.nn_cpu_us += r.meters.nn_cpu_us;
+                m.nn_gpu_us += r.meters.nn_gpu_us;
+                m.bytes_in += r.meters.bytes_in;
+                m.bytes_out += r.meters.bytes_out;
+            }
+            let mut expected_total = Decimal::ZERO;
+            let mut expected_lines = 0;
+            for (function, m) in &fold {
+                for meter in METERS {
+                    let line = bill
+                        .lines
+                        .iter()
+                        .find(|l| &l.function == function && l.meter == meter)
+                        .expect("a line per function and meter");
+                    assert_eq!(line.quantity, m.quantity(meter));
+                    assert_eq!(line.amount, m.quantity(meter) * prices.of(meter), "{function} {meter}");
+                    expected_total += line.amount;
+                    expected_lines += 1;
+                }
+            }
+            assert_eq!(bill.lines.len(), expected_lines);
+            assert_eq!(bill.total, expected_total);
+        }
+    }
+}
