@@ -49,7 +49,8 @@ impl Bare {
             .max_tables_per_component(8)
             .max_core_instances_per_component(32)
             .max_component_instance_size(1 << 20)
-            .max_core_instance_size(1 << 20);
+            .max_core_instance_size(1 << 20)
+            .decommit_batch_size(32);
         let mut cfg = Config::new();
         cfg.wasm_component_model(true)
             .epoch_interruption(true)

@@ -378,7 +378,11 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .max_tables_per_component(8)
         .max_core_instances_per_component(32)
         .max_component_instance_size(1 << 20)
-        .max_core_instance_size(1 << 20);
+        .max_core_instance_size(1 << 20)
+        // Batch the madvise calls that reset freed slots: each one on a multi-threaded process
+        // is a TLB shootdown on every core, which at thousands of calls per second cost more
+        // than the calls themselves (measured: echo over HTTP 15k -> 24k req/s on 2 cores).
+        .decommit_batch_size(32);
     let mut cfg = Config::new();
     cfg.wasm_component_model(true)
         .epoch_interruption(true)

@@ -222,7 +222,7 @@ async fn invoke(
         // The answer goes out only once its usage record is committed.
         let commit = std::time::Instant::now();
         app.metering
-            .record(record, &plan.prices)
+            .record(record, plan.monthly_budget.map(|_| &plan.prices))
             .await
             .map_err(|e| ApiError::Internal(e.context("the call ran but its usage could not be recorded")))?;
         app.metrics.usage_commit.observe(commit.elapsed().as_secs_f64());
