@@ -66,7 +66,7 @@ async fn invoke(iters: u64, rounds: u64) -> Result<()> {
         for _ in 0..iters {
             let request =
                 GuestRequest { method: "POST".into(), path: "/".into(), body: body.clone(), ..Default::default() };
-            let outcome = runtime.invoke(&prepared, &limits, config.clone(), request).await;
+            let outcome = runtime.invoke(&prepared, &limits, config.clone(), None, request).await;
             if outcome.result.map(|r| r.body).ok().as_deref() != Some(&body[..]) {
                 bail!("infercell echo answered wrongly");
             }

@@ -33,6 +33,7 @@ mod http;
 
 pub mod config;
 pub mod log;
+pub mod nn;
 
 /// The raw bindings wit-bindgen generates for the `infercell:function/handler` world.
 ///

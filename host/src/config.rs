@@ -24,6 +24,10 @@ metrics_require_key = false
 enabled = true
 fsync = false
 
+[nn]
+graph_cache_bytes = "1GiB"
+compute_threads = 0
+
 [runtime]
 max_instances = 1000
 epoch_tick = "10ms"
@@ -80,6 +84,7 @@ bytes_out = "0.00000000009"
 pub struct Config {
     pub server: ServerConfig,
     pub metering: MeteringConfig,
+    pub nn: NnConfig,
     pub runtime: RuntimeSection,
     pub plans: BTreeMap<String, Plan>,
 }
@@ -107,6 +112,17 @@ pub struct MeteringConfig {
     /// Also fsync every usage commit, so acknowledged records survive power loss, not only
     /// a crash of the process.
     pub fsync: bool,
+}
+
+/// `[nn]`: native inference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NnConfig {
+    /// Loaded graphs are evicted, least recently used first, above this many model bytes.
+    #[serde(deserialize_with = "de_size")]
+    pub graph_cache_bytes: u64,
+    /// Inference computes running at once; 0 = one per core.
+    pub compute_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,7 +13,8 @@ use anyhow::Context as _;
 use rusqlite::Connection;
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     name TEXT PRIMARY KEY,
     plan TEXT NOT NULL,
@@ -47,7 +48,25 @@ CREATE TABLE functions (
     deleted_at TEXT,
     PRIMARY KEY (tenant, name, version)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE models (
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    digest TEXT NOT NULL REFERENCES blobs(digest),
+    size INTEGER NOT NULL,
+    engine TEXT NOT NULL,
+    device TEXT NOT NULL,
+    description TEXT,
+    inputs TEXT NOT NULL,
+    outputs TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    deleted_at TEXT,
+    PRIMARY KEY (tenant, name, version)
+);
+"#,
+];
 
 /// A shared handle to the metadata database.
 #[derive(Clone)]

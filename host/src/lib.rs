@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod metering;
 pub mod metrics;
+pub mod nn;
 pub mod registry;
 pub mod runtime;
 pub mod server;

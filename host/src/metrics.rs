@@ -45,6 +45,12 @@ pub struct Metrics {
     pub refused: Family<RefusedLabels, Counter>,
     pub usage_batch_size: Histogram,
     pub usage_commit: Histogram,
+    pub graph_load: Histogram,
+    graph_hits: Counter,
+    graph_misses: Counter,
+    graph_evictions: Counter,
+    graph_bytes: Gauge,
+    graphs_loaded: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,7 +98,25 @@ impl Metrics {
             "Time a call waits for its usage record to commit",
             usage_commit.clone(),
         );
+        let graph_load = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("graph_load_seconds", "Time to load and optimize a model graph", graph_load.clone());
+        let graph_hits = Counter::default();
+        registry.register("graph_cache_hits", "Graph loads served from the shared cache", graph_hits.clone());
+        let graph_misses = Counter::default();
+        registry.register("graph_cache_misses", "Graph loads that had to load the model", graph_misses.clone());
+        let graph_evictions = Counter::default();
+        registry.register("graph_cache_evictions", "Graphs evicted from the cache", graph_evictions.clone());
+        let graph_bytes = Gauge::default();
+        registry.register("graph_cache_bytes", "Model bytes of the graphs in the cache", graph_bytes.clone());
+        let graphs_loaded = Gauge::default();
+        registry.register("graph_cache_graphs", "Graphs in the cache", graphs_loaded.clone());
         Self {
+            graph_load,
+            graph_hits,
+            graph_misses,
+            graph_evictions,
+            graph_bytes,
+            graphs_loaded,
             registry,
             invocations,
             invocation_duration,
@@ -104,6 +128,15 @@ impl Metrics {
             usage_batch_size,
             usage_commit,
         }
+    }
+
+    /// Brings the graph-cache series up to date with the cache's own counters (at scrape time).
+    pub fn observe_graph_cache(&self, stats: crate::nn::cache::CacheStats) {
+        self.graph_hits.inc_by(stats.hits.saturating_sub(self.graph_hits.get()));
+        self.graph_misses.inc_by(stats.misses.saturating_sub(self.graph_misses.get()));
+        self.graph_evictions.inc_by(stats.evictions.saturating_sub(self.graph_evictions.get()));
+        self.graph_bytes.set(stats.bytes as i64);
+        self.graphs_loaded.set(stats.graphs as i64);
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus scrapes).

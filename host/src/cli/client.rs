@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
-use super::{ClientArgs, Command, FunctionsCommand, TenantCommand};
+use super::{ClientArgs, Command, FunctionsCommand, ModelCommand, TenantCommand};
 use crate::registry::Manifest;
 
 struct Client {
@@ -176,6 +176,79 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             invoke(&Client::new(&client)?, &target, data, method, headers).await?
         }
         Command::Inspect { file, json } => inspect(&file, json)?,
+        Command::Model(ModelCommand::Push { name, file, engine, device, description, client }) => {
+            let c = Client::new(&client)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut manifest = toml::Table::new();
+            manifest.insert("name".into(), name.into());
+            manifest.insert("engine".into(), engine.into());
+            manifest.insert("device".into(), device.into());
+            if let Some(d) = description {
+                manifest.insert("description".into(), d.into());
+            }
+            let file_name =
+                file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
+            let form = Form::new()
+                .part("manifest", Part::text(toml::to_string(&manifest)?).mime_str("application/toml")?)
+                .part("model", Part::bytes(bytes).file_name(file_name).mime_str("application/octet-stream")?);
+            let v = c.send_json(c.request(reqwest::Method::POST, "/v1/models")?.multipart(form)).await?;
+            c.print(&v, |v| {
+                format!(
+                    "pushed model {}@{} ({}, {} bytes, engine {})\ninputs:  {}\noutputs: {}",
+                    v["name"].as_str().unwrap_or_default(),
+                    v["version"],
+                    short_digest(v["digest"].as_str().unwrap_or_default()),
+                    v["size"],
+                    v["engine"].as_str().unwrap_or_default(),
+                    tensors(&v["inputs"]),
+                    tensors(&v["outputs"])
+                )
+            });
+        }
+        Command::Model(ModelCommand::List { client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, "/v1/models")?).await?;
+            c.print(&v, |v| {
+                let mut out = format!(
+                    "{:<32} {:>7} {:>10} {:<8} {:<20} {}",
+                    "MODEL", "LATEST", "SIZE", "ENGINE", "DIGEST", "UPDATED"
+                );
+                for m in v["models"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<32} {:>7} {:>10} {:<8} {:<20} {}",
+                        m["name"].as_str().unwrap_or_default(),
+                        m["latest_version"].to_string(),
+                        m["size"].to_string(),
+                        m["engine"].as_str().unwrap_or_default(),
+                        short_digest(m["digest"].as_str().unwrap_or_default()),
+                        m["updated_at"].as_str().unwrap_or_default()
+                    ));
+                }
+                out
+            });
+        }
+        Command::Model(ModelCommand::Get { name, client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, &format!("/v1/models/{name}"))?).await?;
+            c.print(&v, |v| {
+                format!(
+                    "{} (latest version {}, {} bytes, {})\ninputs:  {}\noutputs: {}",
+                    v["name"].as_str().unwrap_or_default(),
+                    v["latest_version"],
+                    v["size"],
+                    short_digest(v["digest"].as_str().unwrap_or_default()),
+                    tensors(&v["inputs"]),
+                    tensors(&v["outputs"])
+                )
+            });
+        }
+        Command::Model(ModelCommand::Delete { name, client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::DELETE, &format!("/v1/models/{name}"))?).await?;
+            c.print(&v, |v| {
+                format!("deleted model {} ({} versions)", v["name"].as_str().unwrap_or_default(), v["deleted_versions"])
+            });
+        }
         Command::Billing { from, to, format, tenant, client } => {
             let c = Client::new(&client)?;
             let format = if c.json { "json".to_string() } else { format };
@@ -270,6 +343,24 @@ fn bill_table(v: &Value) -> String {
     }
     out.push_str(&format!("\nTOTAL      {} {currency}\nTOTAL DUE  {} {currency}", s(&v["total"]), s(&v["total_due"])));
     out
+}
+
+/// `input FP32 [-1, 64], ...`
+fn tensors(v: &Value) -> String {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let shape: Vec<String> = t["shape"].as_array().into_iter().flatten().map(|d| d.to_string()).collect();
+            format!(
+                "{} {} [{}]",
+                t["name"].as_str().unwrap_or_default(),
+                t["datatype"].as_str().unwrap_or_default(),
+                shape.join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn short_digest(d: &str) -> String {

@@ -38,6 +38,9 @@ enum Command {
     /// List, show or delete functions.
     #[command(subcommand)]
     Functions(FunctionsCommand),
+    /// Push, list, show or delete models (ONNX).
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Call TENANT/FUNCTION[@N][/PATH] and print its response body.
     Invoke {
         /// TENANT/FUNCTION[@VERSION][/PATH...]
@@ -135,6 +138,42 @@ enum TenantCommand {
     },
     /// List tenants.
     List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Upload FILE (ONNX) as a new version of model NAME.
+    Push {
+        name: String,
+        file: PathBuf,
+        /// auto (the best engine present), tract or onnxruntime.
+        #[arg(long, default_value = "auto")]
+        engine: String,
+        /// auto, cpu or gpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the tenant's models.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a model's inputs, outputs and versions.
+    Get {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a model (all versions).
+    Delete {
+        name: String,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -8,6 +8,7 @@
 mod blobs;
 mod logs;
 pub mod manifest;
+pub mod models;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -21,9 +22,13 @@ pub use logs::{FunctionLogs, LogEntry};
 pub use manifest::Manifest;
 
 use crate::config::Config;
+use crate::config::Plan;
 use crate::db::{self, Db};
 use crate::error::ApiError;
+use crate::nn::Graphs;
+use crate::runtime::nn::NnAccess;
 use crate::runtime::{Limits, Prepared, Runtime};
+use models::ModelStore;
 
 /// A deployed function version, ready to run.
 pub struct Deployment {
@@ -34,6 +39,8 @@ pub struct Deployment {
     pub prepared: Prepared,
     pub limits: Limits,
     pub config: Arc<Vec<(String, String)>>,
+    /// What this version may do through wasi:nn (its granted models, GPU, model size).
+    pub nn: NnAccess,
 }
 
 /// One stored version, as the API shows it.
@@ -63,6 +70,7 @@ type VersionKey = (String, String, u32);
 pub struct Registry {
     db: Db,
     blobs: Arc<BlobStore>,
+    pub models: Arc<ModelStore>,
     runtime: Arc<Runtime>,
     config: Arc<Config>,
     deployed: RwLock<HashMap<VersionKey, Arc<Deployment>>>,
@@ -71,11 +79,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(db: Db, blobs: BlobStore, runtime: Arc<Runtime>, config: Arc<Config>) -> Self {
+    pub fn new(db: Db, blobs: BlobStore, runtime: Arc<Runtime>, config: Arc<Config>, graphs: Arc<Graphs>) -> Self {
         let logs = FunctionLogs::new(config.runtime.log_lines_per_function);
+        let blobs = Arc::new(blobs);
+        let models = Arc::new(ModelStore::new(db.clone(), blobs.clone(), graphs));
         Self {
             db,
-            blobs: Arc::new(blobs),
+            blobs,
+            models,
             runtime,
             config,
             deployed: RwLock::new(HashMap::new()),
@@ -159,6 +170,7 @@ impl Registry {
             prepared,
             limits,
             config: Arc::new(manifest.config_pairs()),
+            nn: self.nn_access(tenant, &manifest, plan_cfg),
         });
         if let Ok(mut deployed) = self.deployed.write() {
             deployed.insert((tenant.to_string(), manifest.name.clone(), version), deployment);
@@ -342,7 +354,22 @@ impl Registry {
             prepared,
             limits,
             config: Arc::new(manifest.config_pairs()),
+            nn: self.nn_access(tenant, &manifest, plan_cfg),
         })
+    }
+}
+
+impl Registry {
+    /// The wasi:nn grants of a function version under its tenant's plan.
+    fn nn_access(&self, tenant: &str, manifest: &Manifest, plan: &Plan) -> NnAccess {
+        NnAccess {
+            tenant: tenant.to_string(),
+            models: manifest.capabilities.models.clone(),
+            gpu: manifest.capabilities.gpu && plan.gpu,
+            max_model_bytes: plan.max_model_bytes,
+            graphs: self.models.graphs().clone(),
+            source: self.models.clone(),
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! server maps to a status code in one place.
 
 mod artifacts;
+pub mod nn;
 mod state;
 
 use std::sync::Arc;
@@ -32,6 +33,12 @@ mod bindings {
         world: "infercell:function/handler",
         imports: { default: async | trappable },
         exports: { default: async },
+        with: {
+            "wasi:nn/tensor.tensor": crate::nn::HostTensor,
+            "wasi:nn/graph.graph": super::nn::Graph,
+            "wasi:nn/inference.graph-execution-context": super::nn::ExecContext,
+            "wasi:nn/errors.error": crate::nn::NnError,
+        },
     });
 }
 
@@ -46,6 +53,10 @@ const PROVIDED_INTERFACES: &[&str] = &[
     "infercell:function/types",
     "infercell:function/log",
     "infercell:function/config",
+    "wasi:nn/tensor",
+    "wasi:nn/graph",
+    "wasi:nn/inference",
+    "wasi:nn/errors",
     "wasi:cli/environment",
     "wasi:cli/exit",
     "wasi:cli/stdin",
@@ -163,6 +174,8 @@ pub struct CallUsage {
     pub fuel: u64,
     /// Highest linear-memory size the guest reached.
     pub peak_memory_bytes: u64,
+    /// Host inference time (graph loads and computes) on the CPU.
+    pub nn_cpu: Duration,
 }
 
 /// The result of [`Runtime::invoke`]: the answer plus what the call cost and logged.
@@ -228,6 +241,10 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("linking WASI 0.2")?;
         bindings::infercell::function::log::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
         bindings::infercell::function::config::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
+        bindings::wasi::nn::tensor::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
+        bindings::wasi::nn::graph::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
+        bindings::wasi::nn::inference::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
+        bindings::wasi::nn::errors::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
         let artifacts = ArtifactCache::new(artifacts_dir, &engine);
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
         Ok(Self { engine, linker, config, artifacts, ticker })
@@ -295,10 +312,11 @@ impl Runtime {
         prepared: &Prepared,
         limits: &Limits,
         config: Arc<Vec<(String, String)>>,
+        nn: Option<nn::NnAccess>,
         request: GuestRequest,
     ) -> Outcome {
         let started = Instant::now();
-        let state = InstanceState::new(limits.memory_bytes, config, self.config.max_log_bytes_per_call);
+        let state = InstanceState::new(limits.memory_bytes, config, self.config.max_log_bytes_per_call, nn);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let fuel_budget = limits.fuel.unwrap_or(u64::MAX);
@@ -328,6 +346,7 @@ impl Runtime {
             wall: started.elapsed(),
             fuel: fuel_budget.saturating_sub(fuel_left),
             peak_memory_bytes: state.limiter.peak(),
+            nn_cpu: state.nn.cpu_time,
         };
         let memory_hit = state.limiter.limit_hit();
         let (mut logs, logs_dropped) = state.take_logs();
@@ -513,7 +532,7 @@ mod tests {
         assert!(is_provided("wasi:cli/environment@0.2.3"));
         assert!(is_provided("infercell:function/log@0.1.0"));
         assert!(!is_provided("wasi:http/outgoing-handler@0.2.0"));
-        assert!(!is_provided("wasi:nn/graph@0.2.0-rc-2024-10-28"));
+        assert!(is_provided("wasi:nn/graph@0.2.0-rc-2024-10-28"));
     }
 }
 

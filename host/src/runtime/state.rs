@@ -191,14 +191,20 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 /// The `T` of `Store<T>`.
 pub struct InstanceState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
+    pub(super) nn: super::nn::NnCtx,
     pub limiter: MemoryLimiter,
     log: Arc<Mutex<LogBuffer>>,
     config: Arc<Vec<(String, String)>>,
 }
 
 impl InstanceState {
-    pub fn new(memory_limit: u64, config: Arc<Vec<(String, String)>>, log_cap: usize) -> Self {
+    pub fn new(
+        memory_limit: u64,
+        config: Arc<Vec<(String, String)>>,
+        log_cap: usize,
+        nn: Option<super::nn::NnAccess>,
+    ) -> Self {
         let log = Arc::new(Mutex::new(LogBuffer { cap: log_cap, ..LogBuffer::default() }));
         let wasi = WasiCtxBuilder::new()
             .stdout(LogPipe { level: LogLevel::Stdout, buffer: log.clone() })
@@ -208,6 +214,7 @@ impl InstanceState {
         Self {
             wasi,
             table: ResourceTable::new(),
+            nn: super::nn::NnCtx::new(nn, memory_limit),
             limiter: MemoryLimiter { limit: memory_limit, peak: 0, hit: false },
             log,
             config,

@@ -94,44 +94,8 @@ async fn upload(
     tenant: &str,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let mut multipart = multipart.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "expected a multipart/form-data body with parts `manifest` and `component`: {}",
-            e.body_text()
-        ))
-    })?;
-    let mut manifest: Option<String> = None;
-    let mut component: Option<Bytes> = None;
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(e) => return Err(multipart_error(e)),
-        };
-        let name = field.name().unwrap_or_default().to_string();
-        let data = field.bytes().await.map_err(multipart_error)?;
-        match name.as_str() {
-            "manifest" => {
-                manifest = Some(
-                    String::from_utf8(data.to_vec())
-                        .map_err(|_| ApiError::BadRequest("part `manifest` is not UTF-8 text".into()))?,
-                )
-            }
-            "component" => component = Some(data),
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unexpected part `{other}`: send exactly `manifest` (function.toml) and `component` (wasm)"
-                )));
-            }
-        }
-    }
-    let manifest =
-        manifest.ok_or_else(|| ApiError::BadRequest("missing part `manifest` (the function.toml text)".into()))?;
-    let component =
-        component.ok_or_else(|| ApiError::BadRequest("missing part `component` (the .wasm bytes)".into()))?;
-    if component.is_empty() {
-        return Err(ApiError::BadRequest("part `component` is empty".into()));
-    }
+    let (manifest, component) = read_parts(multipart, "component", "the .wasm bytes").await?;
+    let component = Bytes::from(component);
     let tenant_row = app
         .tenants
         .get(tenant)
@@ -152,6 +116,49 @@ async fn upload(
         })),
     )
         .into_response())
+}
+
+/// Reads a multipart body of exactly two parts: `manifest` (text) and `payload` (bytes).
+pub async fn read_parts(
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    payload: &str,
+    what: &str,
+) -> Result<(String, Vec<u8>), ApiError> {
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected a multipart/form-data body with parts `manifest` and `{payload}`: {}",
+            e.body_text()
+        ))
+    })?;
+    let (mut manifest, mut bytes) = (None, None);
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e)),
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let data = field.bytes().await.map_err(multipart_error)?;
+        if name == "manifest" {
+            manifest = Some(
+                String::from_utf8(data.to_vec())
+                    .map_err(|_| ApiError::BadRequest("part `manifest` is not UTF-8 text".into()))?,
+            );
+        } else if name == payload {
+            bytes = Some(data.to_vec());
+        } else {
+            return Err(ApiError::BadRequest(format!(
+                "unexpected part `{name}`: send exactly `manifest` (TOML) and `{payload}` ({what})"
+            )));
+        }
+    }
+    let manifest =
+        manifest.ok_or_else(|| ApiError::BadRequest("missing part `manifest` (the TOML manifest)".into()))?;
+    let bytes = bytes.ok_or_else(|| ApiError::BadRequest(format!("missing part `{payload}` ({what})")))?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest(format!("part `{payload}` is empty")));
+    }
+    Ok((manifest, bytes))
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {

@@ -124,8 +124,16 @@ async fn invoke(
 
     let started_us = now_us();
     let active = ActiveGuard::new(&app);
-    let outcome =
-        app.runtime.invoke(&deployment.prepared, &deployment.limits, deployment.config.clone(), guest_request).await;
+    let outcome = app
+        .runtime
+        .invoke(
+            &deployment.prepared,
+            &deployment.limits,
+            deployment.config.clone(),
+            Some(deployment.nn.clone()),
+            guest_request,
+        )
+        .await;
     drop(active);
     drop(admission);
 
@@ -196,6 +204,7 @@ async fn invoke(
     );
     if !busy {
         let wall_us = outcome.usage.wall.as_micros() as i64;
+        let nn_cpu_us = outcome.usage.nn_cpu.as_micros() as i64;
         let pages = outcome.usage.peak_memory_bytes.div_ceil(65_536) as i64;
         let record = UsageRecord {
             request_id: request_id.clone(),
@@ -209,10 +218,10 @@ async fn invoke(
             status: response.status().as_u16(),
             meters: Meters {
                 invocations: 1,
-                guest_us: wall_us,
+                guest_us: wall_us.saturating_sub(nn_cpu_us),
                 fuel: outcome.usage.fuel.min(i64::MAX as u64) as i64,
                 memory_page_us: pages.saturating_mul(wall_us),
-                nn_cpu_us: 0,
+                nn_cpu_us,
                 nn_gpu_us: 0,
                 bytes_in: bytes_in as i64,
                 bytes_out: bytes_out as i64,

@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod billing;
 mod invoke;
+mod models;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ use crate::error::{ApiError, ErrorMessage, error_body};
 use crate::metering::Metering;
 use crate::metering::quota::Quotas;
 use crate::metrics::Metrics;
+use crate::nn::Graphs;
+use crate::nn::tract::Tract;
 use crate::registry::{BlobStore, Registry};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::tenants::Tenants;
@@ -78,8 +81,21 @@ impl App {
         let runtime = Arc::new(Runtime::new(runtime_config, root.open_dir("artifacts")?)?);
         let config = Arc::new(config);
         let tenants = Tenants::load(db.clone(), &admin_key)?;
-        let registry = Registry::new(db, BlobStore::new(root.open_dir("blobs")?), runtime.clone(), config.clone());
+        let threads = match config.nn.compute_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        };
+        let mut graphs = Graphs::new(vec![Arc::new(Tract)], config.nn.graph_cache_bytes, threads);
         let metrics = Metrics::new();
+        let load_time = metrics.graph_load.clone();
+        graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
+        let registry = Registry::new(
+            db,
+            BlobStore::new(root.open_dir("blobs")?),
+            runtime.clone(),
+            config.clone(),
+            Arc::new(graphs),
+        );
         let metering = Metering::open(
             &data_dir.join("usage.db"),
             config.metering.enabled,
@@ -113,6 +129,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/functions/{name}", get(api::get_function).delete(api::delete_function))
         .route("/v1/functions/{name}/logs", get(api::function_logs))
+        .route(
+            "/v1/models",
+            post(models::push_model).layer(DefaultBodyLimit::max(upload_limit)).get(models::list_models),
+        )
+        .route("/v1/models/{name}", get(models::get_model).delete(models::delete_model))
         .route("/v1/usage", get(billing::usage))
         .route("/v1/billing", get(billing::billing))
         .route("/fn/{tenant}/{function}", any(invoke::invoke_root))

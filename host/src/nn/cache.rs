@@ -1,0 +1,155 @@
+//! The graph cache: one loaded graph per (model digest, engine), shared by every instance and
+//! tenant that loads the same bytes, evicted least-recently-used by model bytes under a cap.
+//! Loads and computes run on a bounded pool of blocking threads sized to the cores, so a long
+//! inference never stalls the async executor.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::{Engine, ErrorCode, LoadedModel, NnError};
+
+struct Entry {
+    model: Arc<dyn LoadedModel>,
+    bytes: u64,
+    last_used: u64,
+}
+
+/// Counters the server exports as metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub bytes: u64,
+    pub graphs: u64,
+}
+
+struct State {
+    entries: HashMap<(String, &'static str), Entry>,
+    tick: u64,
+    stats: CacheStats,
+}
+
+/// Engines, the cache and the compute pool.
+pub struct Graphs {
+    engines: Vec<Arc<dyn Engine>>,
+    state: Mutex<State>,
+    cap_bytes: u64,
+    pool: Arc<Semaphore>,
+    /// Seconds spent loading graphs (for the load-time histogram).
+    pub on_load: Box<dyn Fn(Duration) + Send + Sync>,
+}
+
+impl Graphs {
+    /// `engines` in order of preference for `auto`; `threads` computes may run at once.
+    pub fn new(engines: Vec<Arc<dyn Engine>>, cap_bytes: u64, threads: usize) -> Self {
+        Self {
+            engines,
+            state: Mutex::new(State { entries: HashMap::new(), tick: 0, stats: CacheStats::default() }),
+            cap_bytes,
+            pool: Arc::new(Semaphore::new(threads.max(1))),
+            on_load: Box::new(|_| {}),
+        }
+    }
+
+    /// The engine `name` (`auto` = the first available).
+    pub fn engine(&self, name: &str) -> Result<Arc<dyn Engine>, NnError> {
+        let found = match name {
+            "auto" | "" => self.engines.first(),
+            name => self.engines.iter().find(|e| e.name() == name),
+        };
+        found.cloned().ok_or_else(|| {
+            let known: Vec<&str> = self.engines.iter().map(|e| e.name()).collect();
+            NnError::new(
+                ErrorCode::UnsupportedOperation,
+                format!("no engine `{name}` on this server (engines: {})", known.join(", ")),
+            )
+        })
+    }
+
+    /// Names of the engines this server has.
+    pub fn engine_names(&self) -> Vec<&'static str> {
+        self.engines.iter().map(|e| e.name()).collect()
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.state.lock().map(|s| s.stats).unwrap_or_default()
+    }
+
+    /// The cached graph for `digest` on `engine`, or loads `bytes()` on the compute pool.
+    /// Returns the graph and the host time spent (zero on a hit).
+    pub async fn get_or_load(
+        &self,
+        digest: &str,
+        engine: Arc<dyn Engine>,
+        bytes: impl FnOnce() -> Result<Vec<u8>, NnError> + Send + 'static,
+    ) -> Result<(Arc<dyn LoadedModel>, Duration), NnError> {
+        let key = (digest.to_string(), engine.name());
+        if let Ok(mut state) = self.state.lock() {
+            state.tick += 1;
+            let tick = state.tick;
+            if let Some(entry) = state.entries.get_mut(&key) {
+                entry.last_used = tick;
+                let model = entry.model.clone();
+                state.stats.hits += 1;
+                return Ok((model, Duration::ZERO));
+            }
+            state.stats.misses += 1;
+        }
+        let (model, size, took) = self
+            .compute(move || {
+                let started = Instant::now();
+                let bytes = bytes()?;
+                let model = engine.load(&bytes)?;
+                Ok((model, bytes.len() as u64, started.elapsed()))
+            })
+            .await?;
+        (self.on_load)(took);
+        if let Ok(mut state) = self.state.lock() {
+            state.tick += 1;
+            let tick = state.tick;
+            state.entries.insert(key.clone(), Entry { model: model.clone(), bytes: size, last_used: tick });
+            let mut total: u64 = state.entries.values().map(|e| e.bytes).sum();
+            while total > self.cap_bytes && state.entries.len() > 1 {
+                let Some(oldest) = state
+                    .entries
+                    .iter()
+                    .filter(|(k, _)| **k != key)
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                if let Some(e) = state.entries.remove(&oldest) {
+                    total -= e.bytes;
+                    state.stats.evictions += 1;
+                }
+            }
+            state.stats.bytes = total;
+            state.stats.graphs = state.entries.len() as u64;
+        }
+        Ok((model, took))
+    }
+
+    /// Runs `f` on a blocking thread once a compute slot is free.
+    pub async fn compute<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
+    ) -> Result<R, NnError> {
+        let permit = self
+            .pool
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("inference task failed: {e}")))?
+    }
+}

@@ -1,0 +1,134 @@
+//! Native inference behind `wasi:nn`: engines, host tensors, the shared graph cache.
+//!
+//! Nothing here names wasmtime: the WIT glue lives in `runtime::nn`, which turns guest calls
+//! into calls on [`Graphs`] (load, cache) and [`LoadedGraph::run`] (compute), and turns
+//! [`NnError`]s into the WIT `error` resource. Engines sit behind one small trait so that one
+//! conformance suite can run against each (tract's `test-rt` pattern).
+
+pub mod cache;
+pub mod tract;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use cache::Graphs;
+
+/// Element type of a tensor, as wasi:nn names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ElemType {
+    F16,
+    F32,
+    F64,
+    Bf16,
+    U8,
+    I32,
+    I64,
+}
+
+impl ElemType {
+    pub fn size(self) -> usize {
+        match self {
+            ElemType::F16 | ElemType::Bf16 => 2,
+            ElemType::F32 | ElemType::I32 => 4,
+            ElemType::F64 | ElemType::I64 => 8,
+            ElemType::U8 => 1,
+        }
+    }
+
+    /// The Open Inference Protocol's name of this type.
+    pub fn oip_name(self) -> &'static str {
+        match self {
+            ElemType::F16 => "FP16",
+            ElemType::F32 => "FP32",
+            ElemType::F64 => "FP64",
+            ElemType::Bf16 => "BF16",
+            ElemType::U8 => "UINT8",
+            ElemType::I32 => "INT32",
+            ElemType::I64 => "INT64",
+        }
+    }
+}
+
+/// A tensor on the host: dimensions, element type, little-endian row-major bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub dims: Vec<u32>,
+    pub ty: ElemType,
+    pub data: Vec<u8>,
+}
+
+impl HostTensor {
+    /// Checks that the data length matches the dimensions, without trusting either.
+    pub fn new(dims: Vec<u32>, ty: ElemType, data: Vec<u8>) -> Result<Self, NnError> {
+        let expected = dims
+            .iter()
+            .try_fold(ty.size() as u64, |acc, d| acc.checked_mul(u64::from(*d)))
+            .ok_or_else(|| NnError::new(ErrorCode::InvalidArgument, "tensor dimensions overflow"))?;
+        if expected != data.len() as u64 {
+            return Err(NnError::new(
+                ErrorCode::InvalidArgument,
+                format!("tensor of dimensions {dims:?} and type {ty:?} needs {expected} bytes, got {}", data.len()),
+            ));
+        }
+        Ok(Self { dims, ty, data })
+    }
+}
+
+/// The wasi:nn error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidArgument,
+    InvalidEncoding,
+    Timeout,
+    RuntimeError,
+    UnsupportedOperation,
+    TooLarge,
+    NotFound,
+    Security,
+    Unknown,
+}
+
+/// A failure reported to the guest as a wasi:nn `error` (never a trap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NnError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl NnError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for NnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for NnError {}
+
+/// A named input or output of a model, as declared in it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ONNX element type name in the Open Inference Protocol's spelling (FP32, INT64, ...).
+    pub datatype: String,
+    /// -1 for a dynamic dimension.
+    pub shape: Vec<i64>,
+}
+
+/// A model compiled by one engine, shareable by every instance and tenant that loads the
+/// same bytes. `run` must be callable from many threads at once.
+pub trait LoadedModel: Send + Sync {
+    fn run(&self, inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError>;
+    fn inputs(&self) -> &[TensorInfo];
+    fn outputs(&self) -> &[TensorInfo];
+}
+
+/// An inference engine: loads model bytes into a [`LoadedModel`].
+pub trait Engine: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn load(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError>;
+}

@@ -1,0 +1,250 @@
+//! Models: per-tenant ONNX graphs with immutable versions, stored as content-addressed blobs.
+//!
+//! A model is validated by loading it with its engine before anything is stored (which also
+//! warms the graph cache). Functions reach models only through `load-by-name`, which asks
+//! [`ModelStore`] (as a [`ModelSource`]) for the newest version of a granted name.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rusqlite::{OptionalExtension as _, params};
+use serde::{Deserialize, Serialize};
+
+use super::blobs::{BlobStore, digest_of};
+use crate::db::{self, Db};
+use crate::error::ApiError;
+use crate::nn::{ErrorCode, Graphs, TensorInfo};
+use crate::runtime::nn::{BoxFuture, ModelSource};
+use crate::tenants::valid_name;
+
+/// The model manifest: `name` and optional `engine`, `device`, `description`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelManifest {
+    pub name: String,
+    /// `auto` (the best engine present), `tract` or `onnxruntime`.
+    #[serde(default = "auto")]
+    pub engine: String,
+    /// `auto`, `cpu` or `gpu`.
+    #[serde(default = "auto")]
+    pub device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+impl ModelManifest {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let m: ModelManifest = toml::from_str(text).map_err(|e| format!("invalid model manifest: {}", e.message()))?;
+        if !valid_name(&m.name) {
+            return Err(format!("invalid model manifest: name `{}` must match ^[a-z0-9][a-z0-9._-]{{0,127}}$", m.name));
+        }
+        if !matches!(m.device.as_str(), "auto" | "cpu" | "gpu") {
+            return Err(format!("invalid model manifest: device `{}` must be auto, cpu or gpu", m.device));
+        }
+        Ok(m)
+    }
+}
+
+/// One stored model version.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelVersion {
+    pub name: String,
+    pub version: u32,
+    pub digest: String,
+    pub size: u64,
+    pub engine: String,
+    pub device: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+    pub created_at: String,
+}
+
+/// Tenant models in SQLite + blobs.
+pub struct ModelStore {
+    db: Db,
+    blobs: Arc<BlobStore>,
+    graphs: Arc<Graphs>,
+}
+
+impl ModelStore {
+    pub fn new(db: Db, blobs: Arc<BlobStore>, graphs: Arc<Graphs>) -> Self {
+        Self { db, blobs, graphs }
+    }
+
+    pub fn graphs(&self) -> &Arc<Graphs> {
+        &self.graphs
+    }
+
+    /// Validates (by loading it), stores and returns a new version of a model.
+    pub async fn push(
+        &self,
+        tenant: &str,
+        manifest_text: &str,
+        bytes: Bytes,
+        max_bytes: u64,
+    ) -> Result<ModelVersion, ApiError> {
+        let manifest = ModelManifest::parse(manifest_text).map_err(ApiError::BadRequest)?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "model of {} bytes is over the plan's limit of {max_bytes} bytes",
+                bytes.len()
+            )));
+        }
+        if manifest.device == "gpu" {
+            return Err(ApiError::BadRequest(
+                "device `gpu`: this server has no GPU engine yet; use auto or cpu".into(),
+            ));
+        }
+        let engine = self.graphs.engine(&manifest.engine).map_err(|e| ApiError::BadRequest(e.message))?;
+        let digest = digest_of(&bytes);
+        let data = bytes.to_vec();
+        let (model, _) = self.graphs.get_or_load(&digest, engine.clone(), move || Ok(data)).await.map_err(|e| {
+            ApiError::BadRequest(match e.code {
+                ErrorCode::InvalidEncoding => e.message,
+                _ => format!("the {} engine cannot run this model: {}", engine.name(), e.message),
+            })
+        })?;
+        let blobs = self.blobs.clone();
+        let (d, b) = (digest.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || blobs.put(&d, &b)).await.map_err(|e| anyhow::anyhow!("{e}"))??;
+        let row = ModelVersion {
+            name: manifest.name.clone(),
+            version: 0,
+            digest,
+            size: bytes.len() as u64,
+            engine: manifest.engine.clone(),
+            device: manifest.device.clone(),
+            description: manifest.description.clone(),
+            inputs: model.inputs().to_vec(),
+            outputs: model.outputs().to_vec(),
+            created_at: db::now(),
+        };
+        let (t, r) = (tenant.to_string(), row.clone());
+        let version = self
+            .db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)",
+                    params![r.digest, r.size, r.created_at],
+                )?;
+                let version: u32 = tx.query_row(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE tenant = ?1 AND name = ?2",
+                    params![t, r.name],
+                    |row| row.get(0),
+                )?;
+                tx.execute(
+                    "INSERT INTO models (tenant, name, version, digest, size, engine, device, description, inputs, outputs, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        t,
+                        r.name,
+                        version,
+                        r.digest,
+                        r.size,
+                        r.engine,
+                        r.device,
+                        r.description,
+                        serde_json::to_string(&r.inputs)?,
+                        serde_json::to_string(&r.outputs)?,
+                        r.created_at
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(version)
+            })
+            .await?;
+        Ok(ModelVersion { version, ..row })
+    }
+
+    /// Every live version of the tenant's models (all names when `name` is None), oldest first.
+    pub async fn versions(&self, tenant: &str, name: Option<&str>) -> Result<Vec<ModelVersion>, ApiError> {
+        let (t, n) = (tenant.to_string(), name.map(str::to_string));
+        Ok(self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT name, version, digest, size, engine, device, description, inputs, outputs, created_at
+                     FROM models WHERE tenant = ?1 AND (?2 IS NULL OR name = ?2) AND deleted_at IS NULL
+                     ORDER BY name, version",
+                )?;
+                let rows = stmt.query_map(params![t, n], |r| {
+                    Ok((
+                        ModelVersion {
+                            name: r.get(0)?,
+                            version: r.get(1)?,
+                            digest: r.get(2)?,
+                            size: r.get(3)?,
+                            engine: r.get(4)?,
+                            device: r.get(5)?,
+                            description: r.get(6)?,
+                            inputs: Vec::new(),
+                            outputs: Vec::new(),
+                            created_at: r.get(9)?,
+                        },
+                        r.get::<_, String>(7)?,
+                        r.get::<_, String>(8)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (mut v, inputs, outputs) = row?;
+                    v.inputs = serde_json::from_str(&inputs)?;
+                    v.outputs = serde_json::from_str(&outputs)?;
+                    out.push(v);
+                }
+                Ok(out)
+            })
+            .await?)
+    }
+
+    /// Deletes every version of a model; 404 when there is none.
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
+        let (t, n) = (tenant.to_string(), name.to_string());
+        let deleted = self
+            .db
+            .call(move |conn| {
+                Ok(conn.execute(
+                    "UPDATE models SET deleted_at = ?3 WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL",
+                    params![t, n, db::now()],
+                )? as u32)
+            })
+            .await?;
+        if deleted == 0 {
+            return Err(ApiError::NotFound(format!("no model named `{name}`")));
+        }
+        Ok(deleted)
+    }
+}
+
+impl ModelSource for ModelStore {
+    fn lookup<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Option<(String, String)>> {
+        Box::pin(async move {
+            let (t, n) = (tenant.to_string(), name.to_string());
+            self.db
+                .call(move |conn| {
+                    Ok(conn
+                        .query_row(
+                            "SELECT digest, engine FROM models WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL
+                             ORDER BY version DESC LIMIT 1",
+                            params![t, n],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?)
+                })
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    fn read(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        self.blobs.get(digest)
+    }
+}

@@ -1,0 +1,319 @@
+//! `wasi:nn@0.2.0-rc-2024-10-28` for guests: the WIT glue over [`crate::nn`].
+//!
+//! Deny by default: `load-by-name` finds only models the function's manifest grants
+//! (`capabilities.models`) among its own tenant's models, and an ungranted name gets the same
+//! `not-found` as an unknown one, so names do not leak across tenants. `load` takes ONNX bytes
+//! up to the plan's model size. Every failure is a WIT `error` value the guest can read, never
+//! a trap. Host time spent loading and computing is measured here (fuel cannot see it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::Resource;
+
+use super::bindings::wasi::nn::{errors, graph, inference, tensor};
+use super::state::InstanceState;
+use crate::nn::{ElemType, ErrorCode, Graphs, HostTensor, LoadedModel, NnError};
+
+/// A graph the guest holds.
+pub struct Graph(Arc<dyn LoadedModel>);
+/// An execution context the guest holds.
+pub struct ExecContext(Arc<dyn LoadedModel>);
+
+/// A boxed future, for the object-safe [`ModelSource`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where `load-by-name` finds a tenant's models: implemented by the registry.
+pub trait ModelSource: Send + Sync {
+    /// The digest and preferred engine of the newest version of `tenant`'s model `name`.
+    fn lookup<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Option<(String, String)>>;
+    /// The model bytes of `digest`.
+    fn read(&self, digest: &str) -> anyhow::Result<Vec<u8>>;
+}
+
+/// What one function may do with wasi:nn, resolved from its manifest and its tenant's plan.
+#[derive(Clone)]
+pub struct NnAccess {
+    pub tenant: String,
+    pub models: Vec<String>,
+    pub gpu: bool,
+    pub max_model_bytes: u64,
+    pub graphs: Arc<Graphs>,
+    pub source: Arc<dyn ModelSource>,
+}
+
+/// Per-call wasi:nn state.
+pub struct NnCtx {
+    access: Option<NnAccess>,
+    /// Host time spent on inference (load + compute) during this call.
+    pub cpu_time: Duration,
+    /// Bytes of tensors the guest holds on the host; capped at the call's memory limit.
+    held_bytes: u64,
+    cap_bytes: u64,
+}
+
+impl NnCtx {
+    pub fn new(access: Option<NnAccess>, cap_bytes: u64) -> Self {
+        Self { access, cpu_time: Duration::ZERO, held_bytes: 0, cap_bytes }
+    }
+}
+
+type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
+
+impl InstanceState {
+    fn nn_err<T>(&mut self, e: NnError) -> NnResult<T> {
+        Ok(Err(self.table.push(e)?))
+    }
+
+    fn access(&self) -> Result<NnAccess, NnError> {
+        self.nn
+            .access
+            .clone()
+            .ok_or_else(|| NnError::new(ErrorCode::Security, "wasi:nn is not available to this function"))
+    }
+
+    fn hold(&mut self, bytes: u64) -> Result<(), NnError> {
+        if self.nn.held_bytes + bytes > self.nn.cap_bytes {
+            return Err(NnError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "tensors held on the host would exceed the function's memory limit of {} bytes",
+                    self.nn.cap_bytes
+                ),
+            ));
+        }
+        self.nn.held_bytes += bytes;
+        Ok(())
+    }
+
+    async fn load_graph(&mut self, digest: String, engine: &str, bytes: Option<Vec<u8>>) -> NnResult<Resource<Graph>> {
+        let access = match self.access() {
+            Ok(a) => a,
+            Err(e) => return self.nn_err(e),
+        };
+        let engine = match access.graphs.engine(engine) {
+            Ok(e) => e,
+            Err(e) => return self.nn_err(e),
+        };
+        let source = access.source.clone();
+        let d = digest.clone();
+        let read = move || match bytes {
+            Some(b) => Ok(b),
+            None => source.read(&d).map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}"))),
+        };
+        match access.graphs.get_or_load(&digest, engine, read).await {
+            Ok((model, took)) => {
+                self.nn.cpu_time += took;
+                Ok(Ok(self.table.push(Graph(model))?))
+            }
+            Err(e) => self.nn_err(e),
+        }
+    }
+}
+
+impl tensor::Host for InstanceState {}
+
+impl tensor::HostTensor for InstanceState {
+    async fn new(
+        &mut self,
+        dims: Vec<u32>,
+        ty: tensor::TensorType,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Resource<HostTensor>> {
+        let ty = match ty {
+            tensor::TensorType::Fp16 => ElemType::F16,
+            tensor::TensorType::Fp32 => ElemType::F32,
+            tensor::TensorType::Fp64 => ElemType::F64,
+            tensor::TensorType::Bf16 => ElemType::Bf16,
+            tensor::TensorType::U8 => ElemType::U8,
+            tensor::TensorType::I32 => ElemType::I32,
+            tensor::TensorType::I64 => ElemType::I64,
+        };
+        // The constructor cannot return an error value in this WIT version. A tensor whose data
+        // and dimensions disagree is kept as given and refused by `compute` with a clear error;
+        // only going over the memory limit with host-held tensors ends the call, like growing
+        // linear memory past it would.
+        if let Err(e) = self.hold(data.len() as u64) {
+            return Err(wasmtime::Error::msg(e.message));
+        }
+        Ok(self.table.push(HostTensor { dims, ty, data })?)
+    }
+
+    async fn dimensions(&mut self, t: Resource<HostTensor>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table.get(&t)?.dims.clone())
+    }
+
+    async fn ty(&mut self, t: Resource<HostTensor>) -> wasmtime::Result<tensor::TensorType> {
+        Ok(match self.table.get(&t)?.ty {
+            ElemType::F16 => tensor::TensorType::Fp16,
+            ElemType::F32 => tensor::TensorType::Fp32,
+            ElemType::F64 => tensor::TensorType::Fp64,
+            ElemType::Bf16 => tensor::TensorType::Bf16,
+            ElemType::U8 => tensor::TensorType::U8,
+            ElemType::I32 => tensor::TensorType::I32,
+            ElemType::I64 => tensor::TensorType::I64,
+        })
+    }
+
+    async fn data(&mut self, t: Resource<HostTensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&t)?.data.clone())
+    }
+
+    async fn drop(&mut self, t: Resource<HostTensor>) -> wasmtime::Result<()> {
+        let tensor = self.table.delete(t)?;
+        self.nn.held_bytes = self.nn.held_bytes.saturating_sub(tensor.data.len() as u64);
+        Ok(())
+    }
+}
+
+impl graph::Host for InstanceState {
+    async fn load(
+        &mut self,
+        builders: Vec<Vec<u8>>,
+        encoding: graph::GraphEncoding,
+        target: graph::ExecutionTarget,
+    ) -> NnResult<Resource<Graph>> {
+        let access = match self.access() {
+            Ok(a) => a,
+            Err(e) => return self.nn_err(e),
+        };
+        if !matches!(encoding, graph::GraphEncoding::Onnx | graph::GraphEncoding::Autodetect) {
+            return self.nn_err(NnError::new(ErrorCode::InvalidEncoding, "this platform runs ONNX graphs only"));
+        }
+        if let Err(e) = check_target(target, access.gpu) {
+            return self.nn_err(e);
+        }
+        let [bytes] = <[Vec<u8>; 1]>::try_from(builders).unwrap_or_default();
+        if bytes.is_empty() {
+            return self.nn_err(NnError::new(ErrorCode::InvalidArgument, "pass the ONNX model as exactly one builder"));
+        }
+        if bytes.len() as u64 > access.max_model_bytes {
+            return self.nn_err(NnError::new(
+                ErrorCode::TooLarge,
+                format!("model of {} bytes is over the plan's limit of {} bytes", bytes.len(), access.max_model_bytes),
+            ));
+        }
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        self.load_graph(digest, "auto", Some(bytes)).await
+    }
+
+    async fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
+        let access = match self.access() {
+            Ok(a) => a,
+            Err(e) => return self.nn_err(e),
+        };
+        // Ungranted and unknown names get the same answer.
+        let not_found =
+            || NnError::new(ErrorCode::NotFound, format!("no model named `{name}` is available to this function"));
+        if !access.models.contains(&name) {
+            return self.nn_err(not_found());
+        }
+        let Some((digest, engine)) = access.source.lookup(&access.tenant, &name).await else {
+            return self.nn_err(not_found());
+        };
+        self.load_graph(digest, &engine, None).await
+    }
+}
+
+impl graph::HostGraph for InstanceState {
+    async fn init_execution_context(&mut self, g: Resource<Graph>) -> NnResult<Resource<ExecContext>> {
+        let model = self.table.get(&g)?.0.clone();
+        Ok(Ok(self.table.push(ExecContext(model))?))
+    }
+
+    async fn drop(&mut self, g: Resource<Graph>) -> wasmtime::Result<()> {
+        self.table.delete(g)?;
+        Ok(())
+    }
+}
+
+impl inference::Host for InstanceState {}
+
+impl inference::HostGraphExecutionContext for InstanceState {
+    async fn compute(
+        &mut self,
+        ctx: Resource<ExecContext>,
+        inputs: Vec<(String, Resource<HostTensor>)>,
+    ) -> NnResult<Vec<(String, Resource<HostTensor>)>> {
+        let access = match self.access() {
+            Ok(a) => a,
+            Err(e) => return self.nn_err(e),
+        };
+        let model = self.table.get(&ctx)?.0.clone();
+        let mut given = Vec::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            let t = self.table.get(&t)?;
+            match HostTensor::new(t.dims.clone(), t.ty, t.data.clone()) {
+                Ok(t) => given.push((name, t)),
+                Err(e) => return self.nn_err(NnError::new(e.code, format!("input `{name}`: {}", e.message))),
+            }
+        }
+        let result = access
+            .graphs
+            .compute(move || {
+                let started = std::time::Instant::now();
+                model.run(given).map(|out| (out, started.elapsed()))
+            })
+            .await;
+        let (outputs, took) = match result {
+            Ok(r) => r,
+            Err(e) => return self.nn_err(e),
+        };
+        self.nn.cpu_time += took;
+        let total: u64 = outputs.iter().map(|(_, t)| t.data.len() as u64).sum();
+        if let Err(e) = self.hold(total) {
+            return self.nn_err(e);
+        }
+        let mut out = Vec::with_capacity(outputs.len());
+        for (name, t) in outputs {
+            out.push((name, self.table.push(t)?));
+        }
+        Ok(Ok(out))
+    }
+
+    async fn drop(&mut self, ctx: Resource<ExecContext>) -> wasmtime::Result<()> {
+        self.table.delete(ctx)?;
+        Ok(())
+    }
+}
+
+impl errors::Host for InstanceState {}
+
+impl errors::HostError for InstanceState {
+    async fn code(&mut self, e: Resource<NnError>) -> wasmtime::Result<errors::ErrorCode> {
+        Ok(match self.table.get(&e)?.code {
+            ErrorCode::InvalidArgument => errors::ErrorCode::InvalidArgument,
+            ErrorCode::InvalidEncoding => errors::ErrorCode::InvalidEncoding,
+            ErrorCode::Timeout => errors::ErrorCode::Timeout,
+            ErrorCode::RuntimeError => errors::ErrorCode::RuntimeError,
+            ErrorCode::UnsupportedOperation => errors::ErrorCode::UnsupportedOperation,
+            ErrorCode::TooLarge => errors::ErrorCode::TooLarge,
+            ErrorCode::NotFound => errors::ErrorCode::NotFound,
+            ErrorCode::Security => errors::ErrorCode::Security,
+            ErrorCode::Unknown => errors::ErrorCode::Unknown,
+        })
+    }
+
+    async fn data(&mut self, e: Resource<NnError>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&e)?.message.clone())
+    }
+
+    async fn drop(&mut self, e: Resource<NnError>) -> wasmtime::Result<()> {
+        self.table.delete(e)?;
+        Ok(())
+    }
+}
+
+fn check_target(target: graph::ExecutionTarget, gpu_granted: bool) -> Result<(), NnError> {
+    match target {
+        graph::ExecutionTarget::Cpu => Ok(()),
+        graph::ExecutionTarget::Gpu if !gpu_granted => {
+            Err(NnError::new(ErrorCode::Security, "this function is not granted the GPU (capabilities.gpu)"))
+        }
+        graph::ExecutionTarget::Gpu => {
+            Err(NnError::new(ErrorCode::UnsupportedOperation, "no GPU engine on this server yet"))
+        }
+        graph::ExecutionTarget::Tpu => Err(NnError::new(ErrorCode::UnsupportedOperation, "no TPU on this server")),
+    }
+}

@@ -1,0 +1,81 @@
+//! Model registry handlers (`/v1/models`), roles `owner` and `deployer`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+
+use super::App;
+use super::api::read_parts;
+use crate::error::ApiError;
+use crate::tenants::{Principal, Role};
+
+const DEPLOYERS: &[Role] = &[Role::Owner, Role::Deployer];
+
+/// `POST /v1/models`: multipart `manifest` + `model` (ONNX) -> 201 `{"name","version","digest",...}`.
+pub async fn push_model(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?.to_string();
+    let (manifest, model) = read_parts(multipart, "model", "the .onnx bytes").await?;
+    let plan_name = app.tenants.plan_of(&tenant).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no plan"))?;
+    let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
+    let version = app.registry.models.push(&tenant, &manifest, Bytes::from(model), plan.max_model_bytes).await?;
+    tracing::info!(tenant, model = %version.name, version = version.version, digest = %version.digest, "model pushed");
+    Ok((StatusCode::CREATED, Json(version)).into_response())
+}
+
+/// `GET /v1/models`: the tenant's models, newest version of each.
+pub async fn list_models(State(app): State<Arc<App>>, principal: Principal) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?;
+    let versions = app.registry.models.versions(tenant, None).await?;
+    let mut models: Vec<serde_json::Value> = Vec::new();
+    for v in &versions {
+        let count = versions.iter().filter(|o| o.name == v.name).count();
+        if versions.iter().filter(|o| o.name == v.name).all(|o| o.version <= v.version) {
+            models.push(json!({
+                "name": v.name, "latest_version": v.version, "versions": count, "digest": v.digest,
+                "size": v.size, "engine": v.engine, "device": v.device, "updated_at": v.created_at,
+            }));
+        }
+    }
+    Ok(Json(json!({ "models": models })).into_response())
+}
+
+/// `GET /v1/models/{name}`: inputs, outputs, dtypes, shapes, size and digest of every version.
+pub async fn get_model(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?;
+    let versions = app.registry.models.versions(tenant, Some(&name)).await?;
+    let latest = versions.last().ok_or_else(|| ApiError::NotFound(format!("no model named `{name}`")))?;
+    Ok(Json(json!({
+        "name": name,
+        "latest_version": latest.version,
+        "inputs": latest.inputs,
+        "outputs": latest.outputs,
+        "size": latest.size,
+        "digest": latest.digest,
+        "versions": versions,
+    }))
+    .into_response())
+}
+
+/// `DELETE /v1/models/{name}`: every version.
+pub async fn delete_model(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?;
+    let deleted = app.registry.models.delete(tenant, &name).await?;
+    Ok(Json(json!({ "name": name, "deleted_versions": deleted })).into_response())
+}
