@@ -223,10 +223,41 @@ impl Drop for Server {
 
 /// The JSON error body of a response, asserting its status and shape.
 pub fn expect_error(resp: Response, status: u16) -> String {
-    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    let actual = resp.status().as_u16();
     let request_id = resp.headers().get("infercell-request-id").map(|v| v.to_str().unwrap().to_string());
-    let body: Value = resp.json().expect("error body is JSON");
+    let text = resp.text().unwrap();
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    let body: Value = serde_json::from_str(&text).expect("error body is JSON");
     let message = body["error"].as_str().expect("error has a message").to_string();
     assert_eq!(body["request_id"].as_str(), request_id.as_deref(), "request_id matches the header");
     message
+}
+
+impl Server {
+    /// Pushes an ONNX model under `name`; returns the raw response.
+    pub fn push_model(&self, key: &str, manifest: &str, onnx: Vec<u8>) -> Response {
+        let form = reqwest::blocking::multipart::Form::new()
+            .part("manifest", reqwest::blocking::multipart::Part::text(manifest.to_string()))
+            .part("model", reqwest::blocking::multipart::Part::bytes(onnx).file_name("model.onnx"));
+        self.http.post(format!("{}/v1/models", self.url)).bearer_auth(key).multipart(form).send().unwrap()
+    }
+
+    /// Pushes `samples/digits/digits.onnx` as model `digits`; asserts 201.
+    pub fn push_digits(&self, key: &str) -> Value {
+        let resp = self.push_model(key, "name = \"digits\"\n", digits_model());
+        let status = resp.status();
+        let body = resp.text().unwrap();
+        assert_eq!(status, 201, "pushing digits: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// The committed digits model.
+pub fn digits_model() -> Vec<u8> {
+    std::fs::read(repo_root().join("samples/digits/digits.onnx")).unwrap()
+}
+
+/// `samples/digits/expected.json`: inputs with ONNX Runtime's outputs.
+pub fn digits_expected() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo_root().join("samples/digits/expected.json")).unwrap()).unwrap()
 }

@@ -90,18 +90,18 @@ impl ModelStore {
         max_bytes: u64,
     ) -> Result<ModelVersion, ApiError> {
         let manifest = ModelManifest::parse(manifest_text).map_err(ApiError::BadRequest)?;
-        if bytes.len() as u64 > max_bytes {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "model of {} bytes is over the plan's limit of {max_bytes} bytes",
-                bytes.len()
-            )));
-        }
         if manifest.device == "gpu" {
             return Err(ApiError::BadRequest(
                 "device `gpu`: this server has no GPU engine yet; use auto or cpu".into(),
             ));
         }
         let engine = self.graphs.engine(&manifest.engine).map_err(|e| ApiError::BadRequest(e.message))?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "model of {} bytes is over the plan's limit of {max_bytes} bytes",
+                bytes.len()
+            )));
+        }
         let digest = digest_of(&bytes);
         let data = bytes.to_vec();
         let (model, _) = self.graphs.get_or_load(&digest, engine.clone(), move || Ok(data)).await.map_err(|e| {

@@ -148,6 +148,7 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
     if app.config.server.metrics_require_key {
         auth::principal_from_headers(&app, &headers)?;
     }
+    app.metrics.observe_graph_cache(app.registry.models.graphs().stats());
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response())
 }

@@ -59,6 +59,7 @@ impl Handler for Hostile {
             "/not-found" => Err(Error::NotFound("nothing here".to_owned())),
             "/internal" => Err(Error::Internal("broken on purpose".to_owned())),
             "/headers" => Response::json(&req.headers),
+            path if path.starts_with("/nn/") => Ok(Response::text(nn_probe(&path[4..]))),
             path => match path.strip_prefix("/status/") {
                 Some(code) => code
                     .parse::<u16>()
@@ -77,6 +78,47 @@ struct Environment {
 }
 
 /// Loops forever; `black_box` keeps the optimizer from proving the loop has no effect.
+/// Misuses wasi:nn in the named way and reports what the host answered, as
+/// `ok: ...` or `error <code>: <message>` (the host must answer with an error value, not trap).
+fn nn_probe(what: &str) -> String {
+    use infercell_guest::nn::{ExecutionTarget, Graph, Tensor, TensorType};
+    let result: Result<String, infercell_guest::nn::NnError> = (|| match what {
+        // A model by name: granted or not, existing or not, the same not-found.
+        "digits" => Graph::load_by_name("digits").map(|_| "loaded".to_owned()),
+        "other" => Graph::load_by_name("someone-elses-model").map(|_| "loaded".to_owned()),
+        "garbage" => Graph::load_onnx(b"this is not an onnx model", ExecutionTarget::Cpu).map(|_| "loaded".to_owned()),
+        "gpu" => Graph::load_onnx(b"\x08\x07", ExecutionTarget::Gpu).map(|_| "loaded".to_owned()),
+        // Dimensions that claim 4 GiB with no data behind them: refused, never allocated.
+        "huge" => {
+            let graph = Graph::load_by_name("digits")?;
+            let tensor = Tensor::from_bytes(&[1 << 30, 4], TensorType::Fp32, Vec::new());
+            graph.run(&[("input", &tensor)]).map(|_| "computed".to_owned())
+        }
+        "wrong-shape" => {
+            let graph = Graph::load_by_name("digits")?;
+            graph.run(&[("input", &Tensor::from_f32(&[1, 63], &[0.0; 63])?)]).map(|_| "computed".to_owned())
+        }
+        "wrong-type" => {
+            let graph = Graph::load_by_name("digits")?;
+            graph.run(&[("input", &Tensor::from_i64(&[1, 64], &[0; 64])?)]).map(|_| "computed".to_owned())
+        }
+        "wrong-name" => {
+            let graph = Graph::load_by_name("digits")?;
+            graph.run(&[("pixels", &Tensor::from_f32(&[1, 64], &[0.0; 64])?)]).map(|_| "computed".to_owned())
+        }
+        "batch" => {
+            let graph = Graph::load_by_name("digits")?;
+            let out = graph.run(&[("input", &Tensor::from_f32(&[3, 64], &[0.5; 192])?)])?;
+            Ok(format!("{:?}", out.get("probabilities")?.dims()))
+        }
+        _ => Ok("unknown probe".to_owned()),
+    })();
+    match result {
+        Ok(s) => format!("ok: {s}"),
+        Err(e) => format!("error {:?}: {}", e.code, e.message),
+    }
+}
+
 fn spin() -> ! {
     let mut counter = 0u64;
     loop {
