@@ -40,6 +40,10 @@ echo "== infercell deploy samples/echo samples/hello"
 "$bin" deploy samples/echo
 "$bin" deploy samples/hello
 
+echo "== infercell model push digits samples/digits/digits.onnx; infercell deploy samples/digits"
+"$bin" model push digits samples/digits/digits.onnx
+"$bin" deploy samples/digits
+
 echo "== infercell functions list"
 "$bin" functions list
 
@@ -47,6 +51,9 @@ echo "== infercell invoke demo/echo --data 'hello, sandbox'"
 "$bin" invoke demo/echo --data 'hello, sandbox'
 echo "== infercell invoke 'demo/hello?name=Ada'"
 "$bin" invoke 'demo/hello?name=Ada'
+
+echo "== infercell invoke demo/digits --data '{\"pixels\": [...an 8x8 image of a 0...]}'"
+"$bin" invoke demo/digits --data '{"pixels": [0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}'
 
 echo "== usage of one call (infercell-usage header)"
 curl -s -o /dev/null -D - -H "Authorization: Bearer $INFERCELL_KEY" --data 'metered' "$INFERCELL_URL/fn/demo/echo" |
