@@ -71,15 +71,27 @@ impl Bare {
         Ok(Arc::new(Self { engine, pre }))
     }
 
-    /// Fresh store, instantiate, call `handle`, drop.
+    /// Fresh store, instantiate, call `handle` with a bare POST, drop.
     pub async fn call(&self, body: Vec<u8>) -> Result<Vec<u8>> {
+        self.call_with("POST".into(), "/".into(), String::new(), Vec::new(), body).await
+    }
+
+    /// Fresh store, instantiate, call `handle`, drop.
+    pub async fn call_with(
+        &self,
+        method: String,
+        path: String,
+        query: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let mut store =
             Store::new(&self.engine, State { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
         store.set_fuel(u64::MAX)?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         let instance = self.pre.instantiate_async(&mut store).await?;
-        let req = Request { method: "POST".into(), path: "/".into(), query: String::new(), headers: Vec::new(), body };
+        let req = Request { method, path, query, headers, body };
         match instance.infercell_function_incoming_handler().call_handle(&mut store, &req).await? {
             Ok(resp) => Ok(resp.body),
             Err(e) => anyhow::bail!("guest error: {e:?}"),

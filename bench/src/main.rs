@@ -264,8 +264,19 @@ async fn serve_bare() -> Result<()> {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let bare = bare.clone();
                 async move {
+                    // The same request a function gets from infercell: method, path, query and
+                    // headers (lower-case names, no Authorization), then the body.
+                    let method = req.method().as_str().to_string();
+                    let path = req.uri().path().to_string();
+                    let query = req.uri().query().unwrap_or_default().to_string();
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .filter(|(name, _)| *name != hyper::header::AUTHORIZATION)
+                        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                        .collect();
                     let body = req.into_body().collect().await?.to_bytes().to_vec();
-                    let out = match bare.call(body).await {
+                    let out = match bare.call_with(method, path, query, headers, body).await {
                         Ok(out) => hyper::Response::new(Full::new(bytes::Bytes::from(out))),
                         Err(e) => {
                             let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(e.to_string())));

@@ -33,6 +33,25 @@ pub struct UploadLabels {
     pub outcome: String,
 }
 
+/// Outcomes of an invocation, the `outcome` label of `infercell_invocations_total`.
+pub const OUTCOMES: [&str; 6] = ["ok", "guest_error", "trap", "timeout", "memory_limit", "fuel_limit"];
+
+/// The metric handles of one function, resolved once per deployed version so that a call
+/// neither allocates label strings nor hashes them.
+#[derive(Clone)]
+pub struct FunctionMetrics {
+    pub duration: Histogram,
+    outcomes: Vec<Counter>,
+    pub log_bytes_dropped: Counter,
+}
+
+impl FunctionMetrics {
+    /// The counter of `outcome` (one of [`OUTCOMES`]).
+    pub fn outcome(&self, outcome: &str) -> Option<&Counter> {
+        OUTCOMES.iter().position(|o| *o == outcome).map(|i| &self.outcomes[i])
+    }
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -127,6 +146,27 @@ impl Metrics {
             refused,
             usage_batch_size,
             usage_commit,
+        }
+    }
+
+    /// The handles of `tenant`'s `function`.
+    pub fn function(&self, tenant: &str, function: &str) -> FunctionMetrics {
+        let labels = FunctionLabels { tenant: tenant.to_string(), function: function.to_string() };
+        FunctionMetrics {
+            duration: self.invocation_duration.get_or_create(&labels).clone(),
+            outcomes: OUTCOMES
+                .iter()
+                .map(|o| {
+                    self.invocations
+                        .get_or_create(&InvocationLabels {
+                            tenant: tenant.to_string(),
+                            function: function.to_string(),
+                            outcome: o.to_string(),
+                        })
+                        .clone()
+                })
+                .collect(),
+            log_bytes_dropped: self.log_bytes_dropped.get_or_create(&labels).clone(),
         }
     }
 

@@ -41,6 +41,8 @@ pub struct Deployment {
     pub config: Arc<Vec<(String, String)>>,
     /// What this version may do through wasi:nn (its granted models, GPU, model size).
     pub nn: NnAccess,
+    /// Its metric handles, made on first use.
+    pub metrics: std::sync::OnceLock<crate::metrics::FunctionMetrics>,
 }
 
 /// One stored version, as the API shows it.
@@ -65,7 +67,13 @@ pub struct FunctionSummary {
     pub updated_at: String,
 }
 
-type VersionKey = (String, String, u32);
+/// What the registry keeps in memory for one function.
+#[derive(Default)]
+struct Cached {
+    /// The newest version, once known.
+    latest: Option<u32>,
+    versions: HashMap<u32, Arc<Deployment>>,
+}
 
 pub struct Registry {
     db: Db,
@@ -73,8 +81,8 @@ pub struct Registry {
     pub models: Arc<ModelStore>,
     runtime: Arc<Runtime>,
     config: Arc<Config>,
-    deployed: RwLock<HashMap<VersionKey, Arc<Deployment>>>,
-    latest: RwLock<HashMap<(String, String), u32>>,
+    /// tenant -> function -> cached versions; looked up by `&str` on every call, no allocation.
+    cache: RwLock<HashMap<String, HashMap<String, Cached>>>,
     pub logs: FunctionLogs,
 }
 
@@ -83,16 +91,7 @@ impl Registry {
         let logs = FunctionLogs::new(config.runtime.log_lines_per_function);
         let blobs = Arc::new(blobs);
         let models = Arc::new(ModelStore::new(db.clone(), blobs.clone(), graphs));
-        Self {
-            db,
-            blobs,
-            models,
-            runtime,
-            config,
-            deployed: RwLock::new(HashMap::new()),
-            latest: RwLock::new(HashMap::new()),
-            logs,
-        }
+        Self { db, blobs, models, runtime, config, cache: RwLock::new(HashMap::new()), logs }
     }
 
     /// Validates, compiles and stores a new version. Nothing is stored when any check fails.
@@ -171,13 +170,15 @@ impl Registry {
             limits,
             config: Arc::new(manifest.config_pairs()),
             nn: self.nn_access(tenant, &manifest, plan_cfg),
+            metrics: std::sync::OnceLock::new(),
         });
-        if let Ok(mut deployed) = self.deployed.write() {
-            deployed.insert((tenant.to_string(), manifest.name.clone(), version), deployment);
-        }
-        if let Ok(mut latest) = self.latest.write() {
-            let entry = latest.entry((tenant.to_string(), manifest.name.clone())).or_insert(version);
-            *entry = (*entry).max(version);
+        if let Ok(mut cache) = self.cache.write() {
+            let entry = cache.entry(tenant.to_string()).or_default().entry(manifest.name.clone()).or_default();
+            entry.versions.insert(version, deployment);
+            // Only move `latest` forward when it is known; otherwise the next call asks SQLite.
+            if let Some(latest) = entry.latest.as_mut() {
+                *latest = (*latest).max(version);
+            }
         }
         Ok(FunctionVersion { version, ..row })
     }
@@ -267,11 +268,10 @@ impl Registry {
         if deleted == 0 {
             return Err(not_found(name));
         }
-        if let Ok(mut deployed) = self.deployed.write() {
-            deployed.retain(|(t, n, _), _| !(t == tenant && n == name));
-        }
-        if let Ok(mut latest) = self.latest.write() {
-            latest.remove(&(tenant.to_string(), name.to_string()));
+        if let Ok(mut cache) = self.cache.write()
+            && let Some(functions) = cache.get_mut(tenant)
+        {
+            functions.remove(name);
         }
         self.logs.clear(tenant, name);
         Ok(deleted)
@@ -279,21 +279,27 @@ impl Registry {
 
     /// The deployed version to run for `tenant/name[@version]`, loading it if needed.
     pub async fn resolve(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<Arc<Deployment>, ApiError> {
-        let version = match version {
-            Some(v) => v,
-            None => match self.latest.read().ok().and_then(|l| l.get(&(tenant.to_string(), name.to_string())).copied())
-            {
+        let cached = |version: Option<u32>| -> (Option<u32>, Option<Arc<Deployment>>) {
+            let Ok(cache) = self.cache.read() else { return (None, None) };
+            let Some(entry) = cache.get(tenant).and_then(|f| f.get(name)) else { return (None, None) };
+            let v = version.or(entry.latest);
+            (v, v.and_then(|v| entry.versions.get(&v).cloned()))
+        };
+        let version = match cached(version) {
+            (_, Some(d)) => return Ok(d),
+            (Some(v), None) => v,
+            (None, None) => match version {
                 Some(v) => v,
                 None => self.latest_from_db(tenant, name).await?,
             },
         };
-        let key = (tenant.to_string(), name.to_string(), version);
-        if let Some(d) = self.deployed.read().ok().and_then(|d| d.get(&key).cloned()) {
+        if let (_, Some(d)) = cached(Some(version)) {
             return Ok(d);
         }
         let deployment = Arc::new(self.load(tenant, name, version).await?);
-        if let Ok(mut deployed) = self.deployed.write() {
-            deployed.insert(key, deployment.clone());
+        if let Ok(mut cache) = self.cache.write() {
+            let entry = cache.entry(tenant.to_string()).or_default().entry(name.to_string()).or_default();
+            entry.versions.insert(version, deployment.clone());
         }
         Ok(deployment)
     }
@@ -311,8 +317,9 @@ impl Registry {
             })
             .await?;
         let latest = latest.ok_or_else(|| not_found(name))?;
-        if let Ok(mut map) = self.latest.write() {
-            map.insert((tenant.to_string(), name.to_string()), latest);
+        if let Ok(mut cache) = self.cache.write() {
+            let entry = cache.entry(tenant.to_string()).or_default().entry(name.to_string()).or_default();
+            entry.latest = Some(entry.latest.map_or(latest, |l| l.max(latest)));
         }
         Ok(latest)
     }
@@ -355,6 +362,7 @@ impl Registry {
             limits,
             config: Arc::new(manifest.config_pairs()),
             nn: self.nn_access(tenant, &manifest, plan_cfg),
+            metrics: std::sync::OnceLock::new(),
         })
     }
 }

@@ -13,7 +13,7 @@ use super::{App, FunctionResponse, RequestId, USAGE_HEADER, guest_status};
 use crate::error::ApiError;
 use crate::metering::quota::Refusal;
 use crate::metering::{Meters, UsageRecord, now_us};
-use crate::metrics::{FunctionLabels, InvocationLabels, RefusedLabels};
+use crate::metrics::RefusedLabels;
 use crate::registry::LogEntry;
 use crate::runtime::{GuestError, GuestRequest, InvokeError, LogLevel};
 use crate::tenants::{Principal, Role};
@@ -141,18 +141,13 @@ async fn invoke(
         // Nothing ran: refused, not billed.
         app.metrics.refused.get_or_create(&RefusedLabels { tenant: tenant.to_string(), reason: "busy".into() }).inc();
     } else {
-        let labels = FunctionLabels { tenant: tenant.to_string(), function: function.to_string() };
-        app.metrics.invocation_duration.get_or_create(&labels).observe(outcome.usage.wall.as_secs_f64());
-        app.metrics
-            .invocations
-            .get_or_create(&InvocationLabels {
-                tenant: tenant.to_string(),
-                function: function.to_string(),
-                outcome: outcome_label(&outcome.result).into(),
-            })
-            .inc();
+        let fm = deployment.metrics.get_or_init(|| app.metrics.function(tenant, function));
+        fm.duration.observe(outcome.usage.wall.as_secs_f64());
+        if let Some(counter) = fm.outcome(outcome_label(&outcome.result)) {
+            counter.inc();
+        }
         if outcome.logs_dropped > 0 {
-            app.metrics.log_bytes_dropped.get_or_create(&labels).inc_by(outcome.logs_dropped as u64);
+            fm.log_bytes_dropped.inc_by(outcome.logs_dropped as u64);
         }
     }
     record_logs(
