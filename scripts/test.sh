@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: build the guest components, check formatting and
-# lints, build the server binary (the end-to-end tests start it), run every test.
+# lints, build the server binary (the end-to-end tests start it), run every test. ONNX Runtime
+# is installed first (into .venv-ort/, from PyPI) unless ORT_DYLIB_PATH already names it, so the
+# tests run against both inference engines.
 #
 # Usage: scripts/test.sh   (from any directory)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+if [[ -z "${ORT_DYLIB_PATH:-}" ]]; then
+    ORT_DYLIB_PATH="$(scripts/install-onnxruntime.sh)"
+    export ORT_DYLIB_PATH
+fi
 scripts/build-samples.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

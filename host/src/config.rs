@@ -27,6 +27,7 @@ fsync = false
 [nn]
 graph_cache_bytes = "1GiB"
 compute_threads = 0
+onnxruntime = ""
 
 [runtime]
 max_instances = 1000
@@ -123,6 +124,9 @@ pub struct NnConfig {
     pub graph_cache_bytes: u64,
     /// Inference computes running at once; 0 = one per core.
     pub compute_threads: usize,
+    /// Path of ONNX Runtime's `libonnxruntime.so`; empty = the `ORT_DYLIB_PATH` environment
+    /// variable, and when neither is set the server runs on tract alone.
+    pub onnxruntime: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -353,6 +357,9 @@ mod tests {
         assert_eq!(config.plans["free"].max_memory, 128 << 20);
         assert_eq!(config.plans["free"].default_memory, 32 << 20);
         assert!(Config::from_toml("[server]\nmax_upload = 1\n").is_err());
+        assert_eq!(Config::embedded().nn.onnxruntime, "");
+        let config = Config::from_toml("[nn]\nonnxruntime = \"/opt/libonnxruntime.so\"\n").expect("parses");
+        assert_eq!(config.nn.onnxruntime, "/opt/libonnxruntime.so");
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod invoke;
 mod models;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -29,8 +29,9 @@ use crate::error::{ApiError, ErrorMessage, error_body};
 use crate::metering::Metering;
 use crate::metering::quota::Quotas;
 use crate::metrics::Metrics;
-use crate::nn::Graphs;
+use crate::nn::onnxruntime::OnnxRuntime;
 use crate::nn::tract::Tract;
+use crate::nn::{Engine, Graphs};
 use crate::registry::{BlobStore, Registry};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::tenants::Tenants;
@@ -85,7 +86,7 @@ impl App {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,
         };
-        let mut graphs = Graphs::new(vec![Arc::new(Tract)], config.nn.graph_cache_bytes, threads);
+        let mut graphs = Graphs::new(engines(&config.nn.onnxruntime), config.nn.graph_cache_bytes, threads);
         let metrics = Metrics::new();
         let load_time = metrics.graph_load.clone();
         graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
@@ -105,6 +106,24 @@ impl App {
         let app = Arc::new(Self { config, tenants, registry, runtime, metrics, metering, quotas: Quotas::default() });
         Ok((app, AdminKeySource { path, created }))
     }
+}
+
+/// The inference engines in order of preference for `auto`: ONNX Runtime when its library
+/// (`[nn] onnxruntime`, else `ORT_DYLIB_PATH`) loads, then tract, which is always there.
+fn engines(onnxruntime: &str) -> Vec<Arc<dyn Engine>> {
+    let path = match onnxruntime {
+        "" => std::env::var("ORT_DYLIB_PATH").unwrap_or_default(),
+        path => path.to_string(),
+    };
+    let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
+    if !path.is_empty() {
+        match OnnxRuntime::load(Path::new(&path)) {
+            Ok(ort) => engines.push(Arc::new(ort)),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "ONNX Runtime unavailable; running on tract alone"),
+        }
+    }
+    engines.push(Arc::new(Tract));
+    engines
 }
 
 /// The id of the current request, set by the middleware for every request.

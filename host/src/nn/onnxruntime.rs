@@ -1,0 +1,300 @@
+//! The fast CPU engine where present: ONNX Runtime through the `ort` crate.
+//!
+//! `ort` is built with `load-dynamic`: nothing is linked or downloaded at build time, and the
+//! server loads the `libonnxruntime.so` shipped in PyPI's `onnxruntime` wheel at start-up
+//! (`[nn] onnxruntime` or `ORT_DYLIB_PATH`; `scripts/install-onnxruntime.sh` installs it). When
+//! that fails the server runs on tract alone, so ONNX Runtime is an accelerator, never a
+//! requirement.
+//!
+//! This module owns the process's one ONNX Runtime environment and, per loaded model, a pool of
+//! sessions. `ort`'s `Session::run` takes `&mut self`, and one global lock around a session
+//! would serialize every caller of a popular model; instead a call takes a free session from
+//! the pool (or builds one more from the kept model bytes), runs, and puts it back, so the pool
+//! grows to the number of calls that ever ran at once (bounded by the compute pool). Each
+//! session uses one intra-op thread: the host's compute pool already parallelises calls.
+//!
+//! Inputs are checked exactly as the tract engine checks them, with the same messages, so a
+//! guest sees the same errors whichever engine runs its model.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use half::f16;
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, ValueType};
+
+use super::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel, NnError, TensorInfo};
+
+/// The process's ONNX Runtime environment: `ort` allows one, so every [`OnnxRuntime`] shares it.
+static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
+
+/// The ONNX Runtime engine.
+pub struct OnnxRuntime {
+    environment: Environment,
+}
+
+impl OnnxRuntime {
+    /// Loads the ONNX Runtime shared library at `path` and creates the environment (once per
+    /// process; later calls reuse it, whatever their path).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let mut slot = ENVIRONMENT.lock().map_err(|_| anyhow::anyhow!("ONNX Runtime environment lock poisoned"))?;
+        if let Some(environment) = slot.as_ref() {
+            return Ok(Self { environment: environment.clone() });
+        }
+        let environment = ort::init_from(path)
+            .with_context(|| format!("loading ONNX Runtime from {}", path.display()))?
+            .with_name("infercell")
+            .with_telemetry(false)
+            .build()
+            .context("creating the ONNX Runtime environment")?;
+        *slot = Some(environment.clone());
+        Ok(Self { environment })
+    }
+
+    fn session(&self, onnx: &[u8]) -> Result<Session, ort::Error> {
+        Session::builder(&self.environment)?.with_intra_threads(1)?.with_inter_threads(1)?.commit_from_memory(onnx)
+    }
+}
+
+struct OrtModel {
+    engine: OnnxRuntime,
+    /// Kept to build more sessions when every pooled one is busy.
+    onnx: Vec<u8>,
+    idle: Mutex<Vec<Session>>,
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
+}
+
+impl Engine for OnnxRuntime {
+    fn name(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn load(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
+        let session = self.session(onnx).map_err(|e| match e.code() {
+            ort::ErrorCode::InvalidProtobuf | ort::ErrorCode::NoModel => {
+                NnError::new(ErrorCode::InvalidEncoding, format!("not an ONNX model: {}", e.message()))
+            }
+            _ => NnError::new(
+                ErrorCode::UnsupportedOperation,
+                format!("ONNX Runtime cannot run this model: {}", e.message()),
+            ),
+        })?;
+        let inputs = describe(session.inputs().iter().map(|o| (o.name(), o.dtype())))?;
+        let outputs = describe(session.outputs().iter().map(|o| (o.name(), o.dtype())))?;
+        Ok(Arc::new(OrtModel {
+            engine: OnnxRuntime { environment: self.environment.clone() },
+            onnx: onnx.to_vec(),
+            idle: Mutex::new(vec![session]),
+            inputs,
+            outputs,
+        }))
+    }
+}
+
+impl LoadedModel for OrtModel {
+    fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+
+    fn run(&self, mut given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
+        let mut ordered: Vec<(String, DynValue)> = Vec::with_capacity(self.inputs.len());
+        for info in &self.inputs {
+            let position = given.iter().position(|(name, _)| *name == info.name).ok_or_else(|| {
+                NnError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("missing input `{}` ({} {:?})", info.name, info.datatype, info.shape),
+                )
+            })?;
+            let (_, tensor) = given.swap_remove(position);
+            if tensor.ty.oip_name() != info.datatype {
+                return Err(NnError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("input `{}` must be {}, got {}", info.name, info.datatype, tensor.ty.oip_name()),
+                ));
+            }
+            check_shape(&info.name, &info.shape, &tensor.dims)?;
+            ordered.push((info.name.clone(), to_ort(&tensor)?));
+        }
+        if let Some((name, _)) = given.first() {
+            let known: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(NnError::new(
+                ErrorCode::InvalidArgument,
+                format!("unknown input `{name}` (the model's inputs: {})", known.join(", ")),
+            ));
+        }
+
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut session = match pooled {
+            Some(session) => session,
+            None => self.engine.session(&self.onnx).map_err(runtime_error)?,
+        };
+        let result = session.run(ordered).map_err(runtime_error).and_then(|outputs| {
+            self.outputs
+                .iter()
+                .zip(outputs.values())
+                .map(|(info, value)| Ok((info.name.clone(), from_ort(&value)?)))
+                .collect::<Result<Vec<_>, NnError>>()
+        });
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(session);
+        }
+        result
+    }
+}
+
+fn runtime_error(e: ort::Error) -> NnError {
+    NnError::new(ErrorCode::RuntimeError, e.message().to_string())
+}
+
+fn describe<'a>(outlets: impl Iterator<Item = (&'a str, &'a ValueType)>) -> Result<Vec<TensorInfo>, NnError> {
+    outlets
+        .map(|(name, dtype)| match dtype {
+            ValueType::Tensor { ty, shape, .. } => Ok(TensorInfo {
+                name: name.to_string(),
+                datatype: element_name(*ty).to_string(),
+                shape: shape.iter().map(|d| if *d < 0 { -1 } else { *d }).collect(),
+            }),
+            other => Err(NnError::new(
+                ErrorCode::UnsupportedOperation,
+                format!("`{name}` is a {other}, not a tensor: wasi:nn carries tensors only"),
+            )),
+        })
+        .collect()
+}
+
+fn check_shape(name: &str, declared: &[i64], given: &[u32]) -> Result<(), NnError> {
+    let matches =
+        declared.len() == given.len() && declared.iter().zip(given).all(|(d, g)| *d < 0 || *d == i64::from(*g));
+    if matches {
+        Ok(())
+    } else {
+        Err(NnError::new(
+            ErrorCode::InvalidArgument,
+            format!("input `{name}` must have shape {declared:?} (-1 = any), got {given:?}"),
+        ))
+    }
+}
+
+fn element_name(ty: TensorElementType) -> &'static str {
+    match ty {
+        TensorElementType::Bool => "BOOL",
+        TensorElementType::Uint8 => "UINT8",
+        TensorElementType::Uint16 => "UINT16",
+        TensorElementType::Uint32 => "UINT32",
+        TensorElementType::Uint64 => "UINT64",
+        TensorElementType::Int8 => "INT8",
+        TensorElementType::Int16 => "INT16",
+        TensorElementType::Int32 => "INT32",
+        TensorElementType::Int64 => "INT64",
+        TensorElementType::Float16 => "FP16",
+        TensorElementType::Bfloat16 => "BF16",
+        TensorElementType::Float32 => "FP32",
+        TensorElementType::Float64 => "FP64",
+        TensorElementType::String => "BYTES",
+        _ => "UNSUPPORTED",
+    }
+}
+
+fn typed_vec<T, const N: usize>(data: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    data.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
+}
+
+fn to_ort(t: &HostTensor) -> Result<DynValue, NnError> {
+    let shape: Vec<i64> = t.dims.iter().map(|d| i64::from(*d)).collect();
+    let value = match t.ty {
+        ElemType::F32 => Tensor::from_array((shape, typed_vec(&t.data, f32::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::F64 => Tensor::from_array((shape, typed_vec(&t.data, f64::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::F16 => Tensor::from_array((shape, typed_vec(&t.data, f16::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::U8 => Tensor::from_array((shape, t.data.clone())).map(Tensor::into_dyn),
+        ElemType::I32 => Tensor::from_array((shape, typed_vec(&t.data, i32::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::I64 => Tensor::from_array((shape, typed_vec(&t.data, i64::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::Bf16 => {
+            return Err(NnError::new(ErrorCode::UnsupportedOperation, "the onnxruntime engine has no BF16 tensors"));
+        }
+    };
+    value.map_err(|e| NnError::new(ErrorCode::InvalidArgument, e.message().to_string()))
+}
+
+fn from_ort(value: &DynValue) -> Result<HostTensor, NnError> {
+    let ty = value.dtype().tensor_type();
+    match ty {
+        Some(TensorElementType::Float32) => extract(value, ElemType::F32, f32::to_le_bytes),
+        Some(TensorElementType::Float64) => extract(value, ElemType::F64, f64::to_le_bytes),
+        Some(TensorElementType::Float16) => extract(value, ElemType::F16, f16::to_le_bytes),
+        Some(TensorElementType::Uint8) => extract(value, ElemType::U8, u8::to_le_bytes),
+        Some(TensorElementType::Int32) => extract(value, ElemType::I32, i32::to_le_bytes),
+        Some(TensorElementType::Int64) => extract(value, ElemType::I64, i64::to_le_bytes),
+        Some(other) => Err(NnError::new(
+            ErrorCode::UnsupportedOperation,
+            format!("output type {} cannot be returned through wasi:nn", element_name(other)),
+        )),
+        None => Err(NnError::new(
+            ErrorCode::UnsupportedOperation,
+            format!("output {} cannot be returned through wasi:nn", value.dtype()),
+        )),
+    }
+}
+
+fn extract<T: PrimitiveTensorElementType + Copy, const N: usize>(
+    value: &DynValue,
+    ty: ElemType,
+    to_bytes: impl Fn(T) -> [u8; N],
+) -> Result<HostTensor, NnError> {
+    let (shape, data) = value.try_extract_tensor::<T>().map_err(runtime_error)?;
+    let dims = shape.iter().map(|d| u32::try_from(*d).unwrap_or(u32::MAX)).collect();
+    Ok(HostTensor { dims, ty, data: data.iter().flat_map(|v| to_bytes(*v)).collect() })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::nn::tract::Tract;
+
+    /// The engine from `ORT_DYLIB_PATH`; `None` (skip) locally without it, a failure under CI.
+    fn engine() -> Option<OnnxRuntime> {
+        match std::env::var("ORT_DYLIB_PATH") {
+            Ok(path) if !path.is_empty() => Some(OnnxRuntime::load(Path::new(&path)).unwrap()),
+            _ => {
+                assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "run scripts/install-onnxruntime.sh first");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn loads_describes_and_refuses_like_tract() {
+        let Some(ort) = engine() else { return };
+        let onnx = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/digits/digits.onnx")).unwrap();
+        let garbage = ort.load(b"this is not an onnx model").err().unwrap();
+        assert_eq!(garbage.code, ErrorCode::InvalidEncoding);
+        assert!(garbage.message.starts_with("not an ONNX model: "), "{}", garbage.message);
+
+        let (a, b) = (ort.load(&onnx).unwrap(), Tract.load(&onnx).unwrap());
+        assert_eq!(serde_json::to_value(a.inputs()).unwrap(), serde_json::to_value(b.inputs()).unwrap());
+        assert_eq!(serde_json::to_value(a.outputs()).unwrap(), serde_json::to_value(b.outputs()).unwrap());
+        let pixels: Vec<u8> = (0..2 * 64).flat_map(|i| ((i % 17) as f32).to_le_bytes()).collect();
+        let input =
+            |name: &str| vec![(name.to_string(), HostTensor::new(vec![2, 64], ElemType::F32, pixels.clone()).unwrap())];
+        let (x, y) = (a.run(input("input")).unwrap(), b.run(input("input")).unwrap());
+        assert_eq!(x[0].1.dims, vec![2, 10]);
+        let floats = |t: &HostTensor| typed_vec(&t.data, f32::from_le_bytes);
+        for (p, q) in floats(&x[0].1).iter().zip(floats(&y[0].1)) {
+            assert!((p - q).abs() <= 1e-5, "{p} vs {q}");
+        }
+        let mut extra = input("input");
+        extra.extend(input("pixels"));
+        let unknown = a.run(extra.clone()).err().unwrap();
+        assert!(unknown.code == ErrorCode::InvalidArgument && unknown.message.starts_with("unknown input `pixels`"));
+        assert_eq!(Some(unknown), b.run(extra).err());
+        assert_eq!(a.run(input("pixels")).err(), b.run(input("pixels")).err());
+    }
+}
