@@ -12,3 +12,4 @@ echo "commit:  $(git rev-parse --short HEAD)  date: $(date -u +%Y-%m-%d)"
 "$bin" invoke "$@"
 "$bin" http
 "$bin" fairness
+ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/install-onnxruntime.sh)}" "$bin" nn

@@ -10,6 +10,7 @@
 
 mod bare;
 mod load;
+mod nn;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,9 +42,10 @@ async fn main() -> Result<()> {
         }
         Some("serve-bare") => serve_bare().await,
         Some("fairness") => fairness(arg(&args, "--seconds", 5)).await,
+        Some("nn") => nn::run(arg(&args, "--iters", 5000) as u32).await,
         _ => {
             eprintln!(
-                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | serve-bare"
+                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | nn [--iters N] | serve-bare"
             );
             std::process::exit(2)
         }

@@ -249,13 +249,7 @@ impl inference::HostGraphExecutionContext for InstanceState {
                 Err(e) => return self.nn_err(NnError::new(e.code, format!("input `{name}`: {}", e.message))),
             }
         }
-        let result = access
-            .graphs
-            .compute(move || {
-                let started = std::time::Instant::now();
-                model.run(given).map(|out| (out, started.elapsed()))
-            })
-            .await;
+        let result = access.graphs.run_model(model, given).await;
         let (outputs, took) = match result {
             Ok(r) => r,
             Err(e) => return self.nn_err(e),
