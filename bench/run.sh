@@ -12,4 +12,6 @@ echo "commit:  $(git rev-parse --short HEAD)  date: $(date -u +%Y-%m-%d)"
 "$bin" invoke "$@"
 "$bin" http
 "$bin" fairness
-ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/install-onnxruntime.sh)}" "$bin" nn
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/install-onnxruntime.sh)}"
+"$bin" nn
+"$bin" p3

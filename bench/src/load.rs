@@ -9,6 +9,16 @@ use http_body_util::{BodyExt as _, Full};
 pub struct Target {
     pub url: String,
     pub bearer: Option<String>,
+    /// The request body; a closed-loop run expects 200, and this body back when `echo`.
+    pub body: bytes::Bytes,
+    pub echo: bool,
+}
+
+impl Target {
+    /// An echo target: posts `hello, sandbox` and expects it back.
+    pub fn echo(url: String, bearer: Option<String>) -> Self {
+        Self { url, bearer, body: bytes::Bytes::from_static(b"hello, sandbox"), echo: true }
+    }
 }
 
 /// How a run sends: closed loop (next request when the answer arrives) or paced.
@@ -38,6 +48,7 @@ pub async fn run_mode(target: &Target, connections: usize, duration: Duration, m
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (uri, authority, bearer) = (uri.clone(), authority.clone(), target.bearer.clone());
+        let (payload, echo) = (target.body.clone(), target.echo);
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(&authority).await?;
             stream.set_nodelay(true)?;
@@ -51,18 +62,20 @@ pub async fn run_mode(target: &Target, connections: usize, duration: Duration, m
                     tokio::time::sleep_until(next.into()).await;
                     next += interval;
                 }
-                let mut req = hyper::Request::post(uri.clone()).header("host", authority.as_str());
+                // Origin-form request target (`/path`), as browsers and curl send it.
+                let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let mut req = hyper::Request::post(target).header("host", authority.as_str());
                 if let Some(b) = &bearer {
                     req = req.header("authorization", format!("Bearer {b}"));
                 }
-                let req = req.body(Full::new(bytes::Bytes::from_static(b"hello, sandbox")))?;
+                let req = req.header("content-type", "application/json").body(Full::new(payload.clone()))?;
                 let t = Instant::now();
                 let resp = sender.send_request(req).await?;
                 let status = resp.status();
                 let body = resp.into_body().collect().await?.to_bytes();
                 if let Mode::ClosedLoop = mode {
                     anyhow::ensure!(status == 200, "status {status}");
-                    anyhow::ensure!(&body[..] == b"hello, sandbox", "wrong body");
+                    anyhow::ensure!(!echo || body == payload, "wrong body");
                 }
                 latencies.push(t.elapsed());
             }

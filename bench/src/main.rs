@@ -43,9 +43,10 @@ async fn main() -> Result<()> {
         Some("serve-bare") => serve_bare().await,
         Some("fairness") => fairness(arg(&args, "--seconds", 5)).await,
         Some("nn") => nn::run(arg(&args, "--iters", 5000) as u32).await,
+        Some("p3") => p3(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize).await,
         _ => {
             eprintln!(
-                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | nn [--iters N] | serve-bare"
+                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | nn [--iters N] | p3 [--seconds S] [--connections C] | serve-bare"
             );
             std::process::exit(2)
         }
@@ -153,7 +154,7 @@ impl Infercell {
     }
 
     fn target(&self, tenant: &str) -> load::Target {
-        load::Target { url: format!("{}/fn/{tenant}/echo", self.server.url), bearer: self.keys.get(tenant).cloned() }
+        load::Target::echo(format!("{}/fn/{tenant}/echo", self.server.url), self.keys.get(tenant).cloned())
     }
 }
 
@@ -165,7 +166,7 @@ async fn http(seconds: u64, connections: usize, rounds: u64) -> Result<()> {
     let targets = [
         ("infercell server", metered.target("bench")),
         ("infercell, metering off", unmetered.target("bench")),
-        ("bare hyper + wasmtime", load::Target { url: format!("{}/", bare_server.url), bearer: None }),
+        ("bare hyper + wasmtime", load::Target::echo(format!("{}/", bare_server.url), None)),
     ];
     let duration = Duration::from_secs(seconds);
     for (_, target) in &targets {
@@ -215,6 +216,86 @@ async fn fairness(seconds: u64) -> Result<()> {
     );
     println!("  {:<28} {:>10.0}", "noisy sent (mostly 429)", flooded.rps);
     println!("  p99 ratio                    {:>10.3}   (goal <= 2.0)", with_noise.p99_ms / alone.p99_ms);
+    Ok(())
+}
+
+/// P3: digits over HTTP through infercell (guest + wasi:nn) vs the FastAPI + uvicorn +
+/// ONNX Runtime peer (bench/peers/), same model, same load generator and connections.
+async fn p3(seconds: u64, connections: usize) -> Result<()> {
+    let server = Infercell::start("", &[("bench", "standard")])?;
+    let key = server.keys.get("bench").context("key")?.clone();
+    let bin = std::env::current_exe()?.parent().context("exe dir")?.join("infercell");
+    for args in [vec!["model", "push", "digits", "samples/digits/digits.onnx"], vec!["deploy", "samples/digits"]] {
+        let out = std::process::Command::new(&bin)
+            .args(&args)
+            .env("INFERCELL_URL", &server.server.url)
+            .env("INFERCELL_KEY", &key)
+            .current_dir(repo_root())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("samples/digits/expected.json"))?)?;
+    let body = bytes::Bytes::from(serde_json::json!({ "pixels": expected["cases"][0]["pixels"] }).to_string());
+
+    let venv = std::process::Command::new(repo_root().join("bench/peers/setup.sh")).output()?;
+    anyhow::ensure!(venv.status.success(), "bench/peers/setup.sh failed: {}", String::from_utf8_lossy(&venv.stderr));
+    let venv_bin = String::from_utf8(venv.stdout)?.trim().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string();
+    let mut peer = std::process::Command::new(format!("{venv_bin}/uvicorn"))
+        .args([
+            "fastapi_digits:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--workers",
+            &workers,
+            "--log-level",
+            "warning",
+        ])
+        .current_dir(repo_root().join("bench/peers"))
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the FastAPI peer did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let targets = [
+        (
+            "infercell (guest + wasi:nn)",
+            load::Target {
+                url: format!("{}/fn/bench/digits", server.server.url),
+                bearer: Some(key),
+                body: body.clone(),
+                echo: false,
+            },
+        ),
+        (
+            "FastAPI + uvicorn + ORT",
+            load::Target { url: format!("http://127.0.0.1:{port}/digits"), bearer: None, body, echo: false },
+        ),
+    ];
+    for (name, t) in &targets {
+        load::run(t, connections, Duration::from_secs(1)).await.with_context(|| format!("warming up {name}"))?;
+    }
+    let mut reports = Vec::new();
+    for (name, t) in &targets {
+        reports.push(load::run(t, connections, Duration::from_secs(seconds)).await.with_context(|| name.to_string())?);
+    }
+    let _ = peer.kill();
+    let _ = peer.wait();
+    println!("P3: digits over HTTP, {connections} keep-alive connections, {seconds} s (uvicorn workers: {workers}):");
+    println!("  {:<28} {:>10} {:>10} {:>10}", "", "req/s", "p50 ms", "p99 ms");
+    for ((name, _), r) in targets.iter().zip(&reports) {
+        println!("  {:<28} {:>10.0} {:>10.3} {:>10.3}", name, r.rps, r.p50_ms, r.p99_ms);
+    }
+    println!(
+        "  req/s ratio {:.2} (goal >= 5), p99 ratio {:.2} (goal <= 0.2)",
+        reports[0].rps / reports[1].rps,
+        reports[0].p99_ms / reports[1].p99_ms
+    );
     Ok(())
 }
 
