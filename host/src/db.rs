@@ -129,6 +129,29 @@ fn migrate(conn: &mut Connection, migrations: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Inside a transaction that is about to add a version of `tenant`'s `name` to `table`
+/// (`functions` or `models`): records the blob it points to and returns the next version
+/// number. Versions of deleted rows count, so numbers are never reused.
+pub fn next_version(
+    tx: &rusqlite::Transaction<'_>,
+    table: &'static str,
+    tenant: &str,
+    name: &str,
+    digest: &str,
+    size: u64,
+    created_at: &str,
+) -> rusqlite::Result<u32> {
+    tx.execute(
+        "INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)",
+        rusqlite::params![digest, size, created_at],
+    )?;
+    tx.query_row(
+        &format!("SELECT COALESCE(MAX(version), 0) + 1 FROM {table} WHERE tenant = ?1 AND name = ?2"),
+        rusqlite::params![tenant, name],
+        |row| row.get(0),
+    )
+}
+
 /// The current time as RFC 3339 (UTC), the format of every timestamp column.
 pub fn now() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()

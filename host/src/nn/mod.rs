@@ -120,6 +120,45 @@ pub struct TensorInfo {
     pub shape: Vec<i64>,
 }
 
+/// Orders the guest's named tensors as the model declares its inputs, checking names,
+/// datatypes and shapes. Every engine calls this, so a guest gets the same errors whichever
+/// engine runs its model.
+pub fn match_inputs(declared: &[TensorInfo], mut given: Vec<(String, HostTensor)>) -> Result<Vec<HostTensor>, NnError> {
+    let mut ordered = Vec::with_capacity(declared.len());
+    for info in declared {
+        let position = given.iter().position(|(name, _)| *name == info.name).ok_or_else(|| {
+            NnError::new(
+                ErrorCode::InvalidArgument,
+                format!("missing input `{}` ({} {:?})", info.name, info.datatype, info.shape),
+            )
+        })?;
+        let (_, tensor) = given.swap_remove(position);
+        if tensor.ty.oip_name() != info.datatype {
+            return Err(NnError::new(
+                ErrorCode::InvalidArgument,
+                format!("input `{}` must be {}, got {}", info.name, info.datatype, tensor.ty.oip_name()),
+            ));
+        }
+        let shape_ok = info.shape.len() == tensor.dims.len()
+            && info.shape.iter().zip(&tensor.dims).all(|(d, g)| *d < 0 || *d == i64::from(*g));
+        if !shape_ok {
+            return Err(NnError::new(
+                ErrorCode::InvalidArgument,
+                format!("input `{}` must have shape {:?} (-1 = any), got {:?}", info.name, info.shape, tensor.dims),
+            ));
+        }
+        ordered.push(tensor);
+    }
+    if let Some((name, _)) = given.first() {
+        let known: Vec<&str> = declared.iter().map(|i| i.name.as_str()).collect();
+        return Err(NnError::new(
+            ErrorCode::InvalidArgument,
+            format!("unknown input `{name}` (the model's inputs: {})", known.join(", ")),
+        ));
+    }
+    Ok(ordered)
+}
+
 /// A model compiled by one engine, shareable by every instance and tenant that loads the
 /// same bytes. `run` must be callable from many threads at once.
 pub trait LoadedModel: Send + Sync {

@@ -25,7 +25,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, ValueType};
 
-use super::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel, NnError, TensorInfo};
+use super::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel, NnError, TensorInfo, match_inputs};
 
 /// The process's ONNX Runtime environment: `ort` allows one, so every [`OnnxRuntime`] shares it.
 static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
@@ -103,32 +103,14 @@ impl LoadedModel for OrtModel {
         &self.outputs
     }
 
-    fn run(&self, mut given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
-        let mut ordered: Vec<(String, DynValue)> = Vec::with_capacity(self.inputs.len());
-        for info in &self.inputs {
-            let position = given.iter().position(|(name, _)| *name == info.name).ok_or_else(|| {
-                NnError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("missing input `{}` ({} {:?})", info.name, info.datatype, info.shape),
-                )
-            })?;
-            let (_, tensor) = given.swap_remove(position);
-            if tensor.ty.oip_name() != info.datatype {
-                return Err(NnError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("input `{}` must be {}, got {}", info.name, info.datatype, tensor.ty.oip_name()),
-                ));
-            }
-            check_shape(&info.name, &info.shape, &tensor.dims)?;
-            ordered.push((info.name.clone(), to_ort(&tensor)?));
-        }
-        if let Some((name, _)) = given.first() {
-            let known: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
-            return Err(NnError::new(
-                ErrorCode::InvalidArgument,
-                format!("unknown input `{name}` (the model's inputs: {})", known.join(", ")),
-            ));
-        }
+    fn run(&self, given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
+        let tensors = match_inputs(&self.inputs, given)?;
+        let ordered: Vec<(String, DynValue)> = self
+            .inputs
+            .iter()
+            .zip(&tensors)
+            .map(|(info, tensor)| Ok((info.name.clone(), to_ort(tensor)?)))
+            .collect::<Result<_, NnError>>()?;
 
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut session = match pooled {
@@ -167,19 +149,6 @@ fn describe<'a>(outlets: impl Iterator<Item = (&'a str, &'a ValueType)>) -> Resu
             )),
         })
         .collect()
-}
-
-fn check_shape(name: &str, declared: &[i64], given: &[u32]) -> Result<(), NnError> {
-    let matches =
-        declared.len() == given.len() && declared.iter().zip(given).all(|(d, g)| *d < 0 || *d == i64::from(*g));
-    if matches {
-        Ok(())
-    } else {
-        Err(NnError::new(
-            ErrorCode::InvalidArgument,
-            format!("input `{name}` must have shape {declared:?} (-1 = any), got {given:?}"),
-        ))
-    }
 }
 
 fn element_name(ty: TensorElementType) -> &'static str {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use super::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel, NnError, TensorInfo};
+use super::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel, NnError, TensorInfo, match_inputs};
 
 /// The tract engine.
 pub struct Tract;
@@ -17,7 +17,6 @@ struct TractModel {
     plan: Arc<TypedSimplePlan>,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
-    input_types: Vec<DatumType>,
 }
 
 impl Engine for Tract {
@@ -49,12 +48,11 @@ impl Engine for Tract {
             (0..input_outlets.len()).map(|i| typed.input_fact(i)).collect::<TractResult<_>>().map_err(internal)?;
         let output_facts: Vec<&TypedFact> =
             (0..output_outlets.len()).map(|i| typed.output_fact(i)).collect::<TractResult<_>>().map_err(internal)?;
-        let input_types = input_facts.iter().map(|f| f.datum_type).collect();
         let inputs = describe(&input_outlets, input_facts);
         let outputs = describe(&output_outlets, output_facts);
         let plan =
             typed.into_runnable().map_err(|e| NnError::new(ErrorCode::UnsupportedOperation, format!("{e:#}")))?;
-        Ok(Arc::new(TractModel { plan, inputs, outputs, input_types }))
+        Ok(Arc::new(TractModel { plan, inputs, outputs }))
     }
 }
 
@@ -67,52 +65,13 @@ impl LoadedModel for TractModel {
         &self.outputs
     }
 
-    fn run(&self, mut given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
-        let mut ordered: TVec<TValue> = tvec!();
-        for (info, expected) in self.inputs.iter().zip(&self.input_types) {
-            let position = given.iter().position(|(name, _)| *name == info.name).ok_or_else(|| {
-                NnError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("missing input `{}` ({} {:?})", info.name, info.datatype, info.shape),
-                )
-            })?;
-            let (_, tensor) = given.swap_remove(position);
-            let tensor = to_tract(&tensor)?;
-            if tensor.datum_type() != *expected {
-                return Err(NnError::new(
-                    ErrorCode::InvalidArgument,
-                    format!(
-                        "input `{}` must be {}, got {}",
-                        info.name,
-                        datum_name(*expected),
-                        datum_name(tensor.datum_type())
-                    ),
-                ));
-            }
-            check_shape(&info.name, &info.shape, tensor.shape())?;
-            ordered.push(tensor.into_tvalue());
-        }
-        if let Some((name, _)) = given.first() {
-            let known: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
-            return Err(NnError::new(
-                ErrorCode::InvalidArgument,
-                format!("unknown input `{name}` (the model's inputs: {})", known.join(", ")),
-            ));
-        }
+    fn run(&self, given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
+        let ordered: TVec<TValue> = match_inputs(&self.inputs, given)?
+            .iter()
+            .map(|t| Ok(to_tract(t)?.into_tvalue()))
+            .collect::<Result<_, NnError>>()?;
         let outputs = self.plan.run(ordered).map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?;
         self.outputs.iter().zip(outputs).map(|(info, value)| Ok((info.name.clone(), from_tract(&value)?))).collect()
-    }
-}
-
-fn check_shape(name: &str, declared: &[i64], given: &[usize]) -> Result<(), NnError> {
-    let matches = declared.len() == given.len() && declared.iter().zip(given).all(|(d, g)| *d < 0 || *d as usize == *g);
-    if matches {
-        Ok(())
-    } else {
-        Err(NnError::new(
-            ErrorCode::InvalidArgument,
-            format!("input `{name}` must have shape {declared:?} (-1 = any), got {given:?}"),
-        ))
     }
 }
 

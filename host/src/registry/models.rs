@@ -130,15 +130,7 @@ impl ModelStore {
             .db
             .call(move |conn| {
                 let tx = conn.transaction()?;
-                tx.execute(
-                    "INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)",
-                    params![r.digest, r.size, r.created_at],
-                )?;
-                let version: u32 = tx.query_row(
-                    "SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE tenant = ?1 AND name = ?2",
-                    params![t, r.name],
-                    |row| row.get(0),
-                )?;
+                let version = db::next_version(&tx, "models", &t, &r.name, &r.digest, r.size, &r.created_at)?;
                 tx.execute(
                     "INSERT INTO models (tenant, name, version, digest, size, engine, device, description, inputs, outputs, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
