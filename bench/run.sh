@@ -10,7 +10,8 @@ bin="${CARGO_TARGET_DIR:-$root/target}/release/infercell-bench"
 echo "machine: $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
 echo "commit:  $(git rev-parse --short HEAD)  date: $(date -u +%Y-%m-%d)"
 "$bin" invoke "$@"
-"$bin" http
+"$bin" http                    # 16 connections: latency-bound
+"$bin" http --connections 64  # saturated: throughput
 "$bin" fairness
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/install-onnxruntime.sh)}"
 "$bin" nn
