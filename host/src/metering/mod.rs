@@ -106,6 +106,20 @@ impl Meters {
         METERS.iter().map(|m| self.quantity(m) * prices.of(m)).sum()
     }
 
+    /// The eight meter columns of a row, in [`METERS`] order, starting at column `first`.
+    fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            invocations: r.get(first)?,
+            guest_us: r.get(first + 1)?,
+            fuel: r.get(first + 2)?,
+            memory_page_us: r.get(first + 3)?,
+            nn_cpu_us: r.get(first + 4)?,
+            nn_gpu_us: r.get(first + 5)?,
+            bytes_in: r.get(first + 6)?,
+            bytes_out: r.get(first + 7)?,
+        })
+    }
+
     /// `meter=quantity` pairs, as in the `infercell-usage` header (formatted from the integers;
     /// this is on every call's path).
     pub fn header_pairs(&self) -> String {
@@ -299,19 +313,7 @@ impl Metering {
                      GROUP BY function ORDER BY function",
                 )?;
                 let rows = stmt.query_map(params![tenant, from, to, function], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        Meters {
-                            invocations: r.get(1)?,
-                            guest_us: r.get(2)?,
-                            fuel: r.get(3)?,
-                            memory_page_us: r.get(4)?,
-                            nn_cpu_us: r.get(5)?,
-                            nn_gpu_us: r.get(6)?,
-                            bytes_in: r.get(7)?,
-                            bytes_out: r.get(8)?,
-                        },
-                    ))
+                    Ok((r.get::<_, String>(0)?, Meters::from_row(r, 1)?))
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
@@ -354,16 +356,7 @@ impl Metering {
                             ended_us: r.get(6)?,
                             outcome: outcome_str(&outcome),
                             status: r.get(8)?,
-                            meters: Meters {
-                                invocations: r.get(9)?,
-                                guest_us: r.get(10)?,
-                                fuel: r.get(11)?,
-                                memory_page_us: r.get(12)?,
-                                nn_cpu_us: r.get(13)?,
-                                nn_gpu_us: r.get(14)?,
-                                bytes_in: r.get(15)?,
-                                bytes_out: r.get(16)?,
-                            },
+                            meters: Meters::from_row(r, 9)?,
                         })
                     })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
