@@ -15,6 +15,6 @@ if [[ -z "${ORT_DYLIB_PATH:-}" ]]; then
 fi
 scripts/build-samples.sh
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 cargo build -p infercell --locked
-cargo test --workspace --locked
+cargo test --workspace --all-features --locked

@@ -32,6 +32,8 @@
 mod http;
 
 pub mod config;
+#[cfg(feature = "image")]
+pub mod image;
 pub mod log;
 pub mod nn;
 
