@@ -152,6 +152,19 @@ pub fn next_version(
     )
 }
 
+/// Marks every live version of `tenant`'s `name` in `table` (`functions` or `models`) deleted;
+/// returns how many. Rows stay, so version numbers are never reused.
+pub async fn soft_delete(db: &Db, table: &'static str, tenant: &str, name: &str) -> anyhow::Result<u32> {
+    let (t, n) = (tenant.to_string(), name.to_string());
+    db.call(move |conn| {
+        Ok(conn.execute(
+            &format!("UPDATE {table} SET deleted_at = ?3 WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL"),
+            rusqlite::params![t, n, now()],
+        )? as u32)
+    })
+    .await
+}
+
 /// The current time as RFC 3339 (UTC), the format of every timestamp column.
 pub fn now() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()

@@ -247,16 +247,7 @@ impl Registry {
 
     /// Deletes every version of a function; returns how many. Version numbers are not reused.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
-        let (t, n) = (tenant.to_string(), name.to_string());
-        let deleted = self
-            .db
-            .call(move |conn| {
-                Ok(conn.execute(
-                    "UPDATE functions SET deleted_at = ?3 WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL",
-                    params![t, n, db::now()],
-                )? as u32)
-            })
-            .await?;
+        let deleted = db::soft_delete(&self.db, "functions", tenant, name).await?;
         if deleted == 0 {
             return Err(not_found(name));
         }

@@ -198,16 +198,7 @@ impl ModelStore {
 
     /// Deletes every version of a model; 404 when there is none.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
-        let (t, n) = (tenant.to_string(), name.to_string());
-        let deleted = self
-            .db
-            .call(move |conn| {
-                Ok(conn.execute(
-                    "UPDATE models SET deleted_at = ?3 WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL",
-                    params![t, n, db::now()],
-                )? as u32)
-            })
-            .await?;
+        let deleted = db::soft_delete(&self.db, "models", tenant, name).await?;
         if deleted == 0 {
             return Err(ApiError::NotFound(format!("no model named `{name}`")));
         }

@@ -75,15 +75,25 @@ fn query(q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>
     q.map(|Query(q)| q).map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))
 }
 
+/// The query, whose report it is, and its `[from, to)` range: what both reports start with.
+async fn scope(
+    app: &App,
+    principal: &Principal,
+    q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(ReportQuery, String, i64, i64), ApiError> {
+    let q = query(q)?;
+    let tenant = report_tenant(app, principal, q.tenant.as_deref()).await?;
+    let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+    Ok((q, tenant, from, to))
+}
+
 /// `GET /v1/usage?from&to[&function][&limit&cursor]`: raw usage records, oldest first.
 pub async fn usage(
     State(app): State<Arc<App>>,
     principal: Principal,
     q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    let tenant = report_tenant(&app, &principal, q.tenant.as_deref()).await?;
-    let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+    let (q, tenant, from, to) = scope(&app, &principal, q).await?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::BadRequest("`limit` must be between 1 and 1000".into()));
@@ -118,9 +128,7 @@ pub async fn billing(
     principal: Principal,
     q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    let tenant = report_tenant(&app, &principal, q.tenant.as_deref()).await?;
-    let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+    let (q, tenant, from, to) = scope(&app, &principal, q).await?;
     let format = q.format.as_deref().unwrap_or("json");
     if !matches!(format, "json" | "csv") {
         return Err(ApiError::BadRequest(format!("unknown format `{format}` (json or csv)")));
