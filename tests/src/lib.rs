@@ -30,11 +30,11 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// A built component: `samples/<name>` or `tests/guests/<name>`.
+/// A built component: `samples/<name>` or `tests/guests/<name>` (cargo names the file with `_`).
 pub fn component(name: &str) -> Vec<u8> {
     let root = repo_root();
     for dir in ["samples", "tests/guests"] {
-        let path = root.join(dir).join("target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+        let path = root.join(dir).join("target/wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
         if path.exists() {
             return std::fs::read(path).unwrap();
         }
@@ -260,4 +260,21 @@ pub fn digits_model() -> Vec<u8> {
 /// `samples/digits/expected.json`: inputs with ONNX Runtime's outputs.
 pub fn digits_expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(repo_root().join("samples/digits/expected.json")).unwrap()).unwrap()
+}
+
+/// `samples/moderate-image/`, where `scripts/make-models.sh` puts open_nsfw (not committed: 23 MB),
+/// its test photos and ONNX Runtime's reference outputs. Locally a test that needs them skips
+/// when they are missing; under `CI=true` it fails, since scripts/test.sh makes them first.
+pub fn moderate_image_dir() -> Option<PathBuf> {
+    let dir = repo_root().join("samples/moderate-image");
+    if dir.join("open-nsfw.onnx").is_file() && dir.join("expected.json").is_file() {
+        return Some(dir);
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "samples/moderate-image/open-nsfw.onnx is missing: scripts/make-models.sh must run first (scripts/test.sh does it)"
+    );
+    eprintln!("skipping: samples/moderate-image/open-nsfw.onnx is missing (run scripts/make-models.sh)");
+    None
 }

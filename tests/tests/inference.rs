@@ -307,3 +307,53 @@ fn onnxruntime_refuses_misuse_as_tract_does() {
         assert_eq!(ort, tract, "{probe}: the engines disagree");
     }
 }
+
+/// Pushes open_nsfw as model `open-nsfw` on `engine` and deploys moderate-image, into a fresh
+/// tenant on the standard plan (the model is larger than the free plan allows); returns its key.
+fn tenant_with_moderate_image(server: &Server, dir: &std::path::Path, tenant: &str, engine: &str) -> String {
+    let key = server.tenant(tenant, "standard");
+    let onnx = std::fs::read(dir.join("open-nsfw.onnx")).unwrap();
+    let resp = server.push_model(&key, &format!("name = \"open-nsfw\"\nengine = \"{engine}\"\n"), onnx);
+    assert_eq!(resp.status(), 201, "pushing open-nsfw on {engine}: {}", resp.text().unwrap());
+    server.deploy(&key, "moderate-image");
+    key
+}
+
+#[test]
+fn moderate_image_calls_a_landscape_safe_and_refuses_garbage() {
+    let Some(dir) = moderate_image_dir() else { return };
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let server = Server::start();
+    let mut engines = vec!["tract"];
+    if onnxruntime_present() {
+        engines.push("onnxruntime");
+    }
+    let mut answers = Vec::new();
+    for engine in engines {
+        let tenant = engine.replace("onnxruntime", "onnx");
+        let key = tenant_with_moderate_image(&server, &dir, &tenant, engine);
+        let function = format!("{tenant}/moderate-image");
+        for case in expected["cases"].as_array().unwrap() {
+            let image = std::fs::read(dir.join(case["image"].as_str().unwrap())).unwrap();
+            let resp = server.post(&format!("/fn/{function}"), Some(&key), image);
+            assert_eq!(resp.status(), 200, "{function} {}", case["image"]);
+            assert!(usage_meter(&resp, "nn_cpu_ms") > 0.0, "host inference is metered");
+            let got: Value = resp.json().unwrap();
+            let (sfw, nsfw) =
+                (got["probabilities"]["sfw"].as_f64().unwrap(), got["probabilities"]["nsfw"].as_f64().unwrap());
+            assert!((sfw + nsfw - 1.0).abs() < 1e-4, "{got}");
+            assert!(sfw > 0.9, "{engine}: a landscape photo is safe: {got}");
+            // The guest's decoder and resize are not PIL's, so compare with the reference loosely.
+            assert!((sfw - case["sfw"].as_f64().unwrap()).abs() < 0.02, "{engine}: {got} vs {case}");
+            answers.push(sfw);
+        }
+        for (body, needle) in [(&b"definitely not an image"[..], "not a JPEG or PNG image"), (b"", "expected a JPEG")] {
+            let msg = expect_error(server.post(&format!("/fn/{function}"), Some(&key), body.to_vec()), 400);
+            assert!(msg.contains(needle), "`{needle}` not in `{msg}`");
+        }
+    }
+    // Both engines see the same tensor from the same guest: they agree closely.
+    if answers.len() == 4 {
+        assert!((answers[0] - answers[2]).abs() < 1e-4, "tract {} vs onnxruntime {}", answers[0], answers[2]);
+    }
+}

@@ -3,21 +3,46 @@
 //! A model is parsed, typed, decluttered and optimized once; the resulting plan is an
 //! `Arc<TypedSimplePlan>`, which is `Send + Sync` and allocates its per-call state in `run`,
 //! so one loaded graph serves every concurrent caller without a lock.
+//!
+//! Some models cannot be optimized for every input: tract needs a Reshape's shape, a Slice's
+//! bounds or a reduction's axes as constants, yet ONNX lets them arrive as graph inputs, and a
+//! few graphs only optimize with concrete dimensions. For those the parsed model is kept and
+//! specialized at first compute: integer inputs become constants of the values given, every
+//! input gets the shape given, and the plan is cached under those values and shapes (a few per
+//! model, least recently used evicted), so later calls with the same ones run at full speed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::ops::konst::Const;
 
 use super::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel, NnError, TensorInfo, match_inputs};
+
+/// Specialized plans kept per model.
+const SPECIALIZED_PLANS: usize = 8;
+/// Integer inputs larger than this are data, not parameters: they are never made constants.
+const MAX_PINNED_ELEMENTS: usize = 4096;
 
 /// The tract engine.
 pub struct Tract;
 
 struct TractModel {
-    plan: Arc<TypedSimplePlan>,
+    compiled: Compiled,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
 }
+
+enum Compiled {
+    /// One plan for every input.
+    Generic(Arc<TypedSimplePlan>),
+    /// Plans made per input shapes and integer input values.
+    Specialized { model: Box<InferenceModel>, why: String, plans: Mutex<Vec<(SpecKey, Arc<PlanCell>)>> },
+}
+
+/// The shapes of every input, then the bytes of every integer input made constant.
+type SpecKey = (Vec<Vec<u32>>, Vec<Vec<u8>>);
+type PlanCell = OnceLock<Result<Arc<TypedSimplePlan>, NnError>>;
 
 impl Engine for Tract {
     fn name(&self) -> &'static str {
@@ -28,32 +53,101 @@ impl Engine for Tract {
         let model = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(onnx_bytes))
             .map_err(|e| NnError::new(ErrorCode::InvalidEncoding, format!("not an ONNX model: {e:#}")))?;
-        let typed = model.into_optimized().map_err(|e| {
-            NnError::new(ErrorCode::UnsupportedOperation, format!("tract cannot run this model: {e:#}"))
-        })?;
-        let describe = |outlets: &[OutletId], facts: Vec<&TypedFact>| -> Vec<TensorInfo> {
-            outlets
-                .iter()
-                .zip(facts)
-                .map(|(outlet, fact)| TensorInfo {
-                    name: typed.outlet_label(*outlet).unwrap_or(&typed.node(outlet.node).name).to_string(),
-                    datatype: datum_name(fact.datum_type).to_string(),
-                    shape: fact.shape.iter().map(|d| d.as_i64().unwrap_or(-1)).collect(),
-                })
-                .collect()
-        };
-        let input_outlets = typed.input_outlets().map_err(internal)?.to_vec();
-        let output_outlets = typed.output_outlets().map_err(internal)?.to_vec();
-        let input_facts: Vec<&TypedFact> =
-            (0..input_outlets.len()).map(|i| typed.input_fact(i)).collect::<TractResult<_>>().map_err(internal)?;
-        let output_facts: Vec<&TypedFact> =
-            (0..output_outlets.len()).map(|i| typed.output_fact(i)).collect::<TractResult<_>>().map_err(internal)?;
-        let inputs = describe(&input_outlets, input_facts);
-        let outputs = describe(&output_outlets, output_facts);
-        let plan =
-            typed.into_runnable().map_err(|e| NnError::new(ErrorCode::UnsupportedOperation, format!("{e:#}")))?;
-        Ok(Arc::new(TractModel { plan, inputs, outputs }))
+        let inputs = describe_inference(&model, model.input_outlets().map_err(internal)?)?;
+        let outputs = describe_inference(&model, model.output_outlets().map_err(internal)?)?;
+        match model.clone().into_optimized().and_then(|typed| Ok((describe_typed(&typed)?, typed.into_runnable()?))) {
+            Ok(((inputs, outputs), plan)) => {
+                Ok(Arc::new(TractModel { compiled: Compiled::Generic(plan), inputs, outputs }))
+            }
+            Err(e) => {
+                // Every parameter must still be declared: an input without a type cannot be fed.
+                if let Some(input) = inputs.iter().find(|i| i.datatype == "UNSUPPORTED") {
+                    return Err(NnError::new(
+                        ErrorCode::UnsupportedOperation,
+                        format!("tract cannot run this model: input `{}` has no supported type ({e:#})", input.name),
+                    ));
+                }
+                let compiled = Compiled::Specialized {
+                    model: Box::new(model),
+                    why: format!("{e:#}"),
+                    plans: Mutex::new(Vec::new()),
+                };
+                Ok(Arc::new(TractModel { compiled, inputs, outputs }))
+            }
+        }
     }
+}
+
+impl TractModel {
+    /// The plan for these inputs: the generic one, or the one specialized to their shapes and
+    /// integer values (made on first use, shared by concurrent first callers).
+    fn plan_for(&self, ordered: &[HostTensor]) -> Result<(Arc<TypedSimplePlan>, Vec<usize>), NnError> {
+        let (model, why, plans) = match &self.compiled {
+            Compiled::Generic(plan) => return Ok((plan.clone(), (0..ordered.len()).collect())),
+            Compiled::Specialized { model, why, plans } => (model, why, plans),
+        };
+        let pinned: Vec<bool> = ordered
+            .iter()
+            .map(|t| matches!(t.ty, ElemType::I32 | ElemType::I64) && t.data.len() / t.ty.size() <= MAX_PINNED_ELEMENTS)
+            .collect();
+        let key: SpecKey = (
+            ordered.iter().map(|t| t.dims.clone()).collect(),
+            ordered.iter().zip(&pinned).filter(|(_, p)| **p).map(|(t, _)| t.data.clone()).collect(),
+        );
+        let cell = {
+            let mut plans = plans.lock().unwrap_or_else(|e| e.into_inner());
+            match plans.iter().position(|(k, _)| *k == key) {
+                Some(i) => {
+                    let entry = plans.remove(i);
+                    let cell = entry.1.clone();
+                    plans.push(entry);
+                    cell
+                }
+                None => {
+                    if plans.len() >= SPECIALIZED_PLANS {
+                        plans.remove(0);
+                    }
+                    let cell = Arc::new(PlanCell::new());
+                    plans.push((key, cell.clone()));
+                    cell
+                }
+            }
+        };
+        let plan = cell.get_or_init(|| specialize(model, ordered, &pinned, why)).clone()?;
+        let fed = pinned.iter().enumerate().filter(|(_, p)| !**p).map(|(i, _)| i).collect();
+        Ok((plan, fed))
+    }
+}
+
+/// Compiles `model` for these inputs: pinned ones become constants, the rest get their shapes.
+fn specialize(
+    model: &InferenceModel,
+    inputs: &[HostTensor],
+    pinned: &[bool],
+    why: &str,
+) -> Result<Arc<TypedSimplePlan>, NnError> {
+    let unsupported = |e: TractError| {
+        NnError::new(
+            ErrorCode::UnsupportedOperation,
+            format!("tract cannot run this model: {why}; specialized to these inputs: {e:#}"),
+        )
+    };
+    let mut model = model.clone();
+    let outlets = model.input_outlets().map_err(internal)?.to_vec();
+    let mut fed = Vec::new();
+    for ((outlet, tensor), pin) in outlets.iter().zip(inputs).zip(pinned) {
+        let value = to_tract(tensor)?;
+        if *pin {
+            let node = model.node_mut(outlet.node);
+            node.outputs[0].fact = InferenceFact::from(value.clone());
+            node.op = Box::new(Const::new(value.into_arc_tensor()).map_err(internal)?);
+        } else {
+            model.node_mut(outlet.node).outputs[0].fact = InferenceFact::dt_shape(value.datum_type(), value.shape());
+            fed.push(*outlet);
+        }
+    }
+    model.set_input_outlets(&fed).map_err(internal)?;
+    model.into_optimized().and_then(|typed| typed.into_runnable()).map_err(unsupported)
 }
 
 impl LoadedModel for TractModel {
@@ -66,13 +160,47 @@ impl LoadedModel for TractModel {
     }
 
     fn run(&self, given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
-        let ordered: TVec<TValue> = match_inputs(&self.inputs, given)?
-            .iter()
-            .map(|t| Ok(to_tract(t)?.into_tvalue()))
-            .collect::<Result<_, NnError>>()?;
-        let outputs = self.plan.run(ordered).map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?;
+        let ordered = match_inputs(&self.inputs, given)?;
+        let (plan, fed) = self.plan_for(&ordered)?;
+        let values: TVec<TValue> =
+            fed.iter().map(|i| Ok(to_tract(&ordered[*i])?.into_tvalue())).collect::<Result<_, NnError>>()?;
+        let outputs = plan.run(values).map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?;
         self.outputs.iter().zip(outputs).map(|(info, value)| Ok((info.name.clone(), from_tract(&value)?))).collect()
     }
+}
+
+/// Inputs and outputs of an optimized model, with the types and shapes tract inferred.
+fn describe_typed(typed: &TypedModel) -> TractResult<(Vec<TensorInfo>, Vec<TensorInfo>)> {
+    let describe = |outlets: &[OutletId]| -> TractResult<Vec<TensorInfo>> {
+        outlets
+            .iter()
+            .map(|outlet| {
+                let fact = typed.outlet_fact(*outlet)?;
+                Ok(TensorInfo {
+                    name: typed.outlet_label(*outlet).unwrap_or(&typed.node(outlet.node).name).to_string(),
+                    datatype: datum_name(fact.datum_type).to_string(),
+                    shape: fact.shape.iter().map(|d| d.as_i64().unwrap_or(-1)).collect(),
+                })
+            })
+            .collect()
+    };
+    Ok((describe(typed.input_outlets()?)?, describe(typed.output_outlets()?)?))
+}
+
+/// Inputs or outputs of a parsed model, as the ONNX file declares them (unknown dims are -1).
+fn describe_inference(model: &InferenceModel, outlets: &[OutletId]) -> Result<Vec<TensorInfo>, NnError> {
+    outlets
+        .iter()
+        .map(|outlet| {
+            let fact = model.outlet_fact(*outlet).map_err(internal)?;
+            let shape = fact.shape.dims().map(|d| d.concretize().and_then(|d| d.as_i64()).unwrap_or(-1)).collect();
+            Ok(TensorInfo {
+                name: model.outlet_label(*outlet).unwrap_or(&model.node(outlet.node).name).to_string(),
+                datatype: fact.datum_type.concretize().map_or("UNSUPPORTED", datum_name).to_string(),
+                shape,
+            })
+        })
+        .collect()
 }
 
 fn internal(e: TractError) -> NnError {
