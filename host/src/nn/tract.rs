@@ -19,7 +19,7 @@ use tract_onnx::tract_hir::ops::konst::Const;
 
 use super::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel, NnError, TensorInfo, match_inputs};
 
-/// Specialized plans kept per model.
+/// Specialized plans kept per model (a failed specialization is remembered too).
 const SPECIALIZED_PLANS: usize = 8;
 /// Integer inputs larger than this are data, not parameters: they are never made constants.
 const MAX_PINNED_ELEMENTS: usize = 4096;
@@ -29,6 +29,9 @@ pub struct Tract;
 
 struct TractModel {
     compiled: Compiled,
+    /// The parsed model's symbols: a plan may name dimensions made while parsing, and tract
+    /// holds symbol scopes weakly.
+    _symbols: SymbolScope,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
 }
@@ -40,8 +43,8 @@ enum Compiled {
     Specialized { model: Box<InferenceModel>, why: String, plans: Mutex<Vec<(SpecKey, Arc<PlanCell>)>> },
 }
 
-/// The shapes of every input, then the bytes of every integer input made constant.
-type SpecKey = (Vec<Vec<u32>>, Vec<Vec<u8>>);
+/// What was pinned, the shapes of every input, then the bytes of every input made constant.
+type SpecKey = (Pin, Vec<Vec<u32>>, Vec<Vec<u8>>);
 type PlanCell = OnceLock<Result<Arc<TypedSimplePlan>, NnError>>;
 
 impl Engine for Tract {
@@ -50,14 +53,31 @@ impl Engine for Tract {
     }
 
     fn load(&self, onnx_bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(onnx_bytes))
-            .map_err(|e| NnError::new(ErrorCode::InvalidEncoding, format!("not an ONNX model: {e:#}")))?;
-        let inputs = describe_inference(&model, model.input_outlets().map_err(internal)?)?;
-        let outputs = describe_inference(&model, model.output_outlets().map_err(internal)?)?;
+        let onnx = tract_onnx::onnx();
+        let not_onnx = |e: TractError| NnError::new(ErrorCode::InvalidEncoding, format!("not an ONNX model: {e:#}"));
+        let proto = onnx.proto_model_for_read(&mut std::io::Cursor::new(onnx_bytes)).map_err(not_onnx)?;
+        let model = onnx.model_for_proto_model(&proto).map_err(not_onnx)?;
+        // tract may relabel outlets (an Identity's output is its input): callers use the names
+        // the file declares, inputs without initializers, in order.
+        let graph = proto.graph.as_ref().ok_or_else(|| NnError::new(ErrorCode::InvalidEncoding, "no graph"))?;
+        let input_names: Vec<String> = graph
+            .input
+            .iter()
+            .filter(|i| !graph.initializer.iter().any(|init| init.name == i.name))
+            .map(|i| i.name.clone())
+            .collect();
+        let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+        let named = |infos: Vec<TensorInfo>, names: &[String]| -> Vec<TensorInfo> {
+            infos.into_iter().zip(names).map(|(info, name)| TensorInfo { name: name.clone(), ..info }).collect()
+        };
+        let inputs = named(describe_inference(&model, model.input_outlets().map_err(internal)?)?, &input_names);
+        let outputs = named(describe_inference(&model, model.output_outlets().map_err(internal)?)?, &output_names);
+        let symbols = model.symbols.clone();
         match model.clone().into_optimized().and_then(|typed| Ok((describe_typed(&typed)?, typed.into_runnable()?))) {
-            Ok(((inputs, outputs), plan)) => {
-                Ok(Arc::new(TractModel { compiled: Compiled::Generic(plan), inputs, outputs }))
+            Ok(((typed_inputs, typed_outputs), plan)) => {
+                // Declared names; tract's inferred types and shapes.
+                let (inputs, outputs) = (named(typed_inputs, &input_names), named(typed_outputs, &output_names));
+                Ok(Arc::new(TractModel { compiled: Compiled::Generic(plan), _symbols: symbols, inputs, outputs }))
             }
             Err(e) => {
                 // Every parameter must still be declared: an input without a type cannot be fed.
@@ -72,50 +92,85 @@ impl Engine for Tract {
                     why: format!("{e:#}"),
                     plans: Mutex::new(Vec::new()),
                 };
-                Ok(Arc::new(TractModel { compiled, inputs, outputs }))
+                Ok(Arc::new(TractModel { compiled, _symbols: symbols, inputs, outputs }))
             }
         }
     }
 }
 
+/// Which inputs a specialized plan makes constants of, tried in this order until one compiles.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Pin {
+    /// Integer inputs: shapes, axes, slice bounds, pads.
+    Integers,
+    /// Every input but the largest (the data): also float parameters such as BatchNorm's
+    /// statistics or Pad's fill value.
+    AllButData,
+}
+
+impl Pin {
+    fn select(self, inputs: &[HostTensor]) -> Vec<bool> {
+        let elements = |t: &HostTensor| t.data.len() / t.ty.size();
+        let data = inputs.iter().enumerate().max_by_key(|(i, t)| (elements(t), std::cmp::Reverse(*i))).map(|(i, _)| i);
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let small = elements(t) <= MAX_PINNED_ELEMENTS;
+                match self {
+                    Pin::Integers => small && matches!(t.ty, ElemType::I32 | ElemType::I64),
+                    Pin::AllButData => small && Some(i) != data,
+                }
+            })
+            .collect()
+    }
+}
+
 impl TractModel {
-    /// The plan for these inputs: the generic one, or the one specialized to their shapes and
-    /// integer values (made on first use, shared by concurrent first callers).
+    /// The plan for these inputs and which of them it takes: the generic plan, or one
+    /// specialized to their shapes and the values of its pinned inputs (made on first use,
+    /// shared by concurrent first callers, kept per model least recently used first).
     fn plan_for(&self, ordered: &[HostTensor]) -> Result<(Arc<TypedSimplePlan>, Vec<usize>), NnError> {
         let (model, why, plans) = match &self.compiled {
             Compiled::Generic(plan) => return Ok((plan.clone(), (0..ordered.len()).collect())),
             Compiled::Specialized { model, why, plans } => (model, why, plans),
         };
-        let pinned: Vec<bool> = ordered
-            .iter()
-            .map(|t| matches!(t.ty, ElemType::I32 | ElemType::I64) && t.data.len() / t.ty.size() <= MAX_PINNED_ELEMENTS)
-            .collect();
-        let key: SpecKey = (
-            ordered.iter().map(|t| t.dims.clone()).collect(),
-            ordered.iter().zip(&pinned).filter(|(_, p)| **p).map(|(t, _)| t.data.clone()).collect(),
-        );
-        let cell = {
-            let mut plans = plans.lock().unwrap_or_else(|e| e.into_inner());
-            match plans.iter().position(|(k, _)| *k == key) {
-                Some(i) => {
-                    let entry = plans.remove(i);
-                    let cell = entry.1.clone();
-                    plans.push(entry);
-                    cell
-                }
-                None => {
-                    if plans.len() >= SPECIALIZED_PLANS {
-                        plans.remove(0);
+        let mut last_error = None;
+        for pin in [Pin::Integers, Pin::AllButData] {
+            let pinned = pin.select(ordered);
+            let key: SpecKey = (
+                pin,
+                ordered.iter().map(|t| t.dims.clone()).collect(),
+                ordered.iter().zip(&pinned).filter(|(_, p)| **p).map(|(t, _)| t.data.clone()).collect(),
+            );
+            let cell = {
+                let mut plans = plans.lock().unwrap_or_else(|e| e.into_inner());
+                match plans.iter().position(|(k, _)| *k == key) {
+                    Some(i) => {
+                        let entry = plans.remove(i);
+                        let cell = entry.1.clone();
+                        plans.push(entry);
+                        cell
                     }
-                    let cell = Arc::new(PlanCell::new());
-                    plans.push((key, cell.clone()));
-                    cell
+                    None => {
+                        if plans.len() >= SPECIALIZED_PLANS {
+                            plans.remove(0);
+                        }
+                        let cell = Arc::new(PlanCell::new());
+                        plans.push((key, cell.clone()));
+                        cell
+                    }
                 }
+            };
+            match cell.get_or_init(|| specialize(model, ordered, &pinned, why)) {
+                Ok(plan) => {
+                    let fed = pinned.iter().enumerate().filter(|(_, p)| !**p).map(|(i, _)| i).collect();
+                    return Ok((plan.clone(), fed));
+                }
+                Err(e) => last_error = Some(e.clone()),
             }
-        };
-        let plan = cell.get_or_init(|| specialize(model, ordered, &pinned, why)).clone()?;
-        let fed = pinned.iter().enumerate().filter(|(_, p)| !**p).map(|(i, _)| i).collect();
-        Ok((plan, fed))
+        }
+        Err(last_error.unwrap_or_else(|| NnError::new(ErrorCode::UnsupportedOperation, why.clone())))
     }
 }
 

@@ -18,6 +18,8 @@
 //! | `/bad-request`, `/not-found`, `/internal` | the matching [`Error`] value |
 //! | `/status/{n}` | an empty response with status `n` (400 if `n` is not a `u16`) |
 //! | `/headers` | 200 with the request headers as a JSON list of `[name, value]` |
+//! | `/nn/{probe}` | misuses wasi:nn in the named way; 200 `ok: ...` or `error <code>: <message>` |
+//! | `/raw?model=M&input=I&shape=1,224,224,3` | runs model `M` on the body (f32 little-endian) as input `I`; 200 with the first output's bytes (the benchmarks' pure wasi:nn path) |
 //! | anything else | [`Error::NotFound`] |
 
 use std::hint::black_box;
@@ -59,6 +61,7 @@ impl Handler for Hostile {
             "/not-found" => Err(Error::NotFound("nothing here".to_owned())),
             "/internal" => Err(Error::Internal("broken on purpose".to_owned())),
             "/headers" => Response::json(&req.headers),
+            "/raw" => raw_tensor(&req),
             path if path.starts_with("/nn/") => Ok(Response::text(nn_probe(&path[4..]))),
             path => match path.strip_prefix("/status/") {
                 Some(code) => code
@@ -77,7 +80,22 @@ struct Environment {
     args: Vec<String>,
 }
 
-/// Loops forever; `black_box` keeps the optimizer from proving the loop has no effect.
+/// The body as one f32 tensor through a named model, the first output's bytes back: no parsing
+/// or preprocessing, so a benchmark sees only the sandbox and wasi:nn.
+fn raw_tensor(req: &Request) -> Result<Response, Error> {
+    use infercell_guest::nn::{Graph, Tensor, TensorType};
+    let param = |name: &str| req.query_param(name).ok_or_else(|| Error::BadRequest(format!("missing ?{name}=")));
+    let shape = param("shape")?
+        .split(',')
+        .map(|d| d.trim().parse::<u32>().map_err(|e| Error::BadRequest(format!("shape: {e}"))))
+        .collect::<Result<Vec<u32>, Error>>()?;
+    let graph = Graph::load_by_name(&param("model")?)?;
+    let input = Tensor::from_bytes(&shape, TensorType::Fp32, req.body.clone());
+    let outputs = graph.run(&[(param("input")?.as_str(), &input)])?;
+    let (_, first) = outputs.iter().next().ok_or_else(|| Error::Internal("the model returned nothing".into()))?;
+    Ok(Response::new(200).body(first.bytes()))
+}
+
 /// Misuses wasi:nn in the named way and reports what the host answered, as
 /// `ok: ...` or `error <code>: <message>` (the host must answer with an error value, not trap).
 fn nn_probe(what: &str) -> String {
@@ -119,6 +137,7 @@ fn nn_probe(what: &str) -> String {
     }
 }
 
+/// Loops forever; `black_box` keeps the optimizer from proving the loop has no effect.
 fn spin() -> ! {
     let mut counter = 0u64;
     loop {
