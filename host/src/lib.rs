@@ -11,6 +11,7 @@ pub mod error;
 pub mod metering;
 pub mod metrics;
 pub mod nn;
+pub mod oip;
 pub mod registry;
 pub mod runtime;
 pub mod server;

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 pub use cache::Graphs;
 
-/// Element type of a tensor, as wasi:nn names them.
+/// Element type of a host tensor: wasi:nn's seven, and the rest of the Open Inference
+/// Protocol's fixed-size types (models served at `/v2` may take any of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ElemType {
     F16,
@@ -24,15 +25,21 @@ pub enum ElemType {
     U8,
     I32,
     I64,
+    Bool,
+    I8,
+    I16,
+    U16,
+    U32,
+    U64,
 }
 
 impl ElemType {
     pub fn size(self) -> usize {
         match self {
-            ElemType::F16 | ElemType::Bf16 => 2,
-            ElemType::F32 | ElemType::I32 => 4,
-            ElemType::F64 | ElemType::I64 => 8,
-            ElemType::U8 => 1,
+            ElemType::U8 | ElemType::I8 | ElemType::Bool => 1,
+            ElemType::F16 | ElemType::Bf16 | ElemType::I16 | ElemType::U16 => 2,
+            ElemType::F32 | ElemType::I32 | ElemType::U32 => 4,
+            ElemType::F64 | ElemType::I64 | ElemType::U64 => 8,
         }
     }
 
@@ -46,7 +53,33 @@ impl ElemType {
             ElemType::U8 => "UINT8",
             ElemType::I32 => "INT32",
             ElemType::I64 => "INT64",
+            ElemType::Bool => "BOOL",
+            ElemType::I8 => "INT8",
+            ElemType::I16 => "INT16",
+            ElemType::U16 => "UINT16",
+            ElemType::U32 => "UINT32",
+            ElemType::U64 => "UINT64",
         }
+    }
+
+    /// The type the Open Inference Protocol calls `name` (`BYTES` has no fixed size: `None`).
+    pub fn from_oip_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "FP16" => ElemType::F16,
+            "FP32" => ElemType::F32,
+            "FP64" => ElemType::F64,
+            "BF16" => ElemType::Bf16,
+            "UINT8" => ElemType::U8,
+            "INT32" => ElemType::I32,
+            "INT64" => ElemType::I64,
+            "BOOL" => ElemType::Bool,
+            "INT8" => ElemType::I8,
+            "INT16" => ElemType::I16,
+            "UINT16" => ElemType::U16,
+            "UINT32" => ElemType::U32,
+            "UINT64" => ElemType::U64,
+            _ => return None,
+        })
     }
 }
 

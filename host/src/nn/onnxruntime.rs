@@ -184,6 +184,14 @@ fn to_ort(t: &HostTensor) -> Result<DynValue, NnError> {
         ElemType::U8 => Tensor::from_array((shape, t.data.clone())).map(Tensor::into_dyn),
         ElemType::I32 => Tensor::from_array((shape, typed_vec(&t.data, i32::from_le_bytes))).map(Tensor::into_dyn),
         ElemType::I64 => Tensor::from_array((shape, typed_vec(&t.data, i64::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::Bool => {
+            Tensor::from_array((shape, t.data.iter().map(|b| *b != 0).collect::<Vec<bool>>())).map(Tensor::into_dyn)
+        }
+        ElemType::I8 => Tensor::from_array((shape, typed_vec(&t.data, i8::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::I16 => Tensor::from_array((shape, typed_vec(&t.data, i16::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::U16 => Tensor::from_array((shape, typed_vec(&t.data, u16::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::U32 => Tensor::from_array((shape, typed_vec(&t.data, u32::from_le_bytes))).map(Tensor::into_dyn),
+        ElemType::U64 => Tensor::from_array((shape, typed_vec(&t.data, u64::from_le_bytes))).map(Tensor::into_dyn),
         ElemType::Bf16 => {
             return Err(NnError::new(ErrorCode::UnsupportedOperation, "the onnxruntime engine has no BF16 tensors"));
         }
@@ -200,14 +208,17 @@ fn from_ort(value: &DynValue) -> Result<HostTensor, NnError> {
         Some(TensorElementType::Uint8) => extract(value, ElemType::U8, u8::to_le_bytes),
         Some(TensorElementType::Int32) => extract(value, ElemType::I32, i32::to_le_bytes),
         Some(TensorElementType::Int64) => extract(value, ElemType::I64, i64::to_le_bytes),
+        Some(TensorElementType::Bool) => extract(value, ElemType::Bool, |b: bool| [u8::from(b)]),
+        Some(TensorElementType::Int8) => extract(value, ElemType::I8, i8::to_le_bytes),
+        Some(TensorElementType::Int16) => extract(value, ElemType::I16, i16::to_le_bytes),
+        Some(TensorElementType::Uint16) => extract(value, ElemType::U16, u16::to_le_bytes),
+        Some(TensorElementType::Uint32) => extract(value, ElemType::U32, u32::to_le_bytes),
+        Some(TensorElementType::Uint64) => extract(value, ElemType::U64, u64::to_le_bytes),
         Some(other) => Err(NnError::new(
             ErrorCode::UnsupportedOperation,
-            format!("output type {} cannot be returned through wasi:nn", element_name(other)),
+            format!("output type {} is not supported", element_name(other)),
         )),
-        None => Err(NnError::new(
-            ErrorCode::UnsupportedOperation,
-            format!("output {} cannot be returned through wasi:nn", value.dtype()),
-        )),
+        None => Err(NnError::new(ErrorCode::UnsupportedOperation, format!("output {} is not a tensor", value.dtype()))),
     }
 }
 

@@ -295,6 +295,12 @@ fn to_tract(t: &HostTensor) -> Result<Tensor, NnError> {
         ElemType::U8 => Tensor::from_shape(&shape, &t.data),
         ElemType::I32 => Tensor::from_shape(&shape, &typed_vec(&t.data, i32::from_le_bytes)),
         ElemType::I64 => Tensor::from_shape(&shape, &typed_vec(&t.data, i64::from_le_bytes)),
+        ElemType::Bool => Tensor::from_shape(&shape, &t.data.iter().map(|b| *b != 0).collect::<Vec<bool>>()),
+        ElemType::I8 => Tensor::from_shape(&shape, &typed_vec(&t.data, i8::from_le_bytes)),
+        ElemType::I16 => Tensor::from_shape(&shape, &typed_vec(&t.data, i16::from_le_bytes)),
+        ElemType::U16 => Tensor::from_shape(&shape, &typed_vec(&t.data, u16::from_le_bytes)),
+        ElemType::U32 => Tensor::from_shape(&shape, &typed_vec(&t.data, u32::from_le_bytes)),
+        ElemType::U64 => Tensor::from_shape(&shape, &typed_vec(&t.data, u64::from_le_bytes)),
         ElemType::Bf16 => {
             return Err(NnError::new(ErrorCode::UnsupportedOperation, "the tract engine has no BF16 tensors"));
         }
@@ -310,10 +316,16 @@ fn from_tract(t: &Tensor) -> Result<HostTensor, NnError> {
         DatumType::U8 => ElemType::U8,
         DatumType::I32 => ElemType::I32,
         DatumType::I64 => ElemType::I64,
+        DatumType::Bool => ElemType::Bool,
+        DatumType::I8 => ElemType::I8,
+        DatumType::I16 => ElemType::I16,
+        DatumType::U16 => ElemType::U16,
+        DatumType::U32 => ElemType::U32,
+        DatumType::U64 => ElemType::U64,
         other => {
             return Err(NnError::new(
                 ErrorCode::UnsupportedOperation,
-                format!("output type {} cannot be returned through wasi:nn", datum_name(other)),
+                format!("output type {} is not supported", datum_name(other)),
             ));
         }
     };

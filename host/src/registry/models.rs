@@ -196,6 +196,22 @@ impl ModelStore {
             .await?)
     }
 
+    /// The graph of a stored version, ready to run: from the shared cache, else its blob loaded
+    /// on its engine (the path a guest's `load-by-name` takes). Also returns the load time
+    /// (zero on a cache hit).
+    pub async fn load(
+        &self,
+        version: &ModelVersion,
+    ) -> Result<(Arc<dyn crate::nn::LoadedModel>, std::time::Duration), crate::nn::NnError> {
+        let engine = self.graphs.engine(&version.engine)?;
+        let (blobs, digest) = (self.blobs.clone(), version.digest.clone());
+        self.graphs
+            .get_or_load(&version.digest, engine, move || {
+                blobs.get(&digest).map_err(|e| crate::nn::NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))
+            })
+            .await
+    }
+
     /// Deletes every version of a model; 404 when there is none.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
         let deleted = db::soft_delete(&self.db, "models", tenant, name).await?;

@@ -112,6 +112,20 @@ impl InstanceState {
     }
 }
 
+/// The wasi:nn type of an element type; wasi:nn has seven.
+fn wit_type(ty: ElemType) -> Option<tensor::TensorType> {
+    Some(match ty {
+        ElemType::F16 => tensor::TensorType::Fp16,
+        ElemType::F32 => tensor::TensorType::Fp32,
+        ElemType::F64 => tensor::TensorType::Fp64,
+        ElemType::Bf16 => tensor::TensorType::Bf16,
+        ElemType::U8 => tensor::TensorType::U8,
+        ElemType::I32 => tensor::TensorType::I32,
+        ElemType::I64 => tensor::TensorType::I64,
+        _ => return None,
+    })
+}
+
 impl tensor::Host for InstanceState {}
 
 impl tensor::HostTensor for InstanceState {
@@ -145,15 +159,9 @@ impl tensor::HostTensor for InstanceState {
     }
 
     async fn ty(&mut self, t: Resource<HostTensor>) -> wasmtime::Result<tensor::TensorType> {
-        Ok(match self.table.get(&t)?.ty {
-            ElemType::F16 => tensor::TensorType::Fp16,
-            ElemType::F32 => tensor::TensorType::Fp32,
-            ElemType::F64 => tensor::TensorType::Fp64,
-            ElemType::Bf16 => tensor::TensorType::Bf16,
-            ElemType::U8 => tensor::TensorType::U8,
-            ElemType::I32 => tensor::TensorType::I32,
-            ElemType::I64 => tensor::TensorType::I64,
-        })
+        // `compute` hands the guest only tensors wasi:nn can describe.
+        let ty = self.table.get(&t)?.ty;
+        wit_type(ty).ok_or_else(|| wasmtime::Error::msg(format!("{} tensors do not exist in wasi:nn", ty.oip_name())))
     }
 
     async fn data(&mut self, t: Resource<HostTensor>) -> wasmtime::Result<Vec<u8>> {
@@ -255,6 +263,10 @@ impl inference::HostGraphExecutionContext for InstanceState {
             Err(e) => return self.nn_err(e),
         };
         self.nn.cpu_time += took;
+        if let Some((name, t)) = outputs.iter().find(|(_, t)| wit_type(t.ty).is_none()) {
+            let message = format!("output `{name}` is {}, which wasi:nn cannot carry", t.ty.oip_name());
+            return self.nn_err(NnError::new(ErrorCode::UnsupportedOperation, message));
+        }
         let total: u64 = outputs.iter().map(|(_, t)| t.data.len() as u64).sum();
         if let Err(e) = self.hold(total) {
             return self.nn_err(e);

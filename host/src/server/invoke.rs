@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use http_body::Body as _;
 
 use super::{App, FunctionResponse, RequestId, USAGE_HEADER, guest_status};
+use crate::config::Plan;
 use crate::error::ApiError;
-use crate::metering::quota::Refusal;
+use crate::metering::quota::{Admission, Refusal};
 use crate::metering::{Meters, UsageRecord, now_us};
 use crate::metrics::RefusedLabels;
 use crate::registry::LogEntry;
@@ -95,32 +96,7 @@ async fn invoke(
         body: body.to_vec(),
     };
 
-    // Admission: quota and budget, before anything runs. Refused calls are never billed.
-    let plan_name = app.tenants.plan_of(tenant).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no plan"))?;
-    let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
-    let spent = if plan.monthly_budget.is_some() {
-        app.metering.month_to_date(tenant, &plan.prices).await?
-    } else {
-        rust_decimal::Decimal::ZERO
-    };
-    let admission = match app.quotas.admit(tenant, &plan_name, plan, spent) {
-        Ok(admission) => admission,
-        Err(refusal) => {
-            app.metrics
-                .refused
-                .get_or_create(&RefusedLabels { tenant: tenant.to_string(), reason: refusal.reason().into() })
-                .inc();
-            return Err(match refusal {
-                Refusal::Rate { retry_after_secs, .. } => {
-                    ApiError::TooManyRequests { message: refusal.to_string(), retry_after_secs }
-                }
-                Refusal::Concurrency { .. } => {
-                    ApiError::TooManyRequests { message: refusal.to_string(), retry_after_secs: 1 }
-                }
-                Refusal::Budget { .. } => ApiError::PaymentRequired(refusal.to_string()),
-            });
-        }
-    };
+    let (admission, plan) = admit(&app, tenant).await?;
 
     let started_us = now_us();
     let active = ActiveGuard::new(&app);
@@ -223,18 +199,54 @@ async fn invoke(
             },
         };
         usage = format!("{}, {usage}", record.meters.header_pairs());
-        // The answer goes out only once its usage record is committed.
-        let commit = std::time::Instant::now();
-        app.metering
-            .record(record, plan.monthly_budget.map(|_| &plan.prices))
-            .await
-            .map_err(|e| ApiError::Internal(e.context("the call ran but its usage could not be recorded")))?;
-        app.metrics.usage_commit.observe(commit.elapsed().as_secs_f64());
+        commit_usage(&app, plan, record).await?;
     }
     if let Ok(value) = HeaderValue::from_str(&usage) {
         response.headers_mut().insert(USAGE_HEADER, value);
     }
     Ok(response)
+}
+
+/// Admission: the tenant's rate, concurrency and budget, before anything runs. A refused call
+/// is counted in `infercell_refused_total` and never billed; the returned guard holds the
+/// concurrency slot until dropped.
+pub(super) async fn admit<'a>(app: &'a App, tenant: &str) -> Result<(Admission, &'a Plan), ApiError> {
+    let plan_name = app.tenants.plan_of(tenant).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no plan"))?;
+    let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
+    let spent = if plan.monthly_budget.is_some() {
+        app.metering.month_to_date(tenant, &plan.prices).await?
+    } else {
+        rust_decimal::Decimal::ZERO
+    };
+    match app.quotas.admit(tenant, &plan_name, plan, spent) {
+        Ok(admission) => Ok((admission, plan)),
+        Err(refusal) => {
+            app.metrics
+                .refused
+                .get_or_create(&RefusedLabels { tenant: tenant.to_string(), reason: refusal.reason().into() })
+                .inc();
+            Err(match refusal {
+                Refusal::Rate { retry_after_secs, .. } => {
+                    ApiError::TooManyRequests { message: refusal.to_string(), retry_after_secs }
+                }
+                Refusal::Concurrency { .. } => {
+                    ApiError::TooManyRequests { message: refusal.to_string(), retry_after_secs: 1 }
+                }
+                Refusal::Budget { .. } => ApiError::PaymentRequired(refusal.to_string()),
+            })
+        }
+    }
+}
+
+/// Commits a call's usage record; the answer goes out only once it is committed.
+pub(super) async fn commit_usage(app: &App, plan: &Plan, record: UsageRecord) -> Result<(), ApiError> {
+    let commit = std::time::Instant::now();
+    app.metering
+        .record(record, plan.monthly_budget.map(|_| &plan.prices))
+        .await
+        .map_err(|e| ApiError::Internal(e.context("the call ran but its usage could not be recorded")))?;
+    app.metrics.usage_commit.observe(commit.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn invoke_error(e: InvokeError) -> ApiError {

@@ -9,6 +9,7 @@ mod auth;
 mod billing;
 mod invoke;
 mod models;
+mod oip;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub struct App {
     pub metrics: Metrics,
     pub metering: Metering,
     pub quotas: Quotas,
+    /// `/v2` inference statistics, since start.
+    pub oip_stats: oip::Stats,
 }
 
 /// Where the admin key came from, for the start-up message.
@@ -103,7 +106,16 @@ impl App {
             config.metering.fsync,
             metrics.usage_batch_size.clone(),
         )?;
-        let app = Arc::new(Self { config, tenants, registry, runtime, metrics, metering, quotas: Quotas::default() });
+        let app = Arc::new(Self {
+            config,
+            tenants,
+            registry,
+            runtime,
+            metrics,
+            metering,
+            quotas: Quotas::default(),
+            oip_stats: oip::Stats::default(),
+        });
         Ok((app, AdminKeySource { path, created }))
     }
 }
@@ -155,6 +167,21 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/models/{name}", get(models::get_model).delete(models::delete_model))
         .route("/v1/usage", get(billing::usage))
         .route("/v1/billing", get(billing::billing))
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2/repository/index", post(oip::repository_index))
+        .route("/v2/models/stats", get(oip::all_model_stats))
+        .route("/v2/models/{model}", get(oip::model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(oip::model_metadata))
+        .route("/v2/models/{model}/ready", get(oip::model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(oip::model_ready))
+        .route("/v2/models/{model}/config", get(oip::model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(oip::model_config))
+        .route("/v2/models/{model}/stats", get(oip::model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(oip::model_stats))
+        .route("/v2/models/{model}/infer", post(oip::infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(oip::infer))
         .route("/fn/{tenant}/{function}", any(invoke::invoke_root))
         .route("/fn/{tenant}/{function}/", any(invoke::invoke_root))
         .route("/fn/{tenant}/{function}/{*rest}", any(invoke::invoke_rest))
