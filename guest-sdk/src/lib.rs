@@ -36,6 +36,7 @@ pub mod config;
 pub mod image;
 pub mod log;
 pub mod nn;
+pub mod predict;
 
 /// The raw bindings wit-bindgen generates for the `infercell:function/handler` world.
 ///
@@ -53,6 +54,28 @@ pub mod bindings {
         generate_all,
         pub_export_macro: true,
         default_bindings_module: "infercell_guest::bindings",
+    });
+}
+
+/// The raw bindings of the `infercell:function/predictor` world: only its `predict` export;
+/// every import is shared with [`bindings`].
+#[allow(unsafe_code)]
+pub mod predictor_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "infercell:function/predictor",
+        with: {
+            "infercell:function/types@0.1.0": crate::bindings::infercell::function::types,
+            "infercell:function/log@0.1.0": crate::bindings::infercell::function::log,
+            "infercell:function/config@0.1.0": crate::bindings::infercell::function::config,
+            "wasi:nn/tensor@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::tensor,
+            "wasi:nn/graph@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::graph,
+            "wasi:nn/inference@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::inference,
+            "wasi:nn/errors@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::errors,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export_predictor_world",
+        default_bindings_module: "infercell_guest::predictor_bindings",
     });
 }
 
@@ -75,6 +98,32 @@ pub use bindings::infercell::function::types::{Error, Request, Response};
 /// # }
 /// infercell_guest::export!(MyFunction);
 /// ```
+/// Exports a type that implements [`predict::Predictor`] as the component's `predict`: a
+/// tensor function, served under `/v2/models/{name}` like a model.
+///
+/// ```
+/// use infercell_guest::Error;
+/// use infercell_guest::predict::{Predictor, Tensor};
+///
+/// struct Double;
+///
+/// impl Predictor for Double {
+///     fn predict(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+///         let x = inputs.first().ok_or_else(|| Error::BadRequest("expected one input".into()))?;
+///         let doubled: Vec<f32> = x.to_f32()?.iter().map(|v| v * 2.0).collect();
+///         Ok(vec![Tensor::from_f32("y", &x.shape, &doubled)])
+///     }
+/// }
+///
+/// infercell_guest::export_predictor!(Double);
+/// ```
+#[macro_export]
+macro_rules! export_predictor {
+    ($predictor:ident) => {
+        $crate::predictor_bindings::export_predictor_world!($predictor with_types_in $crate::predictor_bindings);
+    };
+}
+
 #[macro_export]
 macro_rules! export {
     ($handler:ident) => {

@@ -88,7 +88,18 @@ fn split_bytes<'a>(name: &str, mut data: &'a [u8]) -> Result<Vec<&'a [u8]>, Prot
 }
 
 /// Parses an infer request: `header_length` is `Inference-Header-Content-Length`, if sent.
+///
+/// Python clients write that header into the caller's headers dict, so a later JSON-only call
+/// that reuses the dict carries a stale length: when the length does not fit but the whole
+/// body is a valid JSON request, that request is taken.
 pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<InferRequest, ProtocolError> {
+    match header_length {
+        Some(n) if n != body.len() => parse_parts(body, Some(n)).or_else(|e| parse_parts(body, None).map_err(|_| e)),
+        other => parse_parts(body, other),
+    }
+}
+
+fn parse_parts(body: &[u8], header_length: Option<usize>) -> Result<InferRequest, ProtocolError> {
     let (json_part, mut binary) = match header_length {
         Some(n) if n > body.len() => {
             return Err(format!("Inference-Header-Content-Length is {n}, but the body has only {} bytes", body.len()));
@@ -200,6 +211,29 @@ fn parse_input(raw: Value, binary: &mut &[u8]) -> Result<Tensor, ProtocolError> 
         ));
     }
     Ok(tensor)
+}
+
+/// Checks that a tensor's datatype is known and its data matches its shape (used on what a
+/// predictor returns before it is sent).
+pub fn check_tensor(t: &Tensor) -> Result<(), ProtocolError> {
+    if !DATATYPES.contains(&t.datatype.as_str()) {
+        return Err(format!("tensor `{}` with unknown datatype `{}`", t.name, t.datatype));
+    }
+    let count = shape_elements(&t.name, &t.shape)?;
+    let given = match ElemType::from_oip_name(&t.datatype) {
+        Some(ty) => t.data.len() as f64 / ty.size() as f64,
+        None => t.byte_elements()?.len() as f64,
+    };
+    if given != count as f64 {
+        return Err(format!(
+            "tensor `{}` of shape {:?} with {} bytes of {} data",
+            t.name,
+            t.shape,
+            t.data.len(),
+            t.datatype
+        ));
+    }
+    Ok(())
 }
 
 /// Flattens nested JSON `data` into little-endian bytes of `datatype`.
@@ -404,7 +438,7 @@ mod tests {
                 None,
                 "given twice",
             ),
-            (br#"{"inputs":[]}"#, Some(999), "Inference-Header-Content-Length is 999"),
+            (br#"{"inputs":[]} trailing"#, Some(999), "Inference-Header-Content-Length is 999"),
             (
                 br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"parameters":{"binary_data_size":4}}]}"#,
                 Some(91),
@@ -415,6 +449,13 @@ mod tests {
             let e = parse_request(body, *header_length).unwrap_err();
             assert!(e.contains(needle), "`{needle}` not in `{e}`");
         }
+    }
+
+    #[test]
+    fn a_stale_header_length_on_a_json_body_is_forgiven() {
+        let body = br#"{"inputs":[{"name":"x","datatype":"INT64","shape":[1],"data":[3]}]}"#;
+        let req = parse_request(body, Some(20)).unwrap();
+        assert_eq!(req.inputs[0].data, 3i64.to_le_bytes());
     }
 
     #[test]

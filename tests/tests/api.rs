@@ -131,7 +131,7 @@ fn bad_uploads_get_400_and_change_nothing() {
             "not a WebAssembly binary",
         ),
         (ECHO_MANIFEST, b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module"),
-        (ECHO_MANIFEST, b"\0asm\x0d\0\x01\0".to_vec(), "does not export"),
+        (ECHO_MANIFEST, b"\0asm\x0d\0\x01\0".to_vec(), "exports neither"),
         (ECHO_MANIFEST, b"\0asm\x0d\0\x01\0\xff\xff\xff".to_vec(), "invalid component"),
         ("name = \"echo\"\nunknown_key = 1\n", component("echo"), "unknown_key"),
         ("name = \"Echo!\"\n", component("echo"), "must match"),

@@ -174,7 +174,7 @@ fn every_client_mistake_is_a_400_naming_it_and_is_not_billed() {
         .post(format!("{}/v2/models/digits/infer", server.url))
         .bearer_auth(&key)
         .header(HEADER_LENGTH, "12345")
-        .body(json!({ "inputs": [good] }).to_string())
+        .body(format!("{} and then some", json!({ "inputs": [good] })))
         .send()
         .unwrap();
     assert!(expect_error(bad_length, 400).contains("Inference-Header-Content-Length"));
@@ -257,4 +257,68 @@ fn onnx_node_test_models_answer_through_v2() {
         checked += 1;
     }
     assert!(checked >= 60, "only {checked} node tests went through /v2");
+}
+
+/// A tensor function (predictor world) is served under `/v2` like a model: its manifest's
+/// declared tensors are its metadata, requests are checked against them, and its calls are
+/// billed as function calls, with guest time.
+#[test]
+fn predictor_functions_are_served_like_models() {
+    let server = Server::start();
+    let key = server.tenant("acme", "standard");
+    server.push_digits(&key);
+    server.deploy(&key, "digits-predictor");
+
+    let meta: Value = server.get("/v2/models/digits-predictor", Some(&key)).json().unwrap();
+    assert_eq!(meta["platform"], "infercell_wasm");
+    assert_eq!(meta["versions"], json!(["1"]));
+    assert_eq!(meta["inputs"], json!([{ "name": "pixels", "datatype": "FP32", "shape": [-1, 64] }]));
+    assert_eq!(meta["outputs"][1], json!({ "name": "digit", "datatype": "INT64", "shape": [-1] }));
+    assert_eq!(server.get("/v2/models/digits-predictor/ready", Some(&key)).status(), 200);
+
+    let expected = digits_expected();
+    let cases = expected["cases"].as_array().unwrap();
+    let pixels: Vec<Value> = cases[..3].iter().flat_map(|c| c["pixels"].as_array().unwrap().clone()).collect();
+    let body = json!({ "inputs": [{ "name": "pixels", "datatype": "FP32", "shape": [3, 64], "data": pixels }] });
+    let resp = post_json(&server, "/v2/models/digits-predictor/infer", &key, &body);
+    assert_eq!(resp.status(), 200);
+    let usage = resp.headers()["infercell-usage"].to_str().unwrap().to_string();
+    assert!(usage.contains("nn_cpu_ms=") && !usage.contains("guest_ms=0,"), "{usage}");
+    let got: Value = resp.json().unwrap();
+    let digits = got["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "digit").unwrap();
+    assert_eq!(digits["shape"], json!([3]));
+    let want: Vec<Value> = cases[..3].iter().map(|c| c["digit"].clone()).collect();
+    assert_eq!(digits["data"], json!(want));
+    let probabilities = got["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "probabilities").unwrap();
+    let first: Vec<f64> = probabilities["data"].as_array().unwrap()[..10].iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_probabilities(&first, &cases[0]);
+
+    // The guest's own validation is a 400 naming the problem; the declared shape is checked first.
+    let mut bad = vec![json!(0); 64];
+    bad[3] = json!(17);
+    let body = json!({ "inputs": [{ "name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": bad }] });
+    let msg = expect_error(post_json(&server, "/v2/models/digits-predictor/infer", &key, &body), 400);
+    assert!(msg.contains("pixels[0][3] = 17 is outside 0..16"), "{msg}");
+    let body = json!({ "inputs": [{ "name": "pixels", "datatype": "FP32", "shape": [1, 8], "data": vec![0; 8] }] });
+    let msg = expect_error(post_json(&server, "/v2/models/digits-predictor/infer", &key, &body), 400);
+    assert!(msg.contains("must have shape [-1, 64]"), "{msg}");
+
+    // /fn refuses it with a pointer to /v2; /v2 does not serve HTTP functions.
+    let msg = expect_error(server.invoke(&key, "acme/digits-predictor", ""), 400);
+    assert!(msg.contains("/v2/models/digits-predictor/infer"), "{msg}");
+    server.deploy(&key, "echo");
+    assert_eq!(server.get("/v2/models/echo", Some(&key)).status(), 404);
+
+    let bill: Value = server.get("/v1/billing", Some(&key)).json().unwrap();
+    let guest = bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["function"] == "digits-predictor" && l["meter"] == "guest_ms")
+        .unwrap()
+        .clone();
+    assert!(guest["quantity"].as_str().unwrap().parse::<f64>().unwrap() > 0.0);
+    let stats: Value = server.get("/v2/models/digits-predictor/stats", Some(&key)).json().unwrap();
+    assert_eq!(stats["model_stats"][0]["inference_count"], 1);
+    assert_eq!(stats["model_stats"][0]["inference_stats"]["fail"]["count"], 1, "the guest's 400 counts as a failure");
 }

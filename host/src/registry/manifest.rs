@@ -23,6 +23,13 @@ pub struct Manifest {
     pub limits: ManifestLimits,
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// A tensor function's (`predictor` world) inputs, as `/v2` metadata shows them and as
+    /// requests are checked against (`[[inputs]]` with `name`, `datatype`, `shape`; -1 = any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<crate::nn::TensorInfo>,
+    /// A tensor function's outputs (`[[outputs]]`), for `/v2` metadata.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<crate::nn::TensorInfo>,
 }
 
 /// `[limits]`: each capped by the plan; absent = the plan's default.
@@ -67,6 +74,22 @@ impl Manifest {
                 "invalid manifest: name `{}` must match ^[a-z0-9][a-z0-9._-]{{0,127}}$",
                 manifest.name
             ));
+        }
+        for tensor in manifest.inputs.iter().chain(&manifest.outputs) {
+            if !crate::oip::DATATYPES.contains(&tensor.datatype.as_str()) {
+                return Err(format!(
+                    "invalid manifest: tensor `{}` has datatype `{}`; use one of {}",
+                    tensor.name,
+                    tensor.datatype,
+                    crate::oip::DATATYPES.join(", ")
+                ));
+            }
+            if tensor.shape.iter().any(|d| *d < -1) {
+                return Err(format!(
+                    "invalid manifest: tensor `{}` has shape {:?}; -1 is any",
+                    tensor.name, tensor.shape
+                ));
+            }
         }
         for model in &manifest.capabilities.models {
             if !valid_name(model) {

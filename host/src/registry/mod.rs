@@ -43,6 +43,9 @@ pub struct Deployment {
     pub nn: NnAccess,
     /// Its metric handles, made on first use.
     pub metrics: std::sync::OnceLock<crate::metrics::FunctionMetrics>,
+    /// A tensor function's declared inputs and outputs (manifest `[[inputs]]`, `[[outputs]]`).
+    pub inputs: Vec<crate::nn::TensorInfo>,
+    pub outputs: Vec<crate::nn::TensorInfo>,
 }
 
 /// One stored version, as the API shows it.
@@ -163,6 +166,8 @@ impl Registry {
             config: Arc::new(manifest.config_pairs()),
             nn: self.nn_access(tenant, &manifest, plan_cfg),
             metrics: std::sync::OnceLock::new(),
+            inputs: manifest.inputs.clone(),
+            outputs: manifest.outputs.clone(),
         });
         if let Ok(mut cache) = self.cache.write() {
             let entry = cache.entry(tenant.to_string()).or_default().entry(manifest.name.clone()).or_default();
@@ -346,6 +351,8 @@ impl Registry {
             config: Arc::new(manifest.config_pairs()),
             nn: self.nn_access(tenant, &manifest, plan_cfg),
             metrics: std::sync::OnceLock::new(),
+            inputs: manifest.inputs.clone(),
+            outputs: manifest.outputs.clone(),
         })
     }
 }

@@ -42,10 +42,34 @@ mod bindings {
     });
 }
 
+/// The `predictor` world: the same imports (shared with the handler world's bindings, so one
+/// linker serves both), exporting `predict` instead of `incoming-handler`.
+mod predictor_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "infercell:function/predictor",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "infercell:function/types": super::bindings::infercell::function::types,
+            "infercell:function/log": super::bindings::infercell::function::log,
+            "infercell:function/config": super::bindings::infercell::function::config,
+            "wasi:nn/tensor": super::bindings::wasi::nn::tensor,
+            "wasi:nn/graph": super::bindings::wasi::nn::graph,
+            "wasi:nn/inference": super::bindings::wasi::nn::inference,
+            "wasi:nn/errors": super::bindings::wasi::nn::errors,
+        },
+    });
+}
+
 use bindings::infercell::function::types as wit_types;
+/// A named tensor as a predictor takes and returns it (the WIT `tensor` record).
+pub use wit_types::Tensor as PredictTensor;
 
 /// The export every HTTP function must provide.
 pub const HANDLER_EXPORT: &str = "infercell:function/incoming-handler@0.1.0";
+/// The export of a tensor function (the `predictor` world), served under `/v2` like a model.
+pub const PREDICT_EXPORT: &str = "infercell:function/predict@0.1.0";
 
 /// Interfaces the platform links for every function, without any grant. Versions are matched
 /// semver-compatibly by the linker (a guest built against WASI 0.2.3 links against 0.2.6).
@@ -130,7 +154,7 @@ pub struct GuestRequest {
 }
 
 /// What the function answered.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GuestResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -163,6 +187,9 @@ pub enum InvokeError {
     Trap(String),
     #[error("no instance slot free ({0}); try again shortly")]
     Busy(String),
+    /// Called through the other world's entry point (`/fn` on a predictor, `/v2` on a handler).
+    #[error("{0}")]
+    WrongWorld(&'static str),
 }
 
 /// Meters of one call, measured by the host.
@@ -178,10 +205,21 @@ pub struct CallUsage {
     pub nn_cpu: Duration,
 }
 
+impl<T> Outcome<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+        Outcome { result: self.result.map(f), usage: self.usage, logs: self.logs, logs_dropped: self.logs_dropped }
+    }
+
+    /// A call that never ran.
+    fn refused(e: InvokeError) -> Self {
+        Outcome { result: Err(e), usage: CallUsage::default(), logs: Vec::new(), logs_dropped: 0 }
+    }
+}
+
 /// The result of [`Runtime::invoke`]: the answer plus what the call cost and logged.
 #[derive(Debug)]
-pub struct Outcome {
-    pub result: Result<GuestResponse, InvokeError>,
+pub struct Outcome<T = GuestResponse> {
+    pub result: Result<T, InvokeError>,
     pub usage: CallUsage,
     pub logs: Vec<LogLine>,
     /// Bytes of log output dropped because the call went over its log cap.
@@ -207,7 +245,7 @@ pub enum ValidateError {
     #[error("invalid component: {0}")]
     Invalid(String),
     #[error(
-        "the component does not export `{HANDLER_EXPORT}`: implement the `handler` world of wit/function.wit (exports found: {0})"
+        "the component exports neither `{HANDLER_EXPORT}` nor `{PREDICT_EXPORT}`: implement the `handler` or the `predictor` world of wit/function.wit (exports found: {0})"
     )]
     NoHandler(String),
     #[error("the component imports interfaces this platform does not provide: {0}")]
@@ -218,8 +256,33 @@ pub enum ValidateError {
 
 /// A deployed function version, compiled and linked, ready to instantiate per call.
 pub struct Prepared {
-    pre: bindings::HandlerPre<InstanceState>,
+    pre: Pre,
     pub info: ComponentInfo,
+}
+
+/// Which world a component implements.
+enum Pre {
+    Handler(bindings::HandlerPre<InstanceState>),
+    Predictor(predictor_bindings::PredictorPre<InstanceState>),
+}
+
+impl Prepared {
+    /// Whether this is a tensor function (`predictor` world), served under `/v2`.
+    pub fn is_predictor(&self) -> bool {
+        matches!(self.pre, Pre::Predictor(_))
+    }
+}
+
+/// What a call asks of a component.
+enum Call {
+    Handle(wit_types::Request),
+    Predict(Vec<PredictTensor>),
+}
+
+/// What a component answered.
+enum Answer {
+    Response(wit_types::Response),
+    Tensors(Vec<PredictTensor>),
 }
 
 /// The process-wide runtime (see the module docs).
@@ -297,16 +360,21 @@ impl Runtime {
         if !unknown.is_empty() {
             return Err(ValidateError::UnknownImports(unknown.join(", ")));
         }
-        if !info.exports.iter().any(|e| e == HANDLER_EXPORT) {
+        let exports = |name: &str| info.exports.iter().any(|e| e == name);
+        let link_error = |e: wasmtime::Error| ValidateError::Link(format!("{e:#}"));
+        let pre = self.linker.instantiate_pre(&component).map_err(link_error)?;
+        let pre = if exports(HANDLER_EXPORT) {
+            Pre::Handler(bindings::HandlerPre::new(pre).map_err(link_error)?)
+        } else if exports(PREDICT_EXPORT) {
+            Pre::Predictor(predictor_bindings::PredictorPre::new(pre).map_err(link_error)?)
+        } else {
             let found = if info.exports.is_empty() { "none".to_string() } else { info.exports.join(", ") };
             return Err(ValidateError::NoHandler(found));
-        }
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| ValidateError::Link(format!("{e:#}")))?;
-        let pre = bindings::HandlerPre::new(pre).map_err(|e| ValidateError::Link(format!("{e:#}")))?;
+        };
         Ok(Prepared { pre, info })
     }
 
-    /// Runs one call in a fresh store under `limits`. Never panics on guest behaviour.
+    /// Runs one HTTP call in a fresh store under `limits`. Never panics on guest behaviour.
     pub async fn invoke(
         &self,
         prepared: &Prepared,
@@ -315,6 +383,50 @@ impl Runtime {
         nn: Option<nn::NnAccess>,
         request: GuestRequest,
     ) -> Outcome {
+        if prepared.is_predictor() {
+            return Outcome::refused(InvokeError::WrongWorld(
+                "this function is a predictor: call it through /v2/models/{name}/infer",
+            ));
+        }
+        let req = wit_types::Request {
+            method: request.method,
+            path: request.path,
+            query: request.query,
+            headers: request.headers,
+            body: request.body,
+        };
+        self.execute(prepared, limits, config, nn, Call::Handle(req)).await.map(|answer| match answer {
+            Answer::Response(resp) => GuestResponse { status: resp.status, headers: resp.headers, body: resp.body },
+            Answer::Tensors(_) => GuestResponse::default(),
+        })
+    }
+
+    /// Runs one `predict` call of a tensor function in a fresh store under `limits`.
+    pub async fn predict(
+        &self,
+        prepared: &Prepared,
+        limits: &Limits,
+        config: Arc<Vec<(String, String)>>,
+        nn: Option<nn::NnAccess>,
+        inputs: Vec<PredictTensor>,
+    ) -> Outcome<Vec<PredictTensor>> {
+        if !prepared.is_predictor() {
+            return Outcome::refused(InvokeError::WrongWorld("this function is an HTTP handler, not a predictor"));
+        }
+        self.execute(prepared, limits, config, nn, Call::Predict(inputs)).await.map(|answer| match answer {
+            Answer::Tensors(tensors) => tensors,
+            Answer::Response(_) => Vec::new(),
+        })
+    }
+
+    async fn execute(
+        &self,
+        prepared: &Prepared,
+        limits: &Limits,
+        config: Arc<Vec<(String, String)>>,
+        nn: Option<nn::NnAccess>,
+        call: Call,
+    ) -> Outcome<Answer> {
         let started = Instant::now();
         let state = InstanceState::new(limits.memory_bytes, config, self.config.max_log_bytes_per_call, nn);
         let mut store = Store::new(&self.engine, state);
@@ -327,18 +439,24 @@ impl Runtime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
 
-        let call = async {
-            let instance = prepared.pre.instantiate_async(&mut store).await?;
-            let req = wit_types::Request {
-                method: request.method,
-                path: request.path,
-                query: request.query,
-                headers: request.headers,
-                body: request.body,
-            };
-            instance.infercell_function_incoming_handler().call_handle(&mut store, &req).await
+        let run = async {
+            match (&prepared.pre, call) {
+                (Pre::Handler(pre), Call::Handle(req)) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let result = instance.infercell_function_incoming_handler().call_handle(&mut store, &req).await?;
+                    Ok(result.map(Answer::Response))
+                }
+                (Pre::Predictor(pre), Call::Predict(inputs)) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let result = instance.infercell_function_predict().call_predict(&mut store, &inputs).await?;
+                    Ok(result.map(Answer::Tensors))
+                }
+                // `invoke` and `predict` check the world first.
+                _ => Err(wasmtime::Error::msg("called through the other world's entry point")),
+            }
         };
-        let result = tokio::time::timeout(limits.timeout, call).await;
+        let result: Result<wasmtime::Result<Result<Answer, wit_types::Error>>, _> =
+            tokio::time::timeout(limits.timeout, run).await;
 
         let fuel_left = store.get_fuel().unwrap_or(fuel_budget);
         let state = store.data_mut();
@@ -352,7 +470,7 @@ impl Runtime {
         let (mut logs, logs_dropped) = state.take_logs();
         let result = match result {
             Err(_elapsed) => Err(InvokeError::Timeout(limits.timeout)),
-            Ok(Ok(Ok(resp))) => Ok(GuestResponse { status: resp.status, headers: resp.headers, body: resp.body }),
+            Ok(Ok(Ok(answer))) => Ok(answer),
             Ok(Ok(Err(e))) => Err(InvokeError::Guest(match e {
                 wit_types::Error::BadRequest(m) => GuestError::BadRequest(m),
                 wit_types::Error::NotFound(m) => GuestError::NotFound(m),
@@ -555,8 +673,8 @@ pub fn inspect(bytes: &[u8]) -> anyhow::Result<InspectReport> {
     let component = Component::new(&engine, bytes).map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
     let info = describe(&engine, &component);
     let unsupported_imports: Vec<String> = info.imports.iter().filter(|i| !is_provided(i)).cloned().collect();
-    let problem = if !info.exports.iter().any(|e| e == HANDLER_EXPORT) {
-        Some(format!("it does not export `{HANDLER_EXPORT}`"))
+    let problem = if !info.exports.iter().any(|e| e == HANDLER_EXPORT || e == PREDICT_EXPORT) {
+        Some(format!("it exports neither `{HANDLER_EXPORT}` nor `{PREDICT_EXPORT}`"))
     } else if !unsupported_imports.is_empty() {
         Some(format!("it imports interfaces this platform does not provide: {}", unsupported_imports.join(", ")))
     } else {

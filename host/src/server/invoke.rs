@@ -75,6 +75,11 @@ async fn invoke(
     }
     principal.tenant_with(INVOKERS)?;
     let deployment = app.registry.resolve(tenant, function, version).await?;
+    if deployment.prepared.is_predictor() {
+        return Err(ApiError::BadRequest(format!(
+            "`{function}` is a tensor function (predictor world): call it at /v2/models/{function}/infer"
+        )));
+    }
 
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let (parts, body) = req.into_parts();
@@ -249,18 +254,19 @@ pub(super) async fn commit_usage(app: &App, plan: &Plan, record: UsageRecord) ->
     Ok(())
 }
 
-fn invoke_error(e: InvokeError) -> ApiError {
+pub(super) fn invoke_error(e: InvokeError) -> ApiError {
     match e {
         InvokeError::Guest(GuestError::BadRequest(m)) => ApiError::BadRequest(m),
         InvokeError::Guest(GuestError::NotFound(m)) => ApiError::NotFound(m),
         InvokeError::Guest(GuestError::Internal(m)) => ApiError::Function(m),
         e @ InvokeError::Timeout(_) => ApiError::GatewayTimeout(e.to_string()),
         e @ InvokeError::Busy(_) => ApiError::Unavailable(e.to_string()),
+        e @ InvokeError::WrongWorld(_) => ApiError::BadRequest(e.to_string()),
         e => ApiError::Function(e.to_string()),
     }
 }
 
-fn outcome_label(result: &Result<crate::runtime::GuestResponse, InvokeError>) -> &'static str {
+pub(super) fn outcome_label<T>(result: &Result<T, InvokeError>) -> &'static str {
     match result {
         Ok(_) => "ok",
         Err(InvokeError::Guest(_)) => "guest_error",
@@ -269,10 +275,11 @@ fn outcome_label(result: &Result<crate::runtime::GuestResponse, InvokeError>) ->
         Err(InvokeError::FuelExhausted(_)) => "fuel_limit",
         Err(InvokeError::Trap(_)) => "trap",
         Err(InvokeError::Busy(_)) => "busy",
+        Err(InvokeError::WrongWorld(_)) => "wrong_world",
     }
 }
 
-fn record_logs(
+pub(super) fn record_logs(
     app: &App,
     tenant: &str,
     function: &str,
@@ -311,10 +318,10 @@ fn record_logs(
 }
 
 /// Counts a running instance for the `active_instances` gauge, even if the client goes away.
-struct ActiveGuard<'a>(&'a App);
+pub(super) struct ActiveGuard<'a>(&'a App);
 
 impl<'a> ActiveGuard<'a> {
-    fn new(app: &'a App) -> Self {
+    pub(super) fn new(app: &'a App) -> Self {
         app.metrics.active_instances.inc();
         Self(app)
     }

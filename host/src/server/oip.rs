@@ -23,7 +23,9 @@ use crate::error::ApiError;
 use crate::metering::{Meters, UsageRecord, now_us};
 use crate::nn::{ElemType, ErrorCode, HostTensor, NnError, TensorInfo};
 use crate::oip::{self, InferRequest, Tensor};
+use crate::registry::Deployment;
 use crate::registry::models::ModelVersion;
+use crate::runtime::PredictTensor;
 use crate::tenants::{Principal, Role};
 
 /// Who may use `/v2`: everyone who may invoke.
@@ -50,10 +52,53 @@ pub async fn ready() -> Json<Value> {
     Json(json!({ "ready": true }))
 }
 
-/// A model as `/v2` serves it: the chosen version and every live version's number.
-struct Served {
-    version: ModelVersion,
-    versions: Vec<u32>,
+/// What `/v2/models/{name}` names for a tenant: a tensor function (predictor world) of that
+/// name, else a model. Either way one version of it, and every live version's number.
+enum Served {
+    Model { version: ModelVersion, versions: Vec<u32> },
+    Predictor { deployment: Arc<Deployment>, versions: Vec<u32> },
+}
+
+impl Served {
+    fn version(&self) -> u32 {
+        match self {
+            Served::Model { version, .. } => version.version,
+            Served::Predictor { deployment, .. } => deployment.version,
+        }
+    }
+
+    fn versions(&self) -> &[u32] {
+        match self {
+            Served::Model { versions, .. } | Served::Predictor { versions, .. } => versions,
+        }
+    }
+
+    fn inputs(&self) -> &[TensorInfo] {
+        match self {
+            Served::Model { version, .. } => &version.inputs,
+            Served::Predictor { deployment, .. } => &deployment.inputs,
+        }
+    }
+
+    fn outputs(&self) -> &[TensorInfo] {
+        match self {
+            Served::Model { version, .. } => &version.outputs,
+            Served::Predictor { deployment, .. } => &deployment.outputs,
+        }
+    }
+
+    /// Triton's platform name: the engine a model runs on, or a WebAssembly function.
+    fn platform(&self, app: &App) -> &'static str {
+        match self {
+            Served::Predictor { .. } => "infercell_wasm",
+            Served::Model { version, .. } => {
+                match app.registry.models.graphs().engine(&version.engine).map(|e| e.name()) {
+                    Ok("onnxruntime") => "onnxruntime_onnx",
+                    _ => "tract_onnx",
+                }
+            }
+        }
+    }
 }
 
 /// The caller's tenant (roles that may infer).
@@ -61,19 +106,34 @@ fn tenant_of(principal: &Principal) -> Result<&str, ApiError> {
     principal.tenant_with(INFERENCE)
 }
 
-/// The model `name` (at `version`, else its newest) of `tenant`; 404 otherwise.
+/// `name` (at `version`, else its newest) of `tenant`: its predictor function, else its model;
+/// 404 otherwise (another tenant's never exist).
 async fn resolve(app: &App, tenant: &str, name: &str, version: Option<&str>) -> Result<Served, ApiError> {
+    let number: Option<u32> = match version {
+        None => None,
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| ApiError::NotFound(format!("`{name}` has no version `{v}` (versions are 1, 2, ...)")))?,
+        ),
+    };
+    let functions = app.registry.versions(tenant, name).await.unwrap_or_default();
+    if !functions.is_empty() {
+        let deployment = app.registry.resolve(tenant, name, number).await;
+        if let Ok(deployment) = &deployment
+            && deployment.prepared.is_predictor()
+        {
+            let versions = functions.iter().map(|v| v.version).collect();
+            return Ok(Served::Predictor { deployment: deployment.clone(), versions });
+        }
+    }
     let all = app.registry.models.versions(tenant, Some(name)).await?;
     let versions: Vec<u32> = all.iter().map(|v| v.version).collect();
-    let chosen = match version {
+    let chosen = match number {
         None => all.last().cloned(),
-        Some(v) => {
-            let wanted: Option<u32> = v.parse().ok();
-            all.iter().find(|m| Some(m.version) == wanted).cloned()
-        }
+        Some(n) => all.iter().find(|m| m.version == n).cloned(),
     };
     match (chosen, version) {
-        (Some(version), _) => Ok(Served { version, versions }),
+        (Some(version), _) => Ok(Served::Model { version, versions }),
         (None, Some(v)) if !versions.is_empty() => {
             Err(ApiError::NotFound(format!("model `{name}` has no version `{v}` (versions: {versions:?})")))
         }
@@ -83,15 +143,6 @@ async fn resolve(app: &App, tenant: &str, name: &str, version: Option<&str>) -> 
 
 fn params(p: &HashMap<String, String>) -> (&str, Option<&str>) {
     (p.get("model").map(String::as_str).unwrap_or_default(), p.get("version").map(String::as_str))
-}
-
-/// Triton's platform name for the engine a model runs on.
-fn platform(app: &App, engine: &str) -> &'static str {
-    let resolved = app.registry.models.graphs().engine(engine).map(|e| e.name()).unwrap_or("tract");
-    match resolved {
-        "onnxruntime" => "onnxruntime_onnx",
-        _ => "tract_onnx",
-    }
 }
 
 fn tensor_metadata(infos: &[TensorInfo]) -> Vec<Value> {
@@ -108,10 +159,10 @@ pub async fn model_metadata(
     let served = resolve(&app, tenant_of(&principal)?, name, version).await?;
     Ok(Json(json!({
         "name": name,
-        "versions": served.versions.iter().map(u32::to_string).collect::<Vec<_>>(),
-        "platform": platform(&app, &served.version.engine),
-        "inputs": tensor_metadata(&served.version.inputs),
-        "outputs": tensor_metadata(&served.version.outputs),
+        "versions": served.versions().iter().map(u32::to_string).collect::<Vec<_>>(),
+        "platform": served.platform(&app),
+        "inputs": tensor_metadata(served.inputs()),
+        "outputs": tensor_metadata(served.outputs()),
     }))
     .into_response())
 }
@@ -123,8 +174,12 @@ pub async fn model_ready(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (name, version) = params(&p);
-    let served = resolve(&app, tenant_of(&principal)?, name, version).await?;
-    app.registry.models.load(&served.version).await.map_err(nn_error)?;
+    // A model is ready once its graph loads; a function once it is deployed (it is compiled).
+    if let Served::Model { version, .. } = resolve(&app, tenant_of(&principal)?, name, version).await?
+        && let Err(e) = app.registry.models.load(&version).await
+    {
+        return Err(ApiError::Unavailable(format!("model `{name}` cannot be loaded: {}", e.message)));
+    }
     Ok(Json(json!({ "name": name, "ready": true })).into_response())
 }
 
@@ -142,16 +197,20 @@ pub async fn model_config(
             .map(|t| json!({ "name": t.name, "data_type": oip::config_type(&t.datatype), "dims": t.shape }))
             .collect()
     };
-    let platform = platform(&app, &served.version.engine);
+    let platform = served.platform(&app);
+    let (digest, device) = match &served {
+        Served::Model { version, .. } => (version.digest.clone(), version.device.clone()),
+        Served::Predictor { deployment, .. } => (deployment.digest.clone(), "cpu".to_string()),
+    };
     Ok(Json(json!({
         "name": name,
         "platform": platform,
-        "backend": platform.trim_end_matches("_onnx"),
+        "backend": platform.trim_end_matches("_onnx").trim_start_matches("infercell_"),
         "max_batch_size": 0,
-        "version_policy": { "specific": { "versions": [served.version.version] } },
-        "input": config(&served.version.inputs),
-        "output": config(&served.version.outputs),
-        "parameters": { "digest": { "string_value": served.version.digest }, "device": { "string_value": served.version.device } },
+        "version_policy": { "specific": { "versions": [served.version()] } },
+        "input": config(served.inputs()),
+        "output": config(served.outputs()),
+        "parameters": { "digest": { "string_value": digest }, "device": { "string_value": device } },
     }))
     .into_response())
 }
@@ -173,6 +232,7 @@ pub struct Stats(Mutex<HashMap<(String, String, u32), ModelStats>>);
 
 #[derive(Default, Clone)]
 struct ModelStats {
+    predictor: bool,
     last_inference_ms: u64,
     success: Duration,
     success_count: u64,
@@ -193,9 +253,10 @@ struct Timings {
 }
 
 impl Stats {
-    fn record(&self, tenant: &str, name: &str, version: u32, t: &Timings) {
+    fn record(&self, tenant: &str, name: &str, version: u32, predictor: bool, t: &Timings) {
         let Ok(mut stats) = self.0.lock() else { return };
         let entry = stats.entry((tenant.to_string(), name.to_string(), version)).or_default();
+        entry.predictor = predictor;
         entry.last_inference_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         if t.ok {
@@ -208,6 +269,12 @@ impl Stats {
             entry.fail_count += 1;
             entry.fail += t.total;
         }
+    }
+
+    /// The predictor functions of `tenant` called since start, with their versions.
+    fn predictors(&self, tenant: &str) -> Vec<(String, u32)> {
+        let Ok(stats) = self.0.lock() else { return Vec::new() };
+        stats.iter().filter(|((t, _, _), s)| t == tenant && s.predictor).map(|((_, n, v), _)| (n.clone(), *v)).collect()
     }
 
     fn get(&self, tenant: &str, name: &str, version: u32) -> ModelStats {
@@ -248,21 +315,21 @@ pub async fn model_stats(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&principal)?;
-    let versions = match params(&p) {
-        ("", _) => app.registry.models.versions(tenant, None).await?,
-        (name, None) => app.registry.models.versions(tenant, Some(name)).await?,
-        (name, version) => vec![resolve(&app, tenant, name, version).await?.version],
-    };
-    if versions.is_empty() {
-        let (name, _) = params(&p);
-        if !name.is_empty() {
-            return Err(ApiError::NotFound(format!("no model named `{name}`")));
+    let versions: Vec<(String, u32)> = match params(&p) {
+        ("", _) => {
+            let mut all: Vec<(String, u32)> =
+                app.registry.models.versions(tenant, None).await?.into_iter().map(|v| (v.name, v.version)).collect();
+            all.extend(app.oip_stats.predictors(tenant));
+            all
         }
-    }
-    let stats: Vec<Value> = versions
-        .iter()
-        .map(|v| stats_json(&v.name, v.version, &app.oip_stats.get(tenant, &v.name, v.version)))
-        .collect();
+        (name, None) => {
+            let served = resolve(&app, tenant, name, None).await?;
+            served.versions().iter().map(|v| (name.to_string(), *v)).collect()
+        }
+        (name, version) => vec![(name.to_string(), resolve(&app, tenant, name, version).await?.version())],
+    };
+    let stats: Vec<Value> =
+        versions.iter().map(|(name, v)| stats_json(name, *v, &app.oip_stats.get(tenant, name, *v))).collect();
     Ok(Json(json!({ "model_stats": stats })).into_response())
 }
 
@@ -321,6 +388,119 @@ fn to_host(model: &str, declared: &[TensorInfo], inputs: Vec<Tensor>) -> Result<
         .map(|ordered| declared.iter().map(|i| i.name.clone()).zip(ordered).collect())
 }
 
+/// A predictor's inputs checked against its manifest's `[[inputs]]`, when it declares them.
+fn check_declared(name: &str, declared: &[TensorInfo], inputs: &[Tensor]) -> Result<(), ApiError> {
+    if declared.is_empty() {
+        return Ok(());
+    }
+    for t in inputs {
+        let Some(info) = declared.iter().find(|i| i.name == t.name) else {
+            let known: Vec<&str> = declared.iter().map(|i| i.name.as_str()).collect();
+            return Err(ApiError::BadRequest(format!(
+                "unknown input `{}` (`{name}` takes: {})",
+                t.name,
+                known.join(", ")
+            )));
+        };
+        if info.datatype != t.datatype {
+            return Err(ApiError::BadRequest(format!(
+                "input `{}` must be {}, got {}",
+                t.name, info.datatype, t.datatype
+            )));
+        }
+        let fits = info.shape.len() == t.shape.len() && info.shape.iter().zip(&t.shape).all(|(d, g)| *d < 0 || d == g);
+        if !fits {
+            return Err(ApiError::BadRequest(format!(
+                "input `{}` must have shape {:?} (-1 = any), got {:?}",
+                t.name, info.shape, t.shape
+            )));
+        }
+    }
+    if let Some(missing) = declared.iter().find(|i| !inputs.iter().any(|t| t.name == i.name)) {
+        return Err(ApiError::BadRequest(format!(
+            "missing input `{}` ({} {:?})",
+            missing.name, missing.datatype, missing.shape
+        )));
+    }
+    Ok(())
+}
+
+/// What running a request produced: the output tensors (or the error response), the host
+/// inference time, and the guest's meters for a predictor.
+struct Ran {
+    outputs: Result<Vec<Tensor>, ApiError>,
+    nn: Duration,
+    guest: Option<crate::runtime::CallUsage>,
+}
+
+async fn run_model(app: &App, model: &ModelVersion, inputs: Vec<(String, HostTensor)>) -> Ran {
+    let result = async {
+        let (graph, load_time) = app.registry.models.load(model).await?;
+        let (outputs, compute) = app.registry.models.graphs().run_model(graph, inputs).await?;
+        Ok::<_, NnError>((outputs, load_time + compute))
+    }
+    .await;
+    match result {
+        Ok((outputs, nn)) => {
+            let outputs = outputs
+                .into_iter()
+                .map(|(name, t)| Tensor {
+                    name,
+                    datatype: t.ty.oip_name().to_string(),
+                    shape: t.dims.iter().map(|d| i64::from(*d)).collect(),
+                    data: t.data,
+                })
+                .collect();
+            Ran { outputs: Ok(outputs), nn, guest: None }
+        }
+        Err(e) => Ran { outputs: Err(nn_error(e)), nn: Duration::ZERO, guest: None },
+    }
+}
+
+async fn run_predictor(app: &App, deployment: &Deployment, request_id: &str, inputs: Vec<Tensor>) -> Ran {
+    let inputs = inputs
+        .into_iter()
+        .map(|t| PredictTensor { name: t.name, datatype: t.datatype, shape: t.shape, data: t.data })
+        .collect();
+    let active = super::invoke::ActiveGuard::new(app);
+    let outcome = app
+        .runtime
+        .predict(
+            &deployment.prepared,
+            &deployment.limits,
+            deployment.config.clone(),
+            Some(deployment.nn.clone()),
+            inputs,
+        )
+        .await;
+    drop(active);
+    let fm = deployment.metrics.get_or_init(|| app.metrics.function(&deployment.tenant, &deployment.name));
+    fm.duration.observe(outcome.usage.wall.as_secs_f64());
+    if let Some(counter) = fm.outcome(super::invoke::outcome_label(&outcome.result)) {
+        counter.inc();
+    }
+    super::invoke::record_logs(
+        app,
+        &deployment.tenant,
+        &deployment.name,
+        deployment.version,
+        request_id,
+        outcome.logs,
+        outcome.logs_dropped,
+    );
+    let outputs = outcome.result.map_err(super::invoke::invoke_error).and_then(|tensors| {
+        tensors
+            .into_iter()
+            .map(|t| {
+                let tensor = Tensor { name: t.name, datatype: t.datatype, shape: t.shape, data: t.data };
+                oip::check_tensor(&tensor).map_err(|e| ApiError::Function(format!("the predictor returned {e}")))?;
+                Ok(tensor)
+            })
+            .collect()
+    });
+    Ran { outputs, nn: outcome.usage.nn_cpu, guest: Some(outcome.usage) }
+}
+
 /// `POST /v2/models/{m}[/versions/{v}]/infer`.
 pub async fn infer(
     State(app): State<Arc<App>>,
@@ -331,7 +511,6 @@ pub async fn infer(
     let (name, version) = params(&p);
     let tenant = tenant_of(&principal)?.to_string();
     let served = resolve(&app, &tenant, name, version).await?;
-    let model = served.version;
 
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let header_length = match req.headers().get(HEADER_LENGTH) {
@@ -350,99 +529,98 @@ pub async fn infer(
     let started = Instant::now();
     let request = oip::parse_request(&body, header_length).map_err(ApiError::BadRequest)?;
     // Everything the caller can get wrong is checked before admission: such calls are not billed.
+    let declared_outputs = served.outputs();
     for wanted in &request.outputs {
-        if !model.outputs.iter().any(|o| o.name == wanted.name) {
-            let known: Vec<&str> = model.outputs.iter().map(|o| o.name.as_str()).collect();
+        if !declared_outputs.is_empty() && !declared_outputs.iter().any(|o| o.name == wanted.name) {
+            let known: Vec<&str> = declared_outputs.iter().map(|o| o.name.as_str()).collect();
             return Err(ApiError::BadRequest(format!(
-                "unknown output `{}` (model `{name}` gives: {})",
+                "unknown output `{}` (`{name}` gives: {})",
                 wanted.name,
                 known.join(", ")
             )));
         }
     }
     let InferRequest { inputs, .. } = request.clone();
-    let inputs = to_host(name, &model.inputs, inputs)?;
+    let host_inputs = match &served {
+        Served::Model { version, .. } => Some(to_host(name, &version.inputs, inputs.clone())?),
+        Served::Predictor { deployment, .. } => {
+            check_declared(name, &deployment.inputs, &inputs)?;
+            None
+        }
+    };
     let input_time = started.elapsed();
 
     let (admission, plan) = admit(&app, &tenant).await?;
     let started_us = now_us();
-    let result = async {
-        let (graph, load_time) = app.registry.models.load(&model).await?;
-        let (outputs, compute) = app.registry.models.graphs().run_model(graph, inputs).await?;
-        Ok::<_, NnError>((outputs, load_time + compute))
-    }
-    .await;
-    drop(admission);
     let infer_started = Instant::now();
-    let (response, nn_time) = match result {
-        Ok((outputs, nn_time)) => {
-            let tensors = outputs
-                .into_iter()
-                .map(|(name, t)| Tensor {
-                    name,
-                    datatype: t.ty.oip_name().to_string(),
-                    shape: t.dims.iter().map(|d| i64::from(*d)).collect(),
-                    data: t.data,
-                })
-                .collect();
-            let version = model.version.to_string();
-            match oip::encode_response(name, &version, &request, tensors) {
-                Ok(encoded) => {
-                    let mut response = Response::new(Body::from(encoded.body));
-                    let content_type = if encoded.header_length.is_some() {
-                        HeaderValue::from_static("application/octet-stream")
-                    } else {
-                        HeaderValue::from_static("application/json")
-                    };
-                    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
-                    if let Some(n) = encoded.header_length {
-                        response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
-                    }
-                    (response, nn_time)
-                }
-                Err(e) => (ApiError::BadRequest(e).into_response(), nn_time),
-            }
-        }
-        Err(e) => (nn_error(e).into_response(), Duration::ZERO),
+    let ran = match (&served, host_inputs) {
+        (Served::Model { version, .. }, Some(host_inputs)) => run_model(&app, version, host_inputs).await,
+        (Served::Predictor { deployment, .. }, _) => run_predictor(&app, deployment, &request_id, inputs).await,
+        (Served::Model { .. }, None) => Ran { outputs: Ok(Vec::new()), nn: Duration::ZERO, guest: None },
     };
-    let output_time = infer_started.elapsed();
+    drop(admission);
+    let infer_time = infer_started.elapsed();
+    let output_started = Instant::now();
+    let version = served.version();
+    let mut response = match ran.outputs.and_then(|outputs| {
+        oip::encode_response(name, &version.to_string(), &request, outputs).map_err(ApiError::BadRequest)
+    }) {
+        Ok(encoded) => {
+            let mut response = Response::new(Body::from(encoded.body));
+            let content_type =
+                if encoded.header_length.is_some() { "application/octet-stream" } else { "application/json" };
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if let Some(n) = encoded.header_length {
+                response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
+            }
+            response
+        }
+        Err(e) => e.into_response(),
+    };
     let wall = started.elapsed();
     let ok = response.status() == StatusCode::OK;
-    app.oip_stats.record(
-        &tenant,
-        name,
-        model.version,
-        &Timings { ok, total: wall, input: input_time, infer: nn_time, output: output_time },
-    );
+    let timings = Timings { ok, total: wall, input: input_time, infer: infer_time, output: output_started.elapsed() };
+    app.oip_stats.record(&tenant, name, version, matches!(served, Served::Predictor { .. }), &timings);
 
+    let bytes_out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as i64;
+    let nn_cpu_us = ran.nn.as_micros() as i64;
+    let (kind, meters) = match &ran.guest {
+        Some(usage) => {
+            let guest_wall = usage.wall.as_micros() as i64;
+            let pages = usage.peak_memory_bytes.div_ceil(65_536) as i64;
+            let meters = Meters {
+                invocations: 1,
+                guest_us: guest_wall.saturating_sub(nn_cpu_us),
+                fuel: usage.fuel.min(i64::MAX as u64) as i64,
+                memory_page_us: pages.saturating_mul(guest_wall),
+                nn_cpu_us,
+                nn_gpu_us: 0,
+                bytes_in: body.len() as i64,
+                bytes_out,
+            };
+            ("function", meters)
+        }
+        None => {
+            let meters =
+                Meters { invocations: 1, nn_cpu_us, bytes_in: body.len() as i64, bytes_out, ..Meters::default() };
+            ("model", meters)
+        }
+    };
     let wall_us = wall.as_micros() as i64;
-    let bytes_out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
-    let nn_cpu_us = nn_time.as_micros() as i64;
     let record = UsageRecord {
         request_id,
         tenant: tenant.clone(),
-        kind: "model",
+        kind,
         function: name.to_string(),
-        version: model.version,
+        version,
         started_us,
         ended_us: started_us + wall_us,
         outcome: if ok { "ok" } else { "error" },
         status: response.status().as_u16(),
-        meters: Meters {
-            invocations: 1,
-            guest_us: 0,
-            fuel: 0,
-            memory_page_us: 0,
-            nn_cpu_us,
-            nn_gpu_us: 0,
-            bytes_in: body.len() as i64,
-            bytes_out: bytes_out as i64,
-        },
+        meters,
     };
-    let usage =
-        format!("{}, version={}, wall_ms={:.3}", record.meters.header_pairs(), model.version, wall.as_secs_f64() * 1e3);
+    let usage = format!("{}, version={version}, wall_ms={:.3}", record.meters.header_pairs(), wall.as_secs_f64() * 1e3);
     commit_usage(&app, plan, record).await?;
-    let mut response = response;
     if let Ok(value) = HeaderValue::from_str(&usage) {
         response.headers_mut().insert(USAGE_HEADER, value);
     }
