@@ -3,7 +3,8 @@
 # lints, build the server binary (the end-to-end tests start it), run every test. ONNX Runtime
 # is installed first (into .venv-ort/, from PyPI) unless ORT_DYLIB_PATH already names it, so the
 # tests run against both inference engines; scripts/make-models.sh fetches the models that are
-# not committed (open_nsfw for samples/moderate-image, pinned by sha256).
+# not committed (open_nsfw for samples/moderate-image, pinned by sha256); scripts/setup-clients.sh
+# installs the Python OIP clients (tritonclient, kserve) the /v2 tests run unmodified.
 #
 # Usage: scripts/test.sh   (from any directory)
 set -euo pipefail
@@ -15,6 +16,7 @@ if [[ -z "${ORT_DYLIB_PATH:-}" ]]; then
     export ORT_DYLIB_PATH
 fi
 scripts/make-models.sh
+scripts/setup-clients.sh >/dev/null
 scripts/build-samples.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings

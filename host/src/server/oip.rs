@@ -215,14 +215,20 @@ pub async fn model_config(
     .into_response())
 }
 
-/// `POST /v2/repository/index`: every live version of the tenant's models.
+/// `POST /v2/repository/index`: every live version of the tenant's models, and the newest
+/// version of each of its tensor functions.
 pub async fn repository_index(State(app): State<Arc<App>>, principal: Principal) -> Result<Response, ApiError> {
     let tenant = tenant_of(&principal)?;
-    let versions = app.registry.models.versions(tenant, None).await?;
-    let index: Vec<Value> = versions
-        .iter()
-        .map(|v| json!({ "name": v.name, "version": v.version.to_string(), "state": "READY", "reason": "" }))
-        .collect();
+    let entry = |name: &str, version: u32| json!({ "name": name, "version": version.to_string(), "state": "READY", "reason": "" });
+    let mut index: Vec<Value> =
+        app.registry.models.versions(tenant, None).await?.iter().map(|v| entry(&v.name, v.version)).collect();
+    for function in app.registry.list(tenant).await? {
+        if let Ok(deployment) = app.registry.resolve(tenant, &function.name, None).await
+            && deployment.prepared.is_predictor()
+        {
+            index.push(entry(&function.name, deployment.version));
+        }
+    }
     Ok(Json(Value::Array(index)).into_response())
 }
 
