@@ -12,12 +12,14 @@ pub struct Target {
     /// The request body; a closed-loop run expects 200, and this body back when `echo`.
     pub body: bytes::Bytes,
     pub echo: bool,
+    /// Extra request headers (e.g. `inference-header-content-length` for binary tensors).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Target {
     /// An echo target: posts `hello, sandbox` and expects it back.
     pub fn echo(url: String, bearer: Option<String>) -> Self {
-        Self { url, bearer, body: bytes::Bytes::from_static(b"hello, sandbox"), echo: true }
+        Self { url, bearer, body: bytes::Bytes::from_static(b"hello, sandbox"), echo: true, headers: Vec::new() }
     }
 }
 
@@ -48,7 +50,7 @@ pub async fn run_mode(target: &Target, connections: usize, duration: Duration, m
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (uri, authority, bearer) = (uri.clone(), authority.clone(), target.bearer.clone());
-        let (payload, echo) = (target.body.clone(), target.echo);
+        let (payload, echo, headers) = (target.body.clone(), target.echo, target.headers.clone());
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(&authority).await?;
             stream.set_nodelay(true)?;
@@ -67,6 +69,9 @@ pub async fn run_mode(target: &Target, connections: usize, duration: Duration, m
                 let mut req = hyper::Request::post(target).header("host", authority.as_str());
                 if let Some(b) = &bearer {
                     req = req.header("authorization", format!("Bearer {b}"));
+                }
+                for (name, value) in &headers {
+                    req = req.header(name.as_str(), value.as_str());
                 }
                 let req = req.header("content-type", "application/json").body(Full::new(payload.clone()))?;
                 let t = Instant::now();

@@ -43,10 +43,11 @@ async fn main() -> Result<()> {
         Some("serve-bare") => serve_bare().await,
         Some("fairness") => fairness(arg(&args, "--seconds", 5)).await,
         Some("nn") => nn::run(arg(&args, "--iters", 5000) as u32).await,
-        Some("p3") => p3(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize).await,
+        Some("p3") => p3(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, false).await,
+        Some("p3v2") => p3(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, true).await,
         _ => {
             eprintln!(
-                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | nn [--iters N] | p3 [--seconds S] [--connections C] | serve-bare"
+                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | nn [--iters N] | p3 [--seconds S] [--connections C] | p3v2 [--seconds S] [--connections C] | serve-bare"
             );
             std::process::exit(2)
         }
@@ -221,7 +222,7 @@ async fn fairness(seconds: u64) -> Result<()> {
 
 /// P3: digits over HTTP through infercell (guest + wasi:nn) vs the FastAPI + uvicorn +
 /// ONNX Runtime peer (bench/peers/), same model, same load generator and connections.
-async fn p3(seconds: u64, connections: usize) -> Result<()> {
+async fn p3(seconds: u64, connections: usize, v2: bool) -> Result<()> {
     let server = Infercell::start("", &[("bench", "standard")])?;
     let key = server.keys.get("bench").context("key")?.clone();
     let bin = std::env::current_exe()?.parent().context("exe dir")?.join("infercell");
@@ -262,21 +263,62 @@ async fn p3(seconds: u64, connections: usize) -> Result<()> {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the FastAPI peer did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let targets = [
-        (
-            "infercell (guest + wasi:nn)",
-            load::Target {
-                url: format!("{}/fn/bench/digits", server.server.url),
-                bearer: Some(key),
-                body: body.clone(),
-                echo: false,
-            },
-        ),
-        (
-            "FastAPI + uvicorn + ORT",
-            load::Target { url: format!("http://127.0.0.1:{port}/digits"), bearer: None, body, echo: false },
-        ),
-    ];
+    let targets: Vec<(&str, load::Target)> = if !v2 {
+        vec![
+            (
+                "infercell (guest + wasi:nn)",
+                load::Target {
+                    url: format!("{}/fn/bench/digits", server.server.url),
+                    bearer: Some(key),
+                    body: body.clone(),
+                    echo: false,
+                    headers: Vec::new(),
+                },
+            ),
+            (
+                "FastAPI + uvicorn + ORT",
+                load::Target {
+                    url: format!("http://127.0.0.1:{port}/digits"),
+                    bearer: None,
+                    body,
+                    echo: false,
+                    headers: Vec::new(),
+                },
+            ),
+        ]
+    } else {
+        // The same 64 pixels as an Open Inference Protocol request, JSON and binary.
+        let pixels: Vec<f32> = expected["cases"][0]["pixels"]
+            .as_array()
+            .context("pixels")?
+            .iter()
+            .map(|p| p.as_f64().unwrap_or(0.0) as f32 / 16.0)
+            .collect();
+        let json_body = bytes::Bytes::from(
+            serde_json::json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1, 64], "data": pixels }] })
+                .to_string(),
+        );
+        let header = serde_json::json!({
+            "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1, 64], "parameters": { "binary_data_size": 256 } }],
+            "parameters": { "binary_data_output": true },
+        })
+        .to_string();
+        let mut binary = header.clone().into_bytes();
+        binary.extend(pixels.iter().flat_map(|p| p.to_le_bytes()));
+        let binary = bytes::Bytes::from(binary);
+        let length = vec![("inference-header-content-length".to_string(), header.len().to_string())];
+        let target = |url: String, bearer: Option<String>, body: &bytes::Bytes, headers: &Vec<(String, String)>| {
+            load::Target { url, bearer, body: body.clone(), echo: false, headers: headers.clone() }
+        };
+        let ours = format!("{}/v2/models/digits/infer", server.server.url);
+        let peer = format!("http://127.0.0.1:{port}/v2/models/digits/infer");
+        vec![
+            ("infercell /v2 JSON", target(ours.clone(), Some(key.clone()), &json_body, &Vec::new())),
+            ("FastAPI /v2 JSON", target(peer.clone(), None, &json_body, &Vec::new())),
+            ("infercell /v2 binary", target(ours, Some(key), &binary, &length)),
+            ("FastAPI /v2 binary", target(peer, None, &binary, &length)),
+        ]
+    };
     for (name, t) in &targets {
         load::run(t, connections, Duration::from_secs(1)).await.with_context(|| format!("warming up {name}"))?;
     }
@@ -286,16 +328,19 @@ async fn p3(seconds: u64, connections: usize) -> Result<()> {
     }
     let _ = peer.kill();
     let _ = peer.wait();
-    println!("P3: digits over HTTP, {connections} keep-alive connections, {seconds} s (uvicorn workers: {workers}):");
+    let what = if v2 { "the Open Inference Protocol (/v2, the model direct)" } else { "HTTP (/fn, guest + wasi:nn)" };
+    println!("P3: digits over {what}, {connections} keep-alive connections, {seconds} s (uvicorn workers: {workers}):");
     println!("  {:<28} {:>10} {:>10} {:>10}", "", "req/s", "p50 ms", "p99 ms");
     for ((name, _), r) in targets.iter().zip(&reports) {
         println!("  {:<28} {:>10.0} {:>10.3} {:>10.3}", name, r.rps, r.p50_ms, r.p99_ms);
     }
-    println!(
-        "  req/s ratio {:.2} (goal >= 5), p99 ratio {:.2} (goal <= 0.2)",
-        reports[0].rps / reports[1].rps,
-        reports[0].p99_ms / reports[1].p99_ms
-    );
+    for pair in reports.chunks(2) {
+        println!(
+            "  req/s ratio {:.2} (goal >= 5), p99 ratio {:.2} (goal <= 0.2)",
+            pair[0].rps / pair[1].rps,
+            pair[0].p99_ms / pair[1].p99_ms
+        );
+    }
     Ok(())
 }
 

@@ -309,6 +309,16 @@ fn predictor_functions_are_served_like_models() {
     server.deploy(&key, "echo");
     assert_eq!(server.get("/v2/models/echo", Some(&key)).status(), 404);
 
+    // One name under /v2, one thing: a model and a tensor function cannot share it.
+    let msg = expect_error(server.push_model(&key, "name = \"digits-predictor\"\n", digits_model()), 409);
+    assert!(msg.contains("a tensor function named `digits-predictor` exists"), "{msg}");
+    let manifest = std::fs::read_to_string(function_dir("digits-predictor").join("function.toml"))
+        .unwrap()
+        .replace("name = \"digits-predictor\"", "name = \"digits\"");
+    let msg = expect_error(server.upload(&key, &manifest, component("digits-predictor")), 409);
+    assert!(msg.contains("a model named `digits` exists"), "{msg}");
+    server.deploy(&key, "digits"); // an HTTP function may share the model's name
+
     let bill: Value = server.get("/v1/billing", Some(&key)).json().unwrap();
     let guest = bill["lines"]
         .as_array()

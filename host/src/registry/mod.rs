@@ -122,6 +122,13 @@ impl Registry {
         .await
         .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
         let (prepared, size) = prepared;
+        // `/v2/models/{name}` serves models and tensor functions: one name, one of them.
+        if prepared.is_predictor() && !self.models.named(tenant, &manifest.name).await?.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "a model named `{}` exists: a tensor function (predictor world) needs a name of its own, as both are served at /v2/models/{{name}}",
+                manifest.name
+            )));
+        }
 
         let row = FunctionVersion {
             name: manifest.name.clone(),

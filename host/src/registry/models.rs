@@ -70,11 +70,34 @@ pub struct ModelStore {
     db: Db,
     blobs: Arc<BlobStore>,
     graphs: Arc<Graphs>,
+    /// Live versions per (tenant, name), absent names included, as `/v2` resolves them on every
+    /// call; dropped for a name whenever it is pushed or deleted.
+    named: std::sync::RwLock<std::collections::HashMap<(String, String), Arc<Vec<ModelVersion>>>>,
 }
 
 impl ModelStore {
     pub fn new(db: Db, blobs: Arc<BlobStore>, graphs: Arc<Graphs>) -> Self {
-        Self { db, blobs, graphs }
+        Self { db, blobs, graphs, named: Default::default() }
+    }
+
+    /// Every live version of the tenant's model `name`, oldest first (empty if there is none),
+    /// from memory after the first lookup.
+    pub async fn named(&self, tenant: &str, name: &str) -> Result<Arc<Vec<ModelVersion>>, ApiError> {
+        let key = (tenant.to_string(), name.to_string());
+        if let Some(found) = self.named.read().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(found);
+        }
+        let found = Arc::new(self.versions(tenant, Some(name)).await?);
+        if let Ok(mut cache) = self.named.write() {
+            cache.insert(key, found.clone());
+        }
+        Ok(found)
+    }
+
+    fn forget(&self, tenant: &str, name: &str) {
+        if let Ok(mut cache) = self.named.write() {
+            cache.remove(&(tenant.to_string(), name.to_string()));
+        }
     }
 
     pub fn graphs(&self) -> &Arc<Graphs> {
@@ -152,6 +175,7 @@ impl ModelStore {
                 Ok(version)
             })
             .await?;
+        self.forget(tenant, &row.name);
         Ok(ModelVersion { version, ..row })
     }
 
@@ -215,6 +239,7 @@ impl ModelStore {
     /// Deletes every version of a model; 404 when there is none.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
         let deleted = db::soft_delete(&self.db, "models", tenant, name).await?;
+        self.forget(tenant, name);
         if deleted == 0 {
             return Err(ApiError::NotFound(format!("no model named `{name}`")));
         }

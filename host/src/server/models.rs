@@ -24,6 +24,16 @@ pub async fn push_model(
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant_with(DEPLOYERS)?.to_string();
     let (manifest, model) = read_parts(multipart, "model", "the .onnx bytes").await?;
+    // `/v2/models/{name}` serves models and tensor functions: one name, one of them.
+    if let Ok(parsed) = crate::registry::models::ModelManifest::parse(&manifest)
+        && let Ok(function) = app.registry.resolve(&tenant, &parsed.name, None).await
+        && function.prepared.is_predictor()
+    {
+        return Err(ApiError::Conflict(format!(
+            "a tensor function named `{}` exists: a model needs a name of its own, as both are served at /v2/models/{{name}}",
+            parsed.name
+        )));
+    }
     let plan_name = app.tenants.plan_of(&tenant).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no plan"))?;
     let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
     let version = app.registry.models.push(&tenant, &manifest, Bytes::from(model), plan.max_model_bytes).await?;

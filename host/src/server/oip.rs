@@ -106,9 +106,23 @@ fn tenant_of(principal: &Principal) -> Result<&str, ApiError> {
     principal.tenant_with(INFERENCE)
 }
 
-/// `name` (at `version`, else its newest) of `tenant`: its predictor function, else its model;
-/// 404 otherwise (another tenant's never exist).
+/// `name` (at `version`, else its newest) of `tenant`: its model, else its tensor function;
+/// 404 otherwise (another tenant's never exist). A model and a tensor function cannot share a
+/// name (pushing or deploying the second is a 409), so the order only matters for speed: models
+/// resolve from memory.
 async fn resolve(app: &App, tenant: &str, name: &str, version: Option<&str>) -> Result<Served, ApiError> {
+    resolve_with(app, tenant, name, version, true).await
+}
+
+/// [`resolve`]; without `with_versions` a tensor function's version list (a database read) is
+/// left empty: inference does not need it.
+async fn resolve_with(
+    app: &App,
+    tenant: &str,
+    name: &str,
+    version: Option<&str>,
+    with_versions: bool,
+) -> Result<Served, ApiError> {
     let number: Option<u32> = match version {
         None => None,
         Some(v) => Some(
@@ -116,28 +130,31 @@ async fn resolve(app: &App, tenant: &str, name: &str, version: Option<&str>) -> 
                 .map_err(|_| ApiError::NotFound(format!("`{name}` has no version `{v}` (versions are 1, 2, ...)")))?,
         ),
     };
-    let functions = app.registry.versions(tenant, name).await.unwrap_or_default();
-    if !functions.is_empty() {
-        let deployment = app.registry.resolve(tenant, name, number).await;
-        if let Ok(deployment) = &deployment
-            && deployment.prepared.is_predictor()
-        {
-            let versions = functions.iter().map(|v| v.version).collect();
-            return Ok(Served::Predictor { deployment: deployment.clone(), versions });
-        }
+    let all = app.registry.models.named(tenant, name).await?;
+    if !all.is_empty() {
+        let versions: Vec<u32> = all.iter().map(|v| v.version).collect();
+        let chosen = match number {
+            None => all.last().cloned(),
+            Some(n) => all.iter().find(|m| m.version == n).cloned(),
+        };
+        return match chosen {
+            Some(version) => Ok(Served::Model { version, versions }),
+            None => Err(ApiError::NotFound(format!(
+                "model `{name}` has no version `{}` (versions: {versions:?})",
+                version.unwrap_or_default()
+            ))),
+        };
     }
-    let all = app.registry.models.versions(tenant, Some(name)).await?;
-    let versions: Vec<u32> = all.iter().map(|v| v.version).collect();
-    let chosen = match number {
-        None => all.last().cloned(),
-        Some(n) => all.iter().find(|m| m.version == n).cloned(),
-    };
-    match (chosen, version) {
-        (Some(version), _) => Ok(Served::Model { version, versions }),
-        (None, Some(v)) if !versions.is_empty() => {
-            Err(ApiError::NotFound(format!("model `{name}` has no version `{v}` (versions: {versions:?})")))
+    match app.registry.resolve(tenant, name, number).await {
+        Ok(deployment) if deployment.prepared.is_predictor() => {
+            let versions = match with_versions {
+                true => app.registry.versions(tenant, name).await?.iter().map(|v| v.version).collect(),
+                false => Vec::new(),
+            };
+            Ok(Served::Predictor { deployment, versions })
         }
-        (None, _) => Err(ApiError::NotFound(format!("no model named `{name}`"))),
+        Err(ApiError::NotFound(m)) if number.is_some() && m.contains("version") => Err(ApiError::NotFound(m)),
+        _ => Err(ApiError::NotFound(format!("no model named `{name}`"))),
     }
 }
 
@@ -516,7 +533,7 @@ pub async fn infer(
 ) -> Result<Response, ApiError> {
     let (name, version) = params(&p);
     let tenant = tenant_of(&principal)?.to_string();
-    let served = resolve(&app, &tenant, name, version).await?;
+    let served = resolve_with(&app, &tenant, name, version, false).await?;
 
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let header_length = match req.headers().get(HEADER_LENGTH) {
