@@ -72,8 +72,11 @@ pub struct ModelStore {
     graphs: Arc<Graphs>,
     /// Live versions per (tenant, name), absent names included, as `/v2` resolves them on every
     /// call; dropped for a name whenever it is pushed or deleted.
-    named: std::sync::RwLock<std::collections::HashMap<(String, String), Arc<Vec<ModelVersion>>>>,
+    named: std::sync::RwLock<NamedVersions>,
 }
+
+/// (tenant, model name) -> its live versions, oldest first.
+type NamedVersions = std::collections::HashMap<(String, String), Arc<Vec<ModelVersion>>>;
 
 impl ModelStore {
     pub fn new(db: Db, blobs: Arc<BlobStore>, graphs: Arc<Graphs>) -> Self {
