@@ -55,12 +55,16 @@ echo "== infercell invoke 'demo/hello?name=Ada'"
 echo "== infercell invoke demo/digits --data '{\"pixels\": [...an 8x8 image of a 0...]}'"
 "$bin" invoke demo/digits --data '{"pixels": [0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}'
 
+echo "== the same model over the Open Inference Protocol: POST /v2/models/digits/infer"
+curl -s -H "Authorization: Bearer $INFERCELL_KEY" "$INFERCELL_URL/v2/models/digits/infer" -d '{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0,0,0.3125,0.8125,0.5625,0.0625,0,0,0,0,0.8125,0.9375,0.625,0.9375,0.3125,0,0,0.1875,0.9375,0.125,0,0.6875,0.5,0,0,0.25,0.75,0,0,0.5,0.5,0,0,0.3125,0.5,0,0,0.5625,0.5,0,0,0.25,0.6875,0,0.0625,0.75,0.4375,0,0,0.125,0.875,0.3125,0.625,0.75,0,0,0,0,0.375,0.8125,0.625,0,0,0]}]}'
+echo
+
 echo "== usage of one call (infercell-usage header)"
 curl -s -o /dev/null -D - -H "Authorization: Bearer $INFERCELL_KEY" --data 'metered' "$INFERCELL_URL/fn/demo/echo" |
     grep -i '^infercell-usage' | tr -d '\r'
 
 echo "== /metrics (invocations)"
-curl -s "$INFERCELL_URL/metrics" | grep '^infercell_invocations_total'
+curl -s "$INFERCELL_URL/metrics" | grep '^infercell_invocations_total' | grep -v ' 0$'
 
 echo "== infercell usage"
 "$bin" usage
