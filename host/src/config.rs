@@ -18,6 +18,8 @@ pub const DEFAULT_CONFIG: &str = r#"
 [server]
 max_upload_bytes = "64MiB"
 max_request_bytes = "16MiB"
+max_response_bytes = "16MiB"
+max_response_headers = 100
 metrics_require_key = false
 
 [metering]
@@ -99,6 +101,11 @@ pub struct ServerConfig {
     /// Largest invocation request body.
     #[serde(deserialize_with = "de_size")]
     pub max_request_bytes: u64,
+    /// Largest response body a function may return (a larger one is a 500).
+    #[serde(deserialize_with = "de_size")]
+    pub max_response_bytes: u64,
+    /// Most response headers a function may return (more is a 500).
+    pub max_response_headers: usize,
     /// When true, `GET /metrics` needs a key like every other endpoint.
     pub metrics_require_key: bool,
 }

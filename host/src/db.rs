@@ -66,6 +66,25 @@ CREATE TABLE models (
     PRIMARY KEY (tenant, name, version)
 );
 "#,
+    // Keys: when each was last used (written back from memory at most once a minute).
+    // The audit log: every management action and every denial, append-only (triggers refuse
+    // updates and deletes, so not even a bug in this program can rewrite history).
+    r#"
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    tenant TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX audit_by_tenant ON audit (tenant, seq);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
 ];
 
 /// A shared handle to the metadata database.

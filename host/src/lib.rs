@@ -4,6 +4,7 @@
 //! `infercell:function/handler`); the host runs each call in a fresh, sandboxed store and
 //! meters it. See the repository README for the map of modules.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -22,6 +22,13 @@ pub struct FunctionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub tenant: String,
+    /// The grant a host call needed: models, gpu, wasi-nn.
+    pub capability: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     pub tenant: String,
     /// rate, concurrency, budget, busy.
@@ -62,6 +69,7 @@ pub struct Metrics {
     pub compile_duration: Histogram,
     pub log_bytes_dropped: Family<FunctionLabels, Counter>,
     pub refused: Family<RefusedLabels, Counter>,
+    pub denials: Family<DenialLabels, Counter>,
     pub usage_batch_size: Histogram,
     pub usage_commit: Histogram,
     pub graph_load: Histogram,
@@ -109,6 +117,8 @@ impl Metrics {
         );
         let refused = Family::<RefusedLabels, Counter>::default();
         registry.register("refused", "Calls refused before running (quota, budget, no free instance)", refused.clone());
+        let denials = Family::<DenialLabels, Counter>::default();
+        registry.register("denials", "Host calls refused for want of a grant", denials.clone());
         let usage_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
         registry.register("usage_batch_size", "Usage records per group commit", usage_batch_size.clone());
         let usage_commit = Histogram::new(exponential_buckets(0.00005, 2.0, 14));
@@ -144,6 +154,7 @@ impl Metrics {
             compile_duration,
             log_bytes_dropped,
             refused,
+            denials,
             usage_batch_size,
             usage_commit,
         }

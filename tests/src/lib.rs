@@ -119,6 +119,30 @@ impl Server {
         child.wait().unwrap()
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server not running").id()
+    }
+
+    /// The server process's resident memory, in bytes (Linux).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
+    /// The value of a metric line (`name{labels}`, exactly as /metrics prints it), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics", None).text().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn terminate(&self) {
         let child = self.child.as_ref().expect("server not running");
@@ -277,4 +301,16 @@ pub fn moderate_image_dir() -> Option<PathBuf> {
     );
     eprintln!("skipping: samples/moderate-image/open-nsfw.onnx is missing (run scripts/make-models.sh)");
     None
+}
+
+impl Server {
+    /// Makes a key with `role` for the tenant of `owner_key`; returns `(id, api_key)`.
+    pub fn key(&self, owner_key: &str, role: &str) -> (String, String) {
+        let resp =
+            self.post("/v1/keys", Some(owner_key), json!({ "role": role, "name": format!("{role} key") }).to_string());
+        let status = resp.status();
+        let v: Value = resp.json().unwrap();
+        assert_eq!(status, 201, "creating a {role} key: {v}");
+        (v["id"].as_str().unwrap().to_string(), v["api_key"].as_str().unwrap().to_string())
+    }
 }

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
-use super::{ClientArgs, Command, FunctionsCommand, ModelCommand, TenantCommand};
+use super::{ClientArgs, Command, FunctionsCommand, KeysCommand, ModelCommand, TenantCommand};
 use crate::registry::Manifest;
 
 struct Client {
@@ -103,6 +103,82 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 out
             });
         }
+        Command::Keys(KeysCommand::Create { role, name, expires_at, client }) => {
+            let c = Client::new(&client)?;
+            let body = serde_json::json!({ "role": role, "name": name, "expires_at": expires_at });
+            let v = c.send_json(c.request(reqwest::Method::POST, "/v1/keys")?.json(&body)).await?;
+            c.print(&v, |v| {
+                format!(
+                    "created key {} (role {})\napi key (shown once): {}",
+                    v["id"].as_str().unwrap_or_default(),
+                    v["role"].as_str().unwrap_or_default(),
+                    v["api_key"].as_str().unwrap_or_default()
+                )
+            });
+        }
+        Command::Keys(KeysCommand::List { client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, "/v1/keys")?).await?;
+            c.print(&v, |v| {
+                let mut out = format!(
+                    "{:<26} {:<9} {:<14} {:<16} {:<22} {}",
+                    "ID", "ROLE", "PREFIX", "NAME", "LAST USED", "EXPIRES"
+                );
+                for k in v["keys"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<26} {:<9} {:<14} {:<16} {:<22} {}",
+                        k["id"].as_str().unwrap_or_default(),
+                        k["role"].as_str().unwrap_or_default(),
+                        k["prefix"].as_str().unwrap_or_default(),
+                        k["name"].as_str().unwrap_or("-"),
+                        k["last_used_at"].as_str().unwrap_or("never"),
+                        k["expires_at"].as_str().unwrap_or("never"),
+                    ));
+                }
+                out
+            });
+        }
+        Command::Keys(KeysCommand::Revoke { id, client }) => {
+            let c = Client::new(&client)?;
+            let path = format!("/v1/keys/{id}");
+            let response =
+                c.request(reqwest::Method::DELETE, &path)?.send().await.context("cannot reach the server")?;
+            let status = response.status();
+            if !status.is_success() {
+                bail!("{}", server_error(status, &response.bytes().await?));
+            }
+            c.print(&serde_json::json!({ "revoked": id }), |_| format!("revoked key {id}"));
+        }
+        Command::Audit { tenant, after, limit, client } => {
+            let c = Client::new(&client)?;
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(t) = tenant {
+                query.push(("tenant", t));
+            }
+            if let Some(a) = after {
+                query.push(("after", a.to_string()));
+            }
+            let v = c.send_json(c.request(reqwest::Method::GET, "/v1/audit")?.query(&query)).await?;
+            c.print(&v, |v| {
+                let mut out = format!(
+                    "{:>6} {:<28} {:<26} {:<12} {:<18} {:<10} {}",
+                    "SEQ", "TIME", "ACTOR", "TENANT", "ACTION", "OUTCOME", "TARGET"
+                );
+                for e in v["entries"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:>6} {:<28} {:<26} {:<12} {:<18} {:<10} {}",
+                        e["seq"].to_string(),
+                        e["time"].as_str().unwrap_or_default(),
+                        e["actor"].as_str().unwrap_or_default(),
+                        e["tenant"].as_str().unwrap_or("-"),
+                        e["action"].as_str().unwrap_or_default(),
+                        e["outcome"].as_str().unwrap_or_default(),
+                        e["target"].as_str().unwrap_or("-"),
+                    ));
+                }
+                out
+            });
+        }
         Command::Deploy { dir, client } => deploy(&Client::new(&client)?, &dir).await?,
         Command::Functions(FunctionsCommand::List { client }) => {
             let c = Client::new(&client)?;
@@ -175,7 +251,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Invoke { target, data, method, headers, client } => {
             invoke(&Client::new(&client)?, &target, data, method, headers).await?
         }
-        Command::Inspect { file, json } => inspect(&file, json)?,
+        Command::Inspect { target, client } => {
+            if Path::new(&target).is_file() || target.ends_with(".wasm") {
+                inspect(Path::new(&target), client.json)?;
+            } else {
+                inspect_deployed(&Client::new(&client)?, &target).await?;
+            }
+        }
         Command::Model(ModelCommand::Push { name, file, engine, device, description, client }) => {
             let c = Client::new(&client)?;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -522,6 +604,61 @@ async fn invoke(
     Ok(())
 }
 
+/// `inspect NAME[@N]`: a deployed version's imports, the grants they need, and its grants.
+async fn inspect_deployed(c: &Client, target: &str) -> anyhow::Result<()> {
+    let (name, version) = match target.split_once('@') {
+        Some((name, v)) => (name, Some(v.parse::<u64>().with_context(|| format!("`{v}` is not a version number"))?)),
+        None => (target, None),
+    };
+    let v = c.send_json(c.request(reqwest::Method::GET, &format!("/v1/functions/{name}"))?).await?;
+    let versions = v["versions"].as_array().cloned().unwrap_or_default();
+    let chosen = match version {
+        Some(n) => versions.iter().find(|x| x["version"].as_u64() == Some(n)).cloned(),
+        None => versions.last().cloned(),
+    }
+    .with_context(|| format!("function `{name}` has no version {}", version.map_or("".into(), |n| n.to_string())))?;
+    let imports: Vec<String> =
+        chosen["imports"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
+    let needed = crate::runtime::grants_needed(&imports);
+    let capabilities = &chosen["manifest"]["capabilities"];
+    let report = serde_json::json!({
+        "name": name,
+        "version": chosen["version"],
+        "digest": chosen["digest"],
+        "imports": imports,
+        "needs": needed.iter().map(|(g, why)| serde_json::json!({ "grant": g, "why": why })).collect::<Vec<_>>(),
+        "grants": capabilities,
+        "limits": chosen["manifest"]["limits"],
+    });
+    c.print(&report, |r| {
+        let mut out = format!(
+            "{name}@{} {}\nimports: {}\nneeds:",
+            r["version"],
+            r["digest"].as_str().unwrap_or_default(),
+            join(&r["imports"])
+        );
+        if needed.is_empty() {
+            out.push_str(" no grants");
+        }
+        for (grant, why) in &needed {
+            out.push_str(&format!("\n  {grant:<14} {why}"));
+        }
+        out.push_str("\ngrants:");
+        let granted = capabilities.as_object().filter(|o| !o.is_empty());
+        match granted {
+            None => out.push_str(" none (deny by default)"),
+            Some(map) => {
+                for (k, v) in map {
+                    out.push_str(&format!("\n  {k:<14} {v}"));
+                }
+            }
+        }
+        out.push_str(&format!("\nlimits: {}", r["limits"]));
+        out
+    });
+    Ok(())
+}
+
 fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let report = crate::runtime::inspect(&bytes)?;
@@ -538,6 +675,13 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     for i in &report.imports {
         let mark = if report.unsupported_imports.contains(i) { "  (not provided by this platform)" } else { "" };
         println!("  {i}{mark}");
+    }
+    let needed = crate::runtime::grants_needed(&report.imports);
+    if !needed.is_empty() {
+        println!("needs grants:");
+        for (grant, why) in needed {
+            println!("  {grant:<14} {why}");
+        }
     }
     match &report.problem {
         None => println!("runnable: yes"),

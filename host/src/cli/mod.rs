@@ -41,6 +41,22 @@ enum Command {
     /// Push, list, show or delete models (ONNX).
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Create, list or revoke the tenant's API keys (owner key).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// The audit log: management actions and denials (owner: own tenant; admin: any).
+    Audit {
+        /// Another tenant's log (admin key only).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only entries after this sequence number.
+        #[arg(long)]
+        after: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Call TENANT/FUNCTION[@N][/PATH] and print its response body.
     Invoke {
         /// TENANT/FUNCTION[@VERSION][/PATH...]
@@ -92,12 +108,13 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Show a component's imports and exports, and whether this platform can run it.
+    /// Show a component's imports and exports and whether this platform can run it (a .wasm
+    /// file), or a deployed version's imports and the grants it needs and has (NAME[@N]).
     Inspect {
-        /// A .wasm file.
-        file: PathBuf,
-        #[arg(long)]
-        json: bool,
+        /// A .wasm file, or NAME[@VERSION] of a deployed function.
+        target: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -124,6 +141,33 @@ pub struct ClientArgs {
     /// Print the server's JSON instead of a summary.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a key with ROLE (owner, deployer, invoker or billing); prints it once.
+    Create {
+        role: String,
+        /// A label to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+        /// When it stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the tenant's keys (never their secrets).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke key ID: it is refused from this moment on.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]

@@ -101,13 +101,8 @@ const PROVIDED_INTERFACES: &[&str] = &[
     "wasi:random/random",
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
-    "wasi:sockets/network",
-    "wasi:sockets/instance-network",
-    "wasi:sockets/tcp",
-    "wasi:sockets/tcp-create-socket",
-    "wasi:sockets/udp",
-    "wasi:sockets/udp-create-socket",
-    "wasi:sockets/ip-name-lookup",
+    // Never `wasi:sockets`: raw network access is not granted to functions (a component that
+    // imports it is refused at upload, naming it).
 ];
 
 /// Process-wide settings of the runtime.
@@ -205,14 +200,30 @@ pub struct CallUsage {
     pub nn_cpu: Duration,
 }
 
+/// A host call refused for want of a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The grant it needed: `models`, `gpu`, `wasi-nn`.
+    pub capability: &'static str,
+    /// What it reached for (a model name, ...).
+    pub target: String,
+    pub reason: String,
+}
+
 impl<T> Outcome<T> {
     fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
-        Outcome { result: self.result.map(f), usage: self.usage, logs: self.logs, logs_dropped: self.logs_dropped }
+        Outcome {
+            result: self.result.map(f),
+            usage: self.usage,
+            logs: self.logs,
+            logs_dropped: self.logs_dropped,
+            denials: self.denials,
+        }
     }
 
     /// A call that never ran.
     fn refused(e: InvokeError) -> Self {
-        Outcome { result: Err(e), usage: CallUsage::default(), logs: Vec::new(), logs_dropped: 0 }
+        Outcome { result: Err(e), usage: CallUsage::default(), logs: Vec::new(), logs_dropped: 0, denials: Vec::new() }
     }
 }
 
@@ -224,6 +235,8 @@ pub struct Outcome<T = GuestResponse> {
     pub logs: Vec<LogLine>,
     /// Bytes of log output dropped because the call went over its log cap.
     pub logs_dropped: usize,
+    /// Host calls refused for want of a grant.
+    pub denials: Vec<Denial>,
 }
 
 /// What an uploaded component is, as far as the platform cares.
@@ -250,6 +263,8 @@ pub enum ValidateError {
     NoHandler(String),
     #[error("the component imports interfaces this platform does not provide: {0}")]
     UnknownImports(String),
+    #[error("{0}")]
+    NeedsGrant(String),
     #[error("the component cannot be linked: {0}")]
     Link(String),
 }
@@ -357,6 +372,9 @@ impl Runtime {
     fn link(&self, component: Component) -> Result<Prepared, ValidateError> {
         let info = describe(&self.engine, &component);
         let unknown: Vec<&str> = info.imports.iter().map(String::as_str).filter(|name| !is_provided(name)).collect();
+        if let Some(message) = unknown.iter().find_map(|name| needs_grant(name)) {
+            return Err(ValidateError::NeedsGrant(message));
+        }
         if !unknown.is_empty() {
             return Err(ValidateError::UnknownImports(unknown.join(", ")));
         }
@@ -467,6 +485,7 @@ impl Runtime {
             nn_cpu: state.nn.cpu_time,
         };
         let memory_hit = state.limiter.limit_hit();
+        let denials = std::mem::take(&mut state.denials);
         let (mut logs, logs_dropped) = state.take_logs();
         let result = match result {
             Err(_elapsed) => Err(InvokeError::Timeout(limits.timeout)),
@@ -484,7 +503,7 @@ impl Runtime {
             }
         };
         drop(store);
-        Outcome { result, usage, logs, logs_dropped }
+        Outcome { result, usage, logs, logs_dropped, denials }
     }
 
     /// Describes a component without keeping it: used by `inspect` and the upload checks.
@@ -526,6 +545,38 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .consume_fuel(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     cfg
+}
+
+/// The grants a component's imports call for, as `inspect` shows them: `(grant, why)`.
+pub fn grants_needed(imports: &[String]) -> Vec<(&'static str, String)> {
+    let mut needed = Vec::new();
+    if imports.iter().any(|i| i.starts_with("wasi:nn/graph")) {
+        needed.push(("models", "wasi:nn: `load-by-name` finds only the models in capabilities.models".to_string()));
+    }
+    if let Some(i) = imports.iter().find(|i| i.starts_with("wasi:http/outgoing-handler")) {
+        needed.push(("allowed_hosts", format!("{i}: outbound HTTP to the hosts listed")));
+    }
+    if let Some(i) = imports.iter().find(|i| i.starts_with("wasi:sockets/")) {
+        needed.push(("(none)", format!("{i}: raw sockets are never granted")));
+    }
+    needed
+}
+
+/// For an import that only a grant could provide, what to say: the interface and the grant.
+fn needs_grant(import: &str) -> Option<String> {
+    if import.starts_with("wasi:sockets/") {
+        Some(format!(
+            "the component imports `{import}`: raw network sockets are never granted to functions; \
+             outbound HTTP through wasi:http/outgoing-handler needs the `allowed_hosts` grant"
+        ))
+    } else if import.starts_with("wasi:http/outgoing-handler") {
+        Some(format!(
+            "the component imports `{import}`, which needs the `allowed_hosts` grant; outbound HTTP is not \
+             available on this server yet"
+        ))
+    } else {
+        None
+    }
 }
 
 fn check_header(bytes: &[u8]) -> Result<(), ValidateError> {

@@ -51,11 +51,16 @@ pub struct NnCtx {
     /// Bytes of tensors the guest holds on the host; capped at the call's memory limit.
     held_bytes: u64,
     cap_bytes: u64,
+    /// Tensors the guest holds now.
+    tensors: u32,
 }
+
+/// Most wasi:nn tensors a call may hold at once.
+const MAX_TENSORS: u32 = 10_000;
 
 impl NnCtx {
     pub fn new(access: Option<NnAccess>, cap_bytes: u64) -> Self {
-        Self { access, cpu_time: Duration::ZERO, held_bytes: 0, cap_bytes }
+        Self { access, cpu_time: Duration::ZERO, held_bytes: 0, cap_bytes, tensors: 0 }
     }
 }
 
@@ -66,11 +71,20 @@ impl InstanceState {
         Ok(Err(self.table.push(e)?))
     }
 
-    fn access(&self) -> Result<NnAccess, NnError> {
-        self.nn
-            .access
-            .clone()
-            .ok_or_else(|| NnError::new(ErrorCode::Security, "wasi:nn is not available to this function"))
+    fn access(&mut self) -> Result<NnAccess, NnError> {
+        match self.nn.access.clone() {
+            Some(access) => Ok(access),
+            None => {
+                self.deny("wasi-nn", "wasi:nn", "wasi:nn is not available to this function");
+                Err(NnError::new(ErrorCode::Security, "wasi:nn is not available to this function"))
+            }
+        }
+    }
+
+    /// Records a host call refused for want of a grant: the server audits it, counts it and
+    /// writes it to the function's log after the call.
+    fn deny(&mut self, capability: &'static str, target: &str, why: &str) {
+        self.denials.push(super::Denial { capability, target: target.to_string(), reason: why.to_string() });
     }
 
     fn hold(&mut self, bytes: u64) -> Result<(), NnError> {
@@ -151,6 +165,12 @@ impl tensor::HostTensor for InstanceState {
         if let Err(e) = self.hold(data.len() as u64) {
             return Err(wasmtime::Error::msg(e.message));
         }
+        // Empty tensors cost no bytes: their number is capped too, so no guest can grow the
+        // host's resource table without bound.
+        if self.nn.tensors >= MAX_TENSORS {
+            return Err(wasmtime::Error::msg(format!("more than {MAX_TENSORS} wasi:nn tensors held at once")));
+        }
+        self.nn.tensors += 1;
         Ok(self.table.push(HostTensor { dims, ty, data })?)
     }
 
@@ -170,6 +190,7 @@ impl tensor::HostTensor for InstanceState {
 
     async fn drop(&mut self, t: Resource<HostTensor>) -> wasmtime::Result<()> {
         let tensor = self.table.delete(t)?;
+        self.nn.tensors = self.nn.tensors.saturating_sub(1);
         self.nn.held_bytes = self.nn.held_bytes.saturating_sub(tensor.data.len() as u64);
         Ok(())
     }
@@ -190,6 +211,9 @@ impl graph::Host for InstanceState {
             return self.nn_err(NnError::new(ErrorCode::InvalidEncoding, "this platform runs ONNX graphs only"));
         }
         if let Err(e) = check_target(target, access.gpu) {
+            if e.code == ErrorCode::Security {
+                self.deny("gpu", "execution-target gpu", &e.message);
+            }
             return self.nn_err(e);
         }
         let [bytes] = <[Vec<u8>; 1]>::try_from(builders).unwrap_or_default();
@@ -215,6 +239,7 @@ impl graph::Host for InstanceState {
         let not_found =
             || NnError::new(ErrorCode::NotFound, format!("no model named `{name}` is available to this function"));
         if !access.models.contains(&name) {
+            self.deny("models", &name, "not in the manifest's capabilities.models");
             return self.nn_err(not_found());
         }
         let Some((digest, engine)) = access.source.lookup(&access.tenant, &name).await else {
@@ -273,6 +298,7 @@ impl inference::HostGraphExecutionContext for InstanceState {
         }
         let mut out = Vec::with_capacity(outputs.len());
         for (name, t) in outputs {
+            self.nn.tensors += 1;
             out.push((name, self.table.push(t)?));
         }
         Ok(Ok(out))

@@ -196,6 +196,8 @@ pub struct InstanceState {
     pub limiter: MemoryLimiter,
     log: Arc<Mutex<LogBuffer>>,
     config: Arc<Vec<(String, String)>>,
+    /// Host calls refused for want of a grant during this call.
+    pub denials: Vec<super::Denial>,
 }
 
 impl InstanceState {
@@ -215,6 +217,7 @@ impl InstanceState {
             wasi,
             table: ResourceTable::new(),
             nn: super::nn::NnCtx::new(nn, memory_limit),
+            denials: Vec::new(),
             limiter: MemoryLimiter { limit: memory_limit, peak: 0, hit: false },
             log,
             config,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::App;
+use super::{App, AuditTarget};
 use crate::error::ApiError;
 use crate::metrics::UploadLabels;
 use crate::tenants::{Principal, Role, valid_name};
@@ -47,11 +47,13 @@ pub async fn create_tenant(
     }
     let (tenant, key) = app.tenants.create(&body.name, &plan).await?;
     tracing::info!(tenant = %tenant.name, plan = %tenant.plan, "tenant created");
-    Ok((
+    let mut response = (
         StatusCode::CREATED,
         Json(json!({ "tenant": tenant.name, "plan": tenant.plan, "api_key": key.api_key, "key_id": key.id })),
     )
-        .into_response())
+        .into_response();
+    response.extensions_mut().insert(AuditTarget(tenant.name.clone()));
+    Ok(response)
 }
 
 /// `GET /v1/tenants` (admin).
@@ -105,7 +107,8 @@ async fn upload(
     let version = app.registry.upload(tenant, &tenant_row.plan, &manifest, component).await?;
     app.metrics.compile_duration.observe(started.elapsed().as_secs_f64());
     tracing::info!(tenant, function = %version.name, version = version.version, digest = %version.digest, "function deployed");
-    Ok((
+    let target = AuditTarget(format!("{}@{} {}", version.name, version.version, version.digest));
+    let mut response = (
         StatusCode::CREATED,
         Json(json!({
             "name": version.name,
@@ -115,7 +118,9 @@ async fn upload(
             "size": version.size,
         })),
     )
-        .into_response())
+        .into_response();
+    response.extensions_mut().insert(target);
+    Ok(response)
 }
 
 /// Reads a multipart body of exactly two parts: `manifest` (text) and `payload` (bytes).

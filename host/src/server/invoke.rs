@@ -69,11 +69,12 @@ async fn invoke(
         }
         None => (target, None),
     };
-    // Another tenant's functions do not exist for this key.
+    // The role first (it says nothing about what exists); then another tenant's functions do
+    // not exist for this key.
+    principal.tenant_with(INVOKERS)?;
     if principal.tenant.as_deref() != Some(tenant) {
         return Err(ApiError::NotFound(format!("no function named `{function}`")));
     }
-    principal.tenant_with(INVOKERS)?;
     let deployment = app.registry.resolve(tenant, function, version).await?;
     if deployment.prepared.is_predictor() {
         return Err(ApiError::BadRequest(format!(
@@ -117,6 +118,8 @@ async fn invoke(
         .await;
     drop(active);
     drop(admission);
+    let mut outcome = outcome;
+    record_denials(&app, &principal.key_id, &deployment, &mut outcome.logs, std::mem::take(&mut outcome.denials)).await;
 
     if let Err(InvokeError::Busy(_)) = &outcome.result {
         // Nothing ran: refused, not billed.
@@ -144,30 +147,10 @@ async fn invoke(
     let bytes_in = body.len();
     let status_outcome = outcome_label(&outcome.result);
     let mut response = match outcome.result {
-        Ok(answer) => {
-            let status = guest_status(answer.status).ok_or_else(|| {
-                ApiError::Function(format!("function returned an invalid HTTP status {}", answer.status))
-            });
-            match status {
-                Ok(status) => {
-                    let mut response = Response::new(Body::from(answer.body.clone()));
-                    *response.status_mut() = status;
-                    for (name, value) in &answer.headers {
-                        let (Ok(name), Ok(value)) =
-                            (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
-                        else {
-                            continue;
-                        };
-                        if !RESERVED_HEADERS.contains(&name.as_str()) {
-                            response.headers_mut().append(name, value);
-                        }
-                    }
-                    response.extensions_mut().insert(FunctionResponse);
-                    response
-                }
-                Err(e) => e.into_response(),
-            }
-        }
+        Ok(answer) => match guest_response(&app, answer) {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        },
         Err(e) => invoke_error(e).into_response(),
     };
     let bytes_out = response.body().size_hint().exact().unwrap_or(0);
@@ -209,6 +192,41 @@ async fn invoke(
     if let Ok(value) = HeaderValue::from_str(&usage) {
         response.headers_mut().insert(USAGE_HEADER, value);
     }
+    Ok(response)
+}
+
+/// The HTTP response a function answered, checked: a valid status, at most
+/// `max_response_headers` headers with valid names and values, none of the host's own, and a
+/// body of at most `max_response_bytes`. Anything else is the function's failure (500), named.
+fn guest_response(app: &App, answer: crate::runtime::GuestResponse) -> Result<Response, ApiError> {
+    let status = guest_status(answer.status)
+        .ok_or_else(|| ApiError::Function(format!("function returned an invalid HTTP status {}", answer.status)))?;
+    let max_body = app.config.server.max_response_bytes;
+    if answer.body.len() as u64 > max_body {
+        return Err(ApiError::Function(format!(
+            "function returned a body of {} bytes, over the {max_body}-byte limit (server.max_response_bytes)",
+            answer.body.len()
+        )));
+    }
+    let max_headers = app.config.server.max_response_headers;
+    if answer.headers.len() > max_headers {
+        return Err(ApiError::Function(format!(
+            "function returned {} headers, more than the {max_headers} allowed (server.max_response_headers)",
+            answer.headers.len()
+        )));
+    }
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = status;
+    for (name, value) in &answer.headers {
+        let name = HeaderName::try_from(name.as_str())
+            .map_err(|_| ApiError::Function(format!("function returned an invalid header name {name:?}")))?;
+        let value = HeaderValue::try_from(value.as_str())
+            .map_err(|_| ApiError::Function(format!("function returned an invalid value for header `{name}`")))?;
+        if !RESERVED_HEADERS.contains(&name.as_str()) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response.extensions_mut().insert(FunctionResponse);
     Ok(response)
 }
 
@@ -276,6 +294,42 @@ pub(super) fn outcome_label<T>(result: &Result<T, InvokeError>) -> &'static str 
         Err(InvokeError::Trap(_)) => "trap",
         Err(InvokeError::Busy(_)) => "busy",
         Err(InvokeError::WrongWorld(_)) => "wrong_world",
+    }
+}
+
+/// Host calls a guest was refused for want of a grant: audited (actor: the calling key),
+/// counted in `infercell_denials_total`, and written to the function's log.
+pub(super) async fn record_denials(
+    app: &App,
+    actor: &str,
+    deployment: &crate::registry::Deployment,
+    logs: &mut Vec<crate::runtime::LogLine>,
+    denials: Vec<crate::runtime::Denial>,
+) {
+    for denial in denials {
+        app.metrics
+            .denials
+            .get_or_create(&crate::metrics::DenialLabels {
+                tenant: deployment.tenant.clone(),
+                capability: denial.capability.to_string(),
+            })
+            .inc();
+        logs.push(crate::runtime::LogLine {
+            level: LogLevel::Warn,
+            message: format!(
+                "[infercell] denied: {} `{}` ({}): grant it under [capabilities]",
+                denial.capability, denial.target, denial.reason
+            ),
+        });
+        let mut entry = crate::audit::entry(
+            actor,
+            Some(&deployment.tenant),
+            &format!("deny:{}", denial.capability),
+            Some(&denial.target),
+            "denied",
+        );
+        entry.detail = Some(format!("function {}@{}: {}", deployment.name, deployment.version, denial.reason));
+        app.audit.record(entry).await;
     }
 }
 

@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod billing;
 mod invoke;
+mod keys;
 mod models;
 mod oip;
 
@@ -24,6 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{ApiError, ErrorMessage, error_body};
@@ -53,6 +55,7 @@ pub struct App {
     pub quotas: Quotas,
     /// `/v2` inference statistics, since start.
     pub oip_stats: oip::Stats,
+    pub audit: Audit,
 }
 
 /// Where the admin key came from, for the start-up message.
@@ -93,6 +96,7 @@ impl App {
         let metrics = Metrics::new();
         let load_time = metrics.graph_load.clone();
         graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
+        let audit = Audit::new(db.clone());
         let registry = Registry::new(
             db,
             BlobStore::new(root.open_dir("blobs")?),
@@ -115,6 +119,7 @@ impl App {
             metering,
             quotas: Quotas::default(),
             oip_stats: oip::Stats::default(),
+            audit,
         });
         Ok((app, AdminKeySource { path, created }))
     }
@@ -165,6 +170,9 @@ pub fn router(app: Arc<App>) -> Router {
             post(models::push_model).layer(DefaultBodyLimit::max(upload_limit)).get(models::list_models),
         )
         .route("/v1/models/{name}", get(models::get_model).delete(models::delete_model))
+        .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke_key))
+        .route("/v1/audit", get(keys::audit_log))
         .route("/v1/usage", get(billing::usage))
         .route("/v1/billing", get(billing::billing))
         .route("/v2", get(oip::server_metadata))
@@ -186,8 +194,66 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/fn/{tenant}/{function}/", any(invoke::invoke_root))
         .route("/fn/{tenant}/{function}/{*rest}", any(invoke::invoke_rest))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn_with_state(app.clone(), audit_trail))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
+}
+
+/// Names a management response's target for the audit log (set by the handler).
+#[derive(Debug, Clone)]
+pub struct AuditTarget(pub String);
+
+/// The audit log's name for a management request.
+fn audit_action(method: &axum::http::Method, route: &str) -> String {
+    let name = match (method.as_str(), route) {
+        ("POST", "/v1/tenants") => "tenant.create",
+        ("POST", "/v1/keys") => "key.create",
+        ("DELETE", "/v1/keys/{id}") => "key.revoke",
+        ("POST", "/v1/functions") => "function.deploy",
+        ("DELETE", "/v1/functions/{name}") => "function.delete",
+        ("POST", "/v1/models") => "model.push",
+        ("DELETE", "/v1/models/{name}") => "model.delete",
+        _ => return format!("{method} {route}"),
+    };
+    name.to_string()
+}
+
+/// Writes every management action (a `/v1` request that changes something) and every denial
+/// (403 anywhere, 401 on `/v1`) to the audit log, with the acting key's id.
+async fn audit_trail(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let management =
+        path.starts_with("/v1/") && !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let before = if management { auth::principal_from_headers(&app, req.headers()).ok() } else { None };
+    let (method, headers) = (req.method().clone(), req.headers().clone());
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or(path.clone(), |m| m.as_str().to_string());
+    let response = next.run(req).await;
+    let status = response.status();
+    let denied = status == StatusCode::FORBIDDEN || (status == StatusCode::UNAUTHORIZED && path.starts_with("/v1/"));
+    if !management && !denied {
+        return response;
+    }
+    // The actor as it was when the request arrived (a key may have just revoked itself).
+    let principal = before.or_else(|| auth::principal_from_headers(&app, &headers).ok());
+    let actor = principal.as_ref().map_or_else(|| "anonymous".to_string(), |p| p.key_id.clone());
+    let action = audit_action(&method, &route);
+    let target = response.extensions().get::<AuditTarget>().map_or(path.clone(), |t| t.0.clone());
+    let tenant = match (&principal, action.as_str()) {
+        (_, "tenant.create") => Some(target.clone()),
+        (Some(p), _) => p.tenant.clone(),
+        (None, _) => None,
+    };
+    let outcome = if status.is_success() {
+        "ok".to_string()
+    } else if denied {
+        "denied".to_string()
+    } else {
+        format!("failed {}", status.as_u16())
+    };
+    let mut entry = crate::audit::entry(&actor, tenant.as_deref(), &action, Some(&target), &outcome);
+    entry.detail = response.extensions().get::<ErrorMessage>().map(|m| m.0.clone());
+    app.audit.record(entry).await;
+    response
 }
 
 async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {

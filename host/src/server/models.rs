@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
-use super::App;
 use super::api::read_parts;
+use super::{App, AuditTarget};
 use crate::error::ApiError;
 use crate::tenants::{Principal, Role};
 
@@ -38,7 +38,10 @@ pub async fn push_model(
     let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
     let version = app.registry.models.push(&tenant, &manifest, Bytes::from(model), plan.max_model_bytes).await?;
     tracing::info!(tenant, model = %version.name, version = version.version, digest = %version.digest, "model pushed");
-    Ok((StatusCode::CREATED, Json(version)).into_response())
+    let target = AuditTarget(format!("{}@{} {}", version.name, version.version, version.digest));
+    let mut response = (StatusCode::CREATED, Json(version)).into_response();
+    response.extensions_mut().insert(target);
+    Ok(response)
 }
 
 /// `GET /v1/models`: the tenant's models, newest version of each.

@@ -480,7 +480,7 @@ async fn run_model(app: &App, model: &ModelVersion, inputs: Vec<(String, HostTen
     }
 }
 
-async fn run_predictor(app: &App, deployment: &Deployment, request_id: &str, inputs: Vec<Tensor>) -> Ran {
+async fn run_predictor(app: &App, actor: &str, deployment: &Deployment, request_id: &str, inputs: Vec<Tensor>) -> Ran {
     let inputs = inputs
         .into_iter()
         .map(|t| PredictTensor { name: t.name, datatype: t.datatype, shape: t.shape, data: t.data })
@@ -497,6 +497,9 @@ async fn run_predictor(app: &App, deployment: &Deployment, request_id: &str, inp
         )
         .await;
     drop(active);
+    let mut outcome = outcome;
+    let denials = std::mem::take(&mut outcome.denials);
+    super::invoke::record_denials(app, actor, deployment, &mut outcome.logs, denials).await;
     let fm = deployment.metrics.get_or_init(|| app.metrics.function(&deployment.tenant, &deployment.name));
     fm.duration.observe(outcome.usage.wall.as_secs_f64());
     if let Some(counter) = fm.outcome(super::invoke::outcome_label(&outcome.result)) {
@@ -578,7 +581,9 @@ pub async fn infer(
     let infer_started = Instant::now();
     let ran = match (&served, host_inputs) {
         (Served::Model { version, .. }, Some(host_inputs)) => run_model(&app, version, host_inputs).await,
-        (Served::Predictor { deployment, .. }, _) => run_predictor(&app, deployment, &request_id, inputs).await,
+        (Served::Predictor { deployment, .. }, _) => {
+            run_predictor(&app, &principal.key_id, deployment, &request_id, inputs).await
+        }
         (Served::Model { .. }, None) => Ran { outputs: Ok(Vec::new()), nn: Duration::ZERO, guest: None },
     };
     drop(admission);

@@ -7,7 +7,8 @@
 //! in memory. Keys are cached in memory so authenticating a call never touches SQLite.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rand::RngCore as _;
 use rusqlite::{OptionalExtension as _, params};
@@ -89,6 +90,37 @@ impl Principal {
 struct KeyRecord {
     hash: [u8; 32],
     principal: Principal,
+    /// Unix seconds after which the key is refused.
+    expires_at: Option<i64>,
+    /// Unix seconds of the last authenticated use, and of the last one written to SQLite.
+    last_used: Arc<AtomicI64>,
+    last_saved: Arc<AtomicI64>,
+}
+
+/// A key as listings show it: never the secret, nor its hash.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub role: Role,
+    /// The first characters of the key, to recognise it by.
+    pub prefix: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix).ok()?.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Parses an RFC 3339 time into Unix seconds.
+pub fn parse_time(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
 }
 
 /// A freshly made key: the secret is shown once and never stored.
@@ -140,18 +172,34 @@ impl Tenants {
     /// Loads every live key into memory.
     pub fn load(db: Db, admin_key: &str) -> anyhow::Result<Self> {
         let records = db.call_blocking(|conn| {
-            let mut stmt = conn.prepare("SELECT id, tenant, role, hash FROM api_keys WHERE revoked_at IS NULL")?;
+            let mut stmt = conn.prepare(
+                "SELECT id, tenant, role, hash, expires_at, last_used_at FROM api_keys WHERE revoked_at IS NULL",
+            )?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
             })?;
             let mut out = HashMap::new();
             for row in rows {
-                let (id, tenant, role, hash) = row?;
+                let (id, tenant, role, hash, expires_at, last_used_at) = row?;
                 let (Some(role), Ok(hash)) = (Role::parse(&role), hex::decode(&hash)) else { continue };
                 let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else { continue };
+                let last_used = last_used_at.as_deref().and_then(parse_time).unwrap_or(0);
                 out.insert(
                     id.clone(),
-                    KeyRecord { hash, principal: Principal { key_id: id, tenant: Some(tenant), role } },
+                    KeyRecord {
+                        hash,
+                        principal: Principal { key_id: id, tenant: Some(tenant), role },
+                        expires_at: expires_at.as_deref().and_then(parse_time),
+                        last_used: Arc::new(AtomicI64::new(last_used)),
+                        last_saved: Arc::new(AtomicI64::new(last_used)),
+                    },
                 );
             }
             Ok(out)
@@ -178,7 +226,124 @@ impl Tenants {
         let id = key_id(api_key)?;
         let keys = self.keys.read().ok()?;
         let record = keys.get(id)?;
-        bool::from(record.hash.ct_eq(&hash)).then(|| record.principal.clone())
+        if !bool::from(record.hash.ct_eq(&hash)) {
+            return None;
+        }
+        let now = unix_now();
+        if record.expires_at.is_some_and(|t| now >= t) {
+            return None;
+        }
+        record.last_used.store(now, Ordering::Relaxed);
+        // Written back at most once a minute per key, off the request path.
+        if now - record.last_saved.load(Ordering::Relaxed) >= 60 {
+            record.last_saved.store(now, Ordering::Relaxed);
+            let (db, id, at) = (self.db.clone(), id.to_string(), rfc3339(now));
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = db
+                        .call(move |conn| {
+                            conn.execute("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2", params![at, id])?;
+                            Ok(())
+                        })
+                        .await;
+                });
+            }
+        }
+        Some(record.principal.clone())
+    }
+
+    /// Makes a key for `tenant` with `role`; the secret is in the result only.
+    pub async fn create_key(
+        &self,
+        tenant: &str,
+        role: Role,
+        name: Option<String>,
+        expires_at: Option<i64>,
+    ) -> Result<(NewKey, KeyInfo), ApiError> {
+        let key = generate_key();
+        let info = KeyInfo {
+            id: key.id.clone(),
+            name,
+            role,
+            prefix: key.prefix.clone(),
+            created_at: db::now(),
+            expires_at: expires_at.and_then(rfc3339),
+            last_used_at: None,
+        };
+        let (t, k, i) = (tenant.to_string(), key.clone(), info.clone());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO api_keys (id, tenant, role, hash, prefix, name, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![k.id, t, i.role.as_str(), k.hash, k.prefix, i.name, i.created_at, i.expires_at],
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.cache_key(&key, tenant, role, expires_at);
+        Ok((key, info))
+    }
+
+    /// The tenant's live keys, oldest first.
+    pub async fn list_keys(&self, tenant: &str) -> Result<Vec<KeyInfo>, ApiError> {
+        let t = tenant.to_string();
+        let mut keys = self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT id, name, role, prefix, created_at, expires_at, last_used_at FROM api_keys
+                     WHERE tenant = ?1 AND revoked_at IS NULL ORDER BY created_at, id",
+                )?;
+                let rows = stmt.query_map([&t], |r| {
+                    Ok(KeyInfo {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        role: Role::parse(&r.get::<_, String>(2)?).unwrap_or(Role::Invoker),
+                        prefix: r.get(3)?,
+                        created_at: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        last_used_at: r.get(6)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        // Uses since the last write-back are in memory.
+        if let Ok(cache) = self.keys.read() {
+            for key in &mut keys {
+                if let Some(record) = cache.get(&key.id) {
+                    let used = record.last_used.load(Ordering::Relaxed);
+                    if used > 0 {
+                        key.last_used_at = rfc3339(used);
+                    }
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Revokes one of the tenant's keys; it is refused from this moment on. 404 for an unknown
+    /// key or another tenant's.
+    pub async fn revoke_key(&self, tenant: &str, id: &str) -> Result<KeyInfo, ApiError> {
+        let listed = self.list_keys(tenant).await?;
+        let Some(info) = listed.into_iter().find(|k| k.id == id) else {
+            return Err(ApiError::NotFound(format!("no key with id `{id}`")));
+        };
+        if let Ok(mut keys) = self.keys.write() {
+            keys.remove(id);
+        }
+        let (t, i, now) = (tenant.to_string(), id.to_string(), db::now());
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND tenant = ?3 AND revoked_at IS NULL",
+                    params![now, i, t],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(info)
     }
 
     /// Creates a tenant and its first owner key.
@@ -211,14 +376,14 @@ impl Tenants {
         if !created {
             return Err(ApiError::Conflict(format!("tenant `{name}` already exists")));
         }
-        self.cache_key(&key, name, Role::Owner);
+        self.cache_key(&key, name, Role::Owner, None);
         if let Ok(mut plans) = self.plans.write() {
             plans.insert(name.to_string(), plan.to_string());
         }
         Ok((tenant, key))
     }
 
-    fn cache_key(&self, key: &NewKey, tenant: &str, role: Role) {
+    fn cache_key(&self, key: &NewKey, tenant: &str, role: Role, expires_at: Option<i64>) {
         let mut hash = [0u8; 32];
         if let Ok(bytes) = hex::decode(&key.hash) {
             hash.copy_from_slice(&bytes);
@@ -226,7 +391,13 @@ impl Tenants {
         if let Ok(mut keys) = self.keys.write() {
             keys.insert(
                 key.id.clone(),
-                KeyRecord { hash, principal: Principal { key_id: key.id.clone(), tenant: Some(tenant.into()), role } },
+                KeyRecord {
+                    hash,
+                    principal: Principal { key_id: key.id.clone(), tenant: Some(tenant.into()), role },
+                    expires_at,
+                    last_used: Arc::new(AtomicI64::new(0)),
+                    last_saved: Arc::new(AtomicI64::new(0)),
+                },
             );
         }
     }

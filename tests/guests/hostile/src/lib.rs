@@ -19,6 +19,12 @@
 //! | `/status/{n}` | an empty response with status `n` (400 if `n` is not a `u16`) |
 //! | `/headers` | 200 with the request headers as a JSON list of `[name, value]` |
 //! | `/nn/{probe}` | misuses wasi:nn in the named way; 200 `ok: ...` or `error <code>: <message>` |
+//! | `/stack` | recurses until the wasm stack overflows (a trap) |
+//! | `/big-body` | answers 20 MiB (more than the platform passes on by default) |
+//! | `/many-headers` | answers with 10,000 headers |
+//! | `/bad-header` | answers with a header whose name is not a valid HTTP token |
+//! | `/nn/dropped` | computes with a tensor handle it already dropped |
+//! | `/nn/table` | makes tensors until the host refuses more (resource-table exhaustion) |
 //! | `/raw?model=M&input=I&shape=1,224,224,3` | runs model `M` on the body (f32 little-endian) as input `I`; 200 with the first output's bytes (the benchmarks' pure wasi:nn path) |
 //! | anything else | [`Error::NotFound`] |
 
@@ -61,6 +67,16 @@ impl Handler for Hostile {
             "/not-found" => Err(Error::NotFound("nothing here".to_owned())),
             "/internal" => Err(Error::Internal("broken on purpose".to_owned())),
             "/headers" => Response::json(&req.headers),
+            "/stack" => Ok(Response::text(format!("depth {}", recurse(black_box(0))))),
+            "/big-body" => Ok(Response::new(200).body(vec![b'x'; 20 * MIB])),
+            "/many-headers" => {
+                let mut response = Response::text("many headers");
+                for i in 0..10_000 {
+                    response = response.header(format!("x-h{i}"), "v");
+                }
+                Ok(response)
+            }
+            "/bad-header" => Ok(Response::text("bad header").header("bad header\n", "v")),
             "/raw" => raw_tensor(&req),
             path if path.starts_with("/nn/") => Ok(Response::text(nn_probe(&path[4..]))),
             path => match path.strip_prefix("/status/") {
@@ -96,6 +112,28 @@ fn raw_tensor(req: &Request) -> Result<Response, Error> {
     Ok(Response::new(200).body(first.bytes()))
 }
 
+/// Recurses without end; `black_box` keeps it a real call chain.
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    recurse(black_box(frame[0] + 1)) + frame[63]
+}
+
+/// Computes with a tensor whose handle was already dropped (through the raw bindings: the SDK
+/// has no way to do this, on purpose).
+#[allow(unsafe_code)]
+fn stale_handle() -> Result<String, infercell_guest::bindings::wasi::nn::errors::Error> {
+    use infercell_guest::bindings::wasi::nn::{graph, tensor};
+    let g = graph::load_by_name("digits")?;
+    let context = g.init_execution_context()?;
+    let t = tensor::Tensor::new(&[1, 64], tensor::TensorType::Fp32, &[0u8; 256]);
+    let handle = t.handle();
+    drop(t);
+    // SAFETY: deliberately unsound from the guest's side; the host must refuse the handle.
+    let stale = unsafe { tensor::Tensor::from_handle(handle) };
+    context.compute(vec![("input".to_string(), stale)]).map(|out| format!("computed {} outputs", out.len()))
+}
+
 /// Misuses wasi:nn in the named way and reports what the host answered, as
 /// `ok: ...` or `error <code>: <message>` (the host must answer with an error value, not trap).
 fn nn_probe(what: &str) -> String {
@@ -128,6 +166,17 @@ fn nn_probe(what: &str) -> String {
             let graph = Graph::load_by_name("digits")?;
             let out = graph.run(&[("input", &Tensor::from_f32(&[3, 64], &[0.5; 192])?)])?;
             Ok(format!("{:?}", out.get("probabilities")?.dims()))
+        }
+        // A handle used after it was dropped: the host must answer with an error or trap the
+        // guest, never touch freed memory.
+        "dropped" => stale_handle().map_err(Into::into),
+        // Zero-byte tensors cost no memory: only a cap on host resources stops this loop.
+        "table" => {
+            let mut kept = Vec::new();
+            for _ in 0..1_000_000 {
+                kept.push(Tensor::from_bytes(&[0], TensorType::Fp32, Vec::new()));
+            }
+            Ok(format!("made {} tensors", kept.len()))
         }
         _ => Ok("unknown probe".to_owned()),
     })();

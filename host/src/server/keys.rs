@@ -1,0 +1,130 @@
+//! API keys (`/v1/keys`, role `owner`) and the audit log (`GET /v1/audit`, owners and the admin).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{App, AuditTarget};
+use crate::error::ApiError;
+use crate::tenants::{Principal, Role, parse_time};
+
+const OWNERS: &[Role] = &[Role::Owner];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    role: String,
+    #[serde(default)]
+    name: Option<String>,
+    /// RFC 3339, in the future.
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// `POST /v1/keys` `{"role","name"?,"expires_at"?}` -> 201 `{"id","api_key","role",...}`; the
+/// secret is shown this once.
+pub async fn create_key(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(OWNERS)?.to_string();
+    // Any Content-Type: `curl -d '{...}'` sends form encoding by default.
+    let body: CreateKey = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!("invalid request body: {e} (expected {{\"role\", \"name\"?, \"expires_at\"?}})"))
+    })?;
+    let role = match Role::parse(&body.role) {
+        Some(Role::Admin) | None => {
+            return Err(ApiError::BadRequest(format!(
+                "role `{}` is not a tenant role: use owner, deployer, invoker or billing",
+                body.role
+            )));
+        }
+        Some(role) => role,
+    };
+    if let Some(name) = &body.name
+        && (name.is_empty() || name.len() > 128 || name.chars().any(char::is_control))
+    {
+        return Err(ApiError::BadRequest("`name` must be 1 to 128 printable characters".into()));
+    }
+    let expires_at = match &body.expires_at {
+        None => None,
+        Some(text) => {
+            let at = parse_time(text).ok_or_else(|| {
+                ApiError::BadRequest(format!("`expires_at` `{text}` is not an RFC 3339 time (2026-12-31T00:00:00Z)"))
+            })?;
+            if at <= time::OffsetDateTime::now_utc().unix_timestamp() {
+                return Err(ApiError::BadRequest(format!("`expires_at` `{text}` is in the past")));
+            }
+            Some(at)
+        }
+    };
+    let (key, info) = app.tenants.create_key(&tenant, role, body.name, expires_at).await?;
+    let mut response = (
+        StatusCode::CREATED,
+        Json(json!({
+            "id": info.id, "api_key": key.api_key, "role": info.role, "name": info.name,
+            "prefix": info.prefix, "created_at": info.created_at, "expires_at": info.expires_at,
+        })),
+    )
+        .into_response();
+    response.extensions_mut().insert(AuditTarget(format!("{} ({})", info.id, role.as_str())));
+    Ok(response)
+}
+
+/// `GET /v1/keys`: the tenant's live keys, without secrets.
+pub async fn list_keys(State(app): State<Arc<App>>, principal: Principal) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(OWNERS)?;
+    Ok(Json(json!({ "keys": app.tenants.list_keys(tenant).await? })).into_response())
+}
+
+/// `DELETE /v1/keys/{id}` -> 204; the key gets 401 from now on.
+pub async fn revoke_key(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(OWNERS)?;
+    let info = app.tenants.revoke_key(tenant, &id).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.extensions_mut().insert(AuditTarget(format!("{} ({})", info.id, info.role.as_str())));
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /v1/audit[?after=SEQ&limit=N]`: owners read their tenant's log; the admin reads every
+/// tenant's, or one with `tenant=`. Pages with `after` = the last `seq` seen.
+pub async fn audit_log(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let tenant = if principal.role == Role::Admin {
+        query.tenant
+    } else {
+        if query.tenant.is_some() {
+            return Err(ApiError::Forbidden("only the platform admin key may read another tenant's log".into()));
+        }
+        Some(principal.tenant_with(OWNERS)?.to_string())
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = app.audit.list(tenant.as_deref(), query.after.unwrap_or(0), limit).await?;
+    let next = (entries.len() as u32 == limit).then(|| entries.last().map(|e| e.seq)).flatten();
+    Ok(Json(json!({ "entries": entries, "next_after": next })).into_response())
+}

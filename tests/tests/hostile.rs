@@ -1,0 +1,152 @@
+//! The hostile-guest suite: one tenant's code misbehaving in every way we know, against the
+//! real binary. After each case another tenant is still answered correctly, the abuser's call
+//! was admitted and billed (its request id is in its usage), and no instance is left running
+//! (the active-instance gauge is back to 0). Upload-time refusals store nothing. Memory stays
+//! flat over a thousand repetitions. Guests: `tests/guests/hostile` and `tests/guests/sockets`.
+#![allow(clippy::unwrap_used)]
+
+use infercell_tests::*;
+
+/// What a case must answer.
+enum Expect {
+    /// This status, with this in the error message.
+    Error(u16, &'static str),
+    /// 200, with a body starting with this.
+    Ok(&'static str),
+}
+
+/// Call-time cases: a path of the hostile guest and what the platform must answer.
+const CASES: &[(&str, &str, Expect)] = &[
+    ("infinite loop", "hostile/loop", Expect::Error(504, "timed out after 1s")),
+    ("fuel exhaustion", "hostile-fuel/loop", Expect::Error(500, "fuel limit of 5000000")),
+    ("stack overflow", "hostile/stack", Expect::Error(500, "function trapped")),
+    ("memory bomb", "hostile/alloc", Expect::Error(500, "memory limit of 16 MiB")),
+    ("guest panic", "hostile/trap", Expect::Error(500, "hostile guest panicked on purpose")),
+    ("stdout flood", "hostile/stdout", Expect::Ok("")),
+    ("stderr flood", "hostile/stderr", Expect::Ok("")),
+    ("log flood", "hostile/log", Expect::Ok("wrote 10000 log lines")),
+    ("environment snooping", "hostile/env", Expect::Ok("{\"vars\":[],\"args\":[]}")),
+    ("reading /etc/passwd", "hostile/fs", Expect::Ok("denied")),
+    ("reading the Authorization header", "hostile/headers", Expect::Ok("[")),
+    ("a response body past the limit", "hostile-big/big-body", Expect::Error(500, "over the 16777216-byte limit")),
+    ("thousands of headers", "hostile/many-headers", Expect::Error(500, "10001 headers, more than the 100")),
+    ("an invalid header name", "hostile/bad-header", Expect::Error(500, "invalid header name")),
+    ("an invalid status code", "hostile/status/1000", Expect::Error(500, "invalid HTTP status 1000")),
+    ("a status below 100", "hostile/status/42", Expect::Error(500, "invalid HTTP status 42")),
+    ("a 4 GiB tensor claim", "hostile/nn/huge", Expect::Ok("error ErrorCode::InvalidArgument")),
+    ("another tenant's model", "hostile/nn/other", Expect::Ok("error ErrorCode::NotFound")),
+    ("malformed ONNX", "hostile/nn/garbage", Expect::Ok("error ErrorCode::InvalidEncoding")),
+    ("the GPU without a grant", "hostile/nn/gpu", Expect::Ok("error ErrorCode::Security")),
+    ("a wrong tensor shape", "hostile/nn/wrong-shape", Expect::Ok("error ErrorCode::InvalidArgument")),
+    ("a wrong tensor type", "hostile/nn/wrong-type", Expect::Ok("error ErrorCode::InvalidArgument")),
+    ("a wrong input name", "hostile/nn/wrong-name", Expect::Ok("error ErrorCode::InvalidArgument")),
+    ("a dropped resource", "hostile/nn/dropped", Expect::Error(500, "function trapped")),
+    ("exhausting the resource table", "hostile/nn/table", Expect::Error(500, "more than 10000 wasi:nn tensors")),
+    ("an error the guest reports", "hostile/bad-request", Expect::Error(400, "bad on purpose")),
+];
+
+const HOSTILE: &str = "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"1s\"\n[capabilities]\nmodels = [\"digits\", \"someone-elses-model\"]\n";
+const HOSTILE_FUEL: &str = "name = \"hostile-fuel\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\nfuel = 5000000\n";
+const HOSTILE_BIG: &str = "name = \"hostile-big\"\n[limits]\nmemory = \"128MiB\"\ntimeout = \"5s\"\n";
+
+/// A server with the abuser (`evil`, hostile guest, digits model) and its neighbour (`good`,
+/// echo, and a model the abuser names).
+fn setup() -> (Server, String, String) {
+    let server = Server::start();
+    let evil = server.tenant("evil", "standard");
+    let good = server.tenant("good", "standard");
+    server.push_digits(&evil);
+    assert_eq!(server.upload(&evil, HOSTILE, component("hostile")).status(), 201);
+    assert_eq!(server.upload(&evil, HOSTILE_FUEL, component("hostile")).status(), 201);
+    assert_eq!(server.upload(&evil, HOSTILE_BIG, component("hostile")).status(), 201);
+    server.deploy(&good, "echo");
+    let resp = server.push_model(&good, "name = \"someone-elses-model\"\n", digits_model());
+    assert_eq!(resp.status(), 201);
+    (server, evil, good)
+}
+
+fn neighbour_is_served(server: &Server, good: &str, case: &str) {
+    let resp = server.invoke(good, "good/echo", "still fine");
+    assert_eq!(resp.status(), 200, "after {case}");
+    assert_eq!(resp.text().unwrap(), "still fine", "after {case}");
+}
+
+#[test]
+fn every_hostile_guest_costs_only_its_own_call() {
+    let (server, evil, good) = setup();
+    assert!(CASES.len() >= 25, "the suite has {} call-time cases", CASES.len());
+    for (case, path, expect) in CASES {
+        let resp = server.invoke(&evil, &format!("evil/{path}"), "");
+        let request_id = resp.headers()["infercell-request-id"].to_str().unwrap().to_string();
+        assert!(resp.headers().contains_key("infercell-usage"), "{case}: the call is metered");
+        match expect {
+            Expect::Error(status, needle) => {
+                let msg = expect_error(resp, *status);
+                assert!(msg.contains(needle), "{case}: `{needle}` not in `{msg}`");
+            }
+            Expect::Ok(prefix) => {
+                assert_eq!(resp.status(), 200, "{case}");
+                let body = resp.text().unwrap();
+                assert!(body.starts_with(prefix), "{case}: `{body}` does not start with `{prefix}`");
+                assert!(!body.contains(&evil), "{case}: the caller's key reached the guest");
+            }
+        }
+        neighbour_is_served(&server, &good, case);
+        let usage: Value = server.get("/v1/usage?limit=1000", Some(&evil)).json().unwrap();
+        let billed = usage["records"].as_array().unwrap().iter().any(|r| r["request_id"] == request_id.as_str());
+        assert!(billed, "{case}: the abuser's call is billed");
+        assert_eq!(server.metric("infercell_active_instances"), 0.0, "{case}: no instance left running");
+    }
+    // The host kept the evidence: each denial is audited and counted.
+    let audit: Value = server.get("/v1/audit", Some(&evil)).json().unwrap();
+    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"deny:gpu"), "{actions:?}");
+}
+
+#[test]
+fn imports_and_manifests_that_ask_for_too_much_are_refused_at_upload() {
+    let server = Server::start();
+    let key = server.tenant("evil", "free");
+    let cases: Vec<(&str, String, Vec<u8>, &str)> = vec![
+        ("importing sockets", "name = \"net\"\n".into(), component("sockets"), "wasi:sockets"),
+        (
+            "64 GiB of memory on the free plan",
+            "name = \"big\"\n[limits]\nmemory = \"64GiB\"\n".into(),
+            component("hostile"),
+            "memory",
+        ),
+        ("the GPU on the free plan", "name = \"g\"\n[capabilities]\ngpu = true\n".into(), component("hostile"), "gpu"),
+        ("an unknown manifest key", "name = \"k\"\nroot = true\n".into(), component("hostile"), "root"),
+        ("a path-like name", "name = \"../etc\"\n".into(), component("hostile"), "../etc"),
+        ("a core module, not a component", "name = \"core\"\n".into(), b"\0asm\x01\0\0\0".to_vec(), "core"),
+    ];
+    for (case, manifest, bytes, needle) in cases {
+        let msg = expect_error(server.upload(&key, &manifest, bytes), 400);
+        assert!(msg.contains(needle), "{case}: `{needle}` not in `{msg}`");
+    }
+    let msg = expect_error(server.upload(&key, "name = \"net\"\n", component("sockets")), 400);
+    assert!(msg.contains("allowed_hosts"), "the refusal names the grant: {msg}");
+    let listed: Value = server.get("/v1/functions", Some(&key)).json().unwrap();
+    assert_eq!(listed["functions"], json!([]), "nothing was stored");
+}
+
+#[test]
+fn memory_stays_flat_over_a_thousand_hostile_calls() {
+    let (server, evil, good) = setup();
+    let paths = ["hostile/trap", "hostile/nn/huge", "hostile/bad-header", "hostile/nn/dropped", "hostile/status/1000"];
+    let round = |n: usize| {
+        for i in 0..n {
+            let path = paths[i % paths.len()];
+            let status = server.invoke(&evil, &format!("evil/{path}"), "").status();
+            assert!(status == 200 || status == 500, "{path}: {status}");
+        }
+    };
+    round(200);
+    let before = server.rss_bytes();
+    round(1000);
+    let after = server.rss_bytes();
+    neighbour_is_served(&server, &good, "a thousand hostile calls");
+    assert_eq!(server.metric("infercell_active_instances"), 0.0);
+    let growth = after.saturating_sub(before);
+    assert!(growth < 16 << 20, "RSS grew {} KiB over 1000 hostile calls ({before} -> {after})", growth >> 10);
+}

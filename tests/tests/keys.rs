@@ -1,0 +1,369 @@
+//! Keys, roles and the audit log against the real binary: every row of the role table in
+//! docs/api.md is tried with an allowed role, every denied role and a foreign tenant's key;
+//! revoked and expired keys get 401 at once; no raw key is ever written to the data directory;
+//! management actions and denials land in the append-only audit log.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use infercell_tests::*;
+
+const ROLES: [&str; 5] = ["owner", "deployer", "invoker", "billing", "admin"];
+
+/// One row of the role table: a request and the roles that may make it.
+struct Row {
+    method: &'static str,
+    path: &'static str,
+    body: &'static str,
+    allowed: &'static [&'static str],
+    /// What another tenant's key gets: 404 for the tenant's named resources; for a listing, a
+    /// 2xx that must not show acme's things.
+    foreign: Foreign,
+}
+
+#[derive(PartialEq)]
+enum Foreign {
+    NotFound,
+    OwnListing(&'static str),
+    Forbidden,
+    NotApplicable,
+}
+
+const ROWS: &[Row] = &[
+    Row { method: "POST", path: "/v1/tenants", body: "{}", allowed: &["admin"], foreign: Foreign::Forbidden },
+    Row { method: "GET", path: "/v1/tenants", body: "", allowed: &["admin"], foreign: Foreign::Forbidden },
+    Row { method: "POST", path: "/v1/keys", body: "{}", allowed: &["owner"], foreign: Foreign::NotApplicable },
+    Row {
+        method: "GET",
+        path: "/v1/keys",
+        body: "",
+        allowed: &["owner"],
+        foreign: Foreign::OwnListing("deployer key"),
+    },
+    Row { method: "DELETE", path: "/v1/keys/0000", body: "", allowed: &["owner"], foreign: Foreign::NotFound },
+    Row {
+        method: "POST",
+        path: "/v1/functions",
+        body: "",
+        allowed: &["owner", "deployer"],
+        foreign: Foreign::NotApplicable,
+    },
+    Row {
+        method: "GET",
+        path: "/v1/functions",
+        body: "",
+        allowed: &["owner", "deployer"],
+        foreign: Foreign::OwnListing("echo"),
+    },
+    Row {
+        method: "GET",
+        path: "/v1/functions/echo",
+        body: "",
+        allowed: &["owner", "deployer"],
+        foreign: Foreign::NotFound,
+    },
+    Row {
+        method: "GET",
+        path: "/v1/functions/echo/logs",
+        body: "",
+        allowed: &["owner", "deployer"],
+        foreign: Foreign::NotFound,
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/functions/ghost",
+        body: "",
+        allowed: &["owner", "deployer"],
+        foreign: Foreign::NotFound,
+    },
+    Row {
+        method: "POST",
+        path: "/v1/models",
+        body: "",
+        allowed: &["owner", "deployer"],
+        foreign: Foreign::NotApplicable,
+    },
+    Row {
+        method: "GET",
+        path: "/v1/models",
+        body: "",
+        allowed: &["owner", "deployer"],
+        foreign: Foreign::OwnListing("digits"),
+    },
+    Row {
+        method: "GET",
+        path: "/v1/models/digits",
+        body: "",
+        allowed: &["owner", "deployer"],
+        foreign: Foreign::NotFound,
+    },
+    Row {
+        method: "DELETE",
+        path: "/v1/models/ghost",
+        body: "",
+        allowed: &["owner", "deployer"],
+        foreign: Foreign::NotFound,
+    },
+    Row {
+        method: "POST",
+        path: "/fn/acme/echo",
+        body: "hi",
+        allowed: &["owner", "deployer", "invoker"],
+        foreign: Foreign::NotFound,
+    },
+    Row {
+        method: "GET",
+        path: "/v2/models/digits",
+        body: "",
+        allowed: &["owner", "deployer", "invoker"],
+        foreign: Foreign::NotFound,
+    },
+    Row {
+        method: "POST",
+        path: "/v2/models/digits/infer",
+        body: "{}",
+        allowed: &["owner", "deployer", "invoker"],
+        foreign: Foreign::NotFound,
+    },
+    Row {
+        method: "GET",
+        path: "/v1/usage",
+        body: "",
+        allowed: &["owner", "billing", "admin"],
+        foreign: Foreign::OwnListing("echo"),
+    },
+    Row {
+        method: "GET",
+        path: "/v1/billing",
+        body: "",
+        allowed: &["owner", "billing", "admin"],
+        foreign: Foreign::OwnListing("echo"),
+    },
+    Row {
+        method: "GET",
+        path: "/v1/audit",
+        body: "",
+        allowed: &["owner", "admin"],
+        foreign: Foreign::OwnListing("acme"),
+    },
+];
+
+fn send(server: &Server, method: &str, path: &str, key: &str, body: &str) -> Response {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    server.http.request(method, format!("{}{path}", server.url)).bearer_auth(key).body(body.to_string()).send().unwrap()
+}
+
+#[test]
+fn every_endpoint_admits_its_roles_and_refuses_the_rest() {
+    let server = Server::start();
+    let owner = server.tenant("acme", "standard");
+    let other = server.tenant("other", "standard");
+    server.deploy(&owner, "echo");
+    server.push_digits(&owner);
+    assert_eq!(server.invoke(&owner, "acme/echo", "billed").status(), 200);
+    let mut keys: HashMap<&str, String> = HashMap::new();
+    keys.insert("owner", owner.clone());
+    keys.insert("admin", ADMIN_KEY.to_string());
+    for role in ["deployer", "invoker", "billing"] {
+        keys.insert(role, server.key(&owner, role).1);
+    }
+
+    for row in ROWS {
+        for role in ROLES {
+            let resp = send(&server, row.method, row.path, &keys[role], row.body);
+            let status = resp.status().as_u16();
+            if row.allowed.contains(&role) {
+                assert!(
+                    ![401, 403].contains(&status),
+                    "{} {} as {role}: {status} {}",
+                    row.method,
+                    row.path,
+                    resp.text().unwrap()
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    403,
+                    "{} {} as {role} must be refused: {}",
+                    row.method,
+                    row.path,
+                    resp.text().unwrap()
+                );
+            }
+        }
+        let resp = send(&server, row.method, row.path, &other, row.body);
+        let status = resp.status().as_u16();
+        match row.foreign {
+            Foreign::NotFound => assert_eq!(status, 404, "{} {} with another tenant's key", row.method, row.path),
+            Foreign::Forbidden => assert_eq!(status, 403, "{} {} with another tenant's key", row.method, row.path),
+            Foreign::OwnListing(needle) => {
+                let text = resp.text().unwrap();
+                assert!(status < 300, "{} {} with another tenant's key: {status} {text}", row.method, row.path);
+                assert!(
+                    !text.contains(needle),
+                    "{} {} shows acme's `{needle}` to another tenant: {text}",
+                    row.method,
+                    row.path
+                );
+            }
+            Foreign::NotApplicable => {}
+        }
+        // Without a key, nothing but health and metadata answers.
+        let method = reqwest::Method::from_bytes(row.method.as_bytes()).unwrap();
+        let anonymous = server.http.request(method, format!("{}{}", server.url, row.path)).send().unwrap();
+        assert_eq!(anonymous.status(), 401, "{} {} without a key", row.method, row.path);
+    }
+}
+
+#[test]
+fn keys_are_listed_without_secrets_and_revoked_at_once() {
+    let server = Server::start();
+    let owner = server.tenant("acme", "free");
+    server.deploy(&owner, "echo");
+    let (id, invoker) = server.key(&owner, "invoker");
+    assert!(invoker.starts_with("ick_"));
+    assert_eq!(server.invoke(&invoker, "acme/echo", "hi").status(), 200);
+
+    let listed = server.get("/v1/keys", Some(&owner)).text().unwrap();
+    assert!(!listed.contains(&invoker) && !listed.contains(&owner), "a listing never holds a secret: {listed}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let entry = listed["keys"].as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).unwrap().clone();
+    assert_eq!(entry["role"], "invoker");
+    assert_eq!(entry["name"], "invoker key");
+    assert!(invoker.starts_with(entry["prefix"].as_str().unwrap()));
+    assert!(entry["last_used_at"].is_string(), "the invoke was its last use: {entry}");
+
+    let revoked = server.delete(&format!("/v1/keys/{id}"), &owner);
+    assert_eq!(revoked.status(), 204);
+    expect_error(server.invoke(&invoker, "acme/echo", "hi"), 401);
+    expect_error(server.delete(&format!("/v1/keys/{id}"), &owner), 404);
+    // Nothing else changed: the owner still works, the function is still there.
+    assert_eq!(server.invoke(&owner, "acme/echo", "hi").status(), 200);
+
+    // Bad requests name what is wrong.
+    for (body, needle) in [
+        (json!({ "role": "admin" }), "not a tenant role"),
+        (json!({ "role": "root" }), "not a tenant role"),
+        (json!({ "role": "invoker", "expires_at": "tomorrow" }), "not an RFC 3339 time"),
+        (json!({ "role": "invoker", "expires_at": "2001-01-01T00:00:00Z" }), "in the past"),
+        (json!({ "role": "invoker", "colour": "red" }), "unknown field `colour`"),
+    ] {
+        let msg = expect_error(server.post("/v1/keys", Some(&owner), body.to_string()), 400);
+        assert!(msg.contains(needle), "`{needle}` not in `{msg}`");
+    }
+}
+
+#[test]
+fn an_expired_key_is_refused() {
+    let server = Server::start();
+    let owner = server.tenant("acme", "free");
+    server.deploy(&owner, "echo");
+    let soon = time_in(2);
+    let resp = server.post("/v1/keys", Some(&owner), json!({ "role": "invoker", "expires_at": soon }).to_string());
+    assert_eq!(resp.status(), 201);
+    let key = resp.json::<Value>().unwrap()["api_key"].as_str().unwrap().to_string();
+    assert_eq!(server.invoke(&key, "acme/echo", "hi").status(), 200);
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    expect_error(server.invoke(&key, "acme/echo", "hi"), 401);
+}
+
+/// RFC 3339 for `seconds` from now (whole seconds, UTC).
+fn time_in(seconds: i64) -> String {
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + seconds;
+    let days = at.div_euclid(86_400);
+    let secs = at.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[test]
+fn no_raw_key_is_ever_written_to_the_data_directory() {
+    let mut server = Server::start();
+    let owner = server.tenant("acme", "free");
+    server.deploy(&owner, "echo");
+    let (_, deployer) = server.key(&owner, "deployer");
+    let (_, billing) = server.key(&owner, "billing");
+    assert_eq!(server.invoke(&owner, "acme/echo", "hi").status(), 200);
+    expect_error(server.invoke(&billing, "acme/echo", "hi"), 403); // audited denial
+    server.get("/v1/functions", Some(&deployer));
+    server.stop();
+
+    let secrets: Vec<&str> = vec![&owner, &deployer, &billing, ADMIN_KEY];
+    let mut checked = 0;
+    let mut stack = vec![server.data_dir.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.file_name().is_some_and(|n| n == "test-config.toml") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in &secrets {
+                let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+                assert!(!found, "{} holds a raw key", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "the database, usage records and blobs were checked");
+}
+
+#[test]
+fn the_audit_log_records_management_actions_and_denials() {
+    let server = Server::start();
+    let owner = server.tenant("acme", "standard");
+    let other = server.tenant("other", "free");
+    server.deploy(&owner, "echo");
+    let (invoker_id, invoker) = server.key(&owner, "invoker");
+    expect_error(server.post("/v1/keys", Some(&invoker), json!({ "role": "owner" }).to_string()), 403);
+    assert_eq!(server.delete(&format!("/v1/keys/{invoker_id}"), &owner).status(), 204);
+    // A guest reaching for a model it was not granted: a denial, audited.
+    let manifest = "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n";
+    assert_eq!(server.upload(&owner, manifest, component("hostile")).status(), 201);
+    let probe = server.invoke(&owner, "acme/hostile/nn/other", "").text().unwrap();
+    assert!(probe.starts_with("error ErrorCode::NotFound"), "{probe}");
+
+    let log: Value = server.get("/v1/audit", Some(&owner)).json().unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    let find = |action: &str| entries.iter().find(|e| e["action"] == action).cloned();
+    let owner_id = owner.split('_').nth(1).unwrap();
+    let deploy = find("function.deploy").unwrap();
+    assert_eq!(deploy["actor"], owner_id);
+    assert!(deploy["target"].as_str().unwrap().starts_with("echo@1"));
+    assert_eq!(find("key.create").unwrap()["outcome"], "ok");
+    let revoke = find("key.revoke").unwrap();
+    assert_eq!(revoke["actor"], owner_id);
+    assert!(revoke["target"].as_str().unwrap().starts_with(&invoker_id));
+    let denied = entries.iter().find(|e| e["outcome"] == "denied" && e["actor"] == invoker_id.as_str()).unwrap();
+    assert_eq!(denied["action"], "key.create");
+    let model = find("deny:models").unwrap();
+    assert_eq!(model["target"], "someone-elses-model");
+    assert!(model["detail"].as_str().unwrap().contains("hostile@1"));
+    // The function's log says so too, and the denial is counted.
+    let logs = server.get("/v1/functions/hostile/logs", Some(&owner)).text().unwrap();
+    assert!(logs.contains("denied: models `someone-elses-model`"), "{logs}");
+    let metrics = server.get("/metrics", None).text().unwrap();
+    assert!(metrics.contains("infercell_denials_total{tenant=\"acme\",capability=\"models\"} 1"), "{metrics}");
+
+    // Tenants see their own log only; the admin sees every tenant's.
+    let theirs: Value = server.get("/v1/audit", Some(&other)).json().unwrap();
+    assert!(theirs["entries"].as_array().unwrap().iter().all(|e| e["tenant"] == "other"));
+    expect_error(server.get("/v1/audit?tenant=acme", Some(&other)), 403);
+    let all: Value = server.get("/v1/audit?tenant=acme", Some(ADMIN_KEY)).json().unwrap();
+    assert_eq!(all["entries"].as_array().unwrap().len(), entries.len());
+    let created = all["entries"].as_array().unwrap().iter().find(|e| e["action"] == "tenant.create").unwrap().clone();
+    assert_eq!(created["actor"], "admin");
+}
