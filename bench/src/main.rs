@@ -13,7 +13,6 @@ mod load;
 mod nn;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -61,7 +60,7 @@ async fn invoke(iters: u64, rounds: u64) -> Result<()> {
     let runtime = Runtime::new(RuntimeConfig::default(), dir)?;
     let prepared = runtime.prepare_new("sha256:bench", &wasm).map_err(|e| anyhow::anyhow!("{e}"))?;
     let limits = Limits { memory_bytes: 64 << 20, timeout: Duration::from_secs(10), fuel: None };
-    let config = Arc::new(Vec::new());
+    let grants = infercell::runtime::Grants::default();
     let bare = bare::Bare::new(&wasm)?;
     let body = b"hello, sandbox".to_vec();
 
@@ -70,7 +69,7 @@ async fn invoke(iters: u64, rounds: u64) -> Result<()> {
         for _ in 0..iters {
             let request =
                 GuestRequest { method: "POST".into(), path: "/".into(), body: body.clone(), ..Default::default() };
-            let outcome = runtime.invoke(&prepared, &limits, config.clone(), None, request).await;
+            let outcome = runtime.invoke(&prepared, &limits, &grants, request).await;
             if outcome.result.map(|r| r.body).ok().as_deref() != Some(&body[..]) {
                 bail!("infercell echo answered wrongly");
             }

@@ -13,7 +13,7 @@ use infercell::nn::onnxruntime::OnnxRuntime;
 use infercell::nn::tract::Tract;
 use infercell::nn::{ElemType, Engine, Graphs, HostTensor};
 use infercell::runtime::nn::{BoxFuture, ModelSource, NnAccess};
-use infercell::runtime::{GuestRequest, Limits, Runtime, RuntimeConfig};
+use infercell::runtime::{Grants, GuestRequest, Limits, Runtime, RuntimeConfig};
 
 use crate::repo_root;
 
@@ -91,7 +91,7 @@ async fn time_guest(engine: Arc<dyn Engine>, work: &Workload, iters: u32) -> Res
         source: Arc::new(OneModel(work.model, work.onnx.clone())),
     };
     let limits = Limits { memory_bytes: 128 << 20, timeout: Duration::from_secs(30), fuel: None };
-    let config = Arc::new(Vec::new());
+    let grants = Grants { nn: Some(access), ..Grants::default() };
     let call = || async {
         let req = GuestRequest {
             method: "POST".into(),
@@ -100,7 +100,7 @@ async fn time_guest(engine: Arc<dyn Engine>, work: &Workload, iters: u32) -> Res
             body: work.body.clone(),
             ..Default::default()
         };
-        let outcome = runtime.invoke(&prepared, &limits, config.clone(), Some(access.clone()), req).await;
+        let outcome = runtime.invoke(&prepared, &limits, &grants, req).await;
         match outcome.result {
             Ok(r) if r.status == 200 => Ok(outcome.usage.wall.saturating_sub(outcome.usage.nn_cpu)),
             other => anyhow::bail!("{} failed: {other:?}", work.component),

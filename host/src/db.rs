@@ -85,6 +85,17 @@ CREATE INDEX audit_by_tenant ON audit (tenant, seq);
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#,
+    // Tenant files (`PUT /v1/files/{name}`); their bytes live in files/<tenant>/<name>.
+    r#"
+CREATE TABLE files (
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+"#,
 ];
 
 /// A shared handle to the metadata database.

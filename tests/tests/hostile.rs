@@ -13,6 +13,8 @@ enum Expect {
     Error(u16, &'static str),
     /// 200, with a body starting with this.
     Ok(&'static str),
+    /// 200, with a body starting with the first and never containing the second.
+    OkWithout(&'static str, &'static str),
 }
 
 /// Call-time cases: a path of the hostile guest and what the platform must answer.
@@ -27,6 +29,8 @@ const CASES: &[(&str, &str, Expect)] = &[
     ("log flood", "hostile/log", Expect::Ok("wrote 10000 log lines")),
     ("environment snooping", "hostile/env", Expect::Ok("{\"vars\":[],\"args\":[]}")),
     ("reading /etc/passwd", "hostile/fs", Expect::Ok("denied")),
+    ("`..` escapes from /files", "hostile-files/files-escape", Expect::OkWithout("[[\"read", "\"ok:")),
+    ("an ungranted file", "hostile-files/file?name=secret.txt", Expect::Ok("denied")),
     ("reading the Authorization header", "hostile/headers", Expect::Ok("[")),
     ("a response body past the limit", "hostile-big/big-body", Expect::Error(500, "over the 16777216-byte limit")),
     ("thousands of headers", "hostile/many-headers", Expect::Error(500, "10001 headers, more than the 100")),
@@ -47,6 +51,8 @@ const CASES: &[(&str, &str, Expect)] = &[
 
 const HOSTILE: &str = "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"1s\"\n[capabilities]\nmodels = [\"digits\", \"someone-elses-model\"]\n";
 const HOSTILE_FUEL: &str = "name = \"hostile-fuel\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\nfuel = 5000000\n";
+const HOSTILE_FILES: &str =
+    "name = \"hostile-files\"\n[limits]\nmemory = \"16MiB\"\n[capabilities]\nfiles = [\"labels.txt\"]\n";
 const HOSTILE_BIG: &str = "name = \"hostile-big\"\n[limits]\nmemory = \"128MiB\"\ntimeout = \"5s\"\n";
 
 /// A server with the abuser (`evil`, hostile guest, digits model) and its neighbour (`good`,
@@ -59,6 +65,11 @@ fn setup() -> (Server, String, String) {
     assert_eq!(server.upload(&evil, HOSTILE, component("hostile")).status(), 201);
     assert_eq!(server.upload(&evil, HOSTILE_FUEL, component("hostile")).status(), 201);
     assert_eq!(server.upload(&evil, HOSTILE_BIG, component("hostile")).status(), 201);
+    assert_eq!(server.upload(&evil, HOSTILE_FILES, component("hostile")).status(), 201);
+    for (name, body) in [("labels.txt", "cat\ndog\n"), ("secret.txt", "not granted")] {
+        let url = format!("{}/v1/files/{name}", server.url);
+        assert_eq!(server.http.put(url).bearer_auth(&evil).body(body).send().unwrap().status(), 201);
+    }
     server.deploy(&good, "echo");
     let resp = server.push_model(&good, "name = \"someone-elses-model\"\n", digits_model());
     assert_eq!(resp.status(), 201);
@@ -84,11 +95,14 @@ fn every_hostile_guest_costs_only_its_own_call() {
                 let msg = expect_error(resp, *status);
                 assert!(msg.contains(needle), "{case}: `{needle}` not in `{msg}`");
             }
-            Expect::Ok(prefix) => {
+            Expect::Ok(prefix) | Expect::OkWithout(prefix, _) => {
                 assert_eq!(resp.status(), 200, "{case}");
                 let body = resp.text().unwrap();
                 assert!(body.starts_with(prefix), "{case}: `{body}` does not start with `{prefix}`");
                 assert!(!body.contains(&evil), "{case}: the caller's key reached the guest");
+                if let Expect::OkWithout(_, forbidden) = expect {
+                    assert!(!body.contains(forbidden), "{case}: `{forbidden}` in `{body}`");
+                }
             }
         }
         neighbour_is_served(&server, &good, case);

@@ -367,3 +367,39 @@ fn the_audit_log_records_management_actions_and_denials() {
     let created = all["entries"].as_array().unwrap().iter().find(|e| e["action"] == "tenant.create").unwrap().clone();
     assert_eq!(created["actor"], "admin");
 }
+
+#[test]
+fn the_cli_manages_keys_and_files_and_reads_the_audit_log() {
+    let server = Server::start();
+    let owner = server.tenant("acme", "free");
+    let out = server.cli(&owner, &["keys", "create", "invoker", "--name", "ci", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let listed = String::from_utf8(server.cli(&owner, &["keys", "list"]).stdout).unwrap();
+    assert!(listed.contains(&id) && listed.contains("invoker") && listed.contains("ci"), "{listed}");
+    assert!(!listed.contains(created["api_key"].as_str().unwrap()));
+    assert!(server.cli(&owner, &["keys", "revoke", &id]).status.success());
+    let again = server.cli(&owner, &["keys", "revoke", &id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no key with id"));
+
+    let labels = server.data_dir.parent().unwrap().join("labels.txt");
+    std::fs::write(&labels, "cat\ndog\n").unwrap();
+    let put = server.cli(&owner, &["files", "put", "labels.txt", labels.to_str().unwrap()]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let files = String::from_utf8(server.cli(&owner, &["files", "list"]).stdout).unwrap();
+    assert!(files.contains("labels.txt") && files.contains('8'), "{files}");
+    assert!(server.cli(&owner, &["files", "delete", "labels.txt"]).status.success());
+
+    let audit = String::from_utf8(server.cli(&owner, &["audit"]).stdout).unwrap();
+    for action in ["key.create", "key.revoke", "file.put", "file.delete"] {
+        assert!(audit.contains(action), "`{action}` not in\n{audit}");
+    }
+
+    server.deploy(&owner, "digits");
+    let inspect = String::from_utf8(server.cli(&owner, &["inspect", "digits@1"]).stdout).unwrap();
+    assert!(inspect.contains("digits@1") && inspect.contains("wasi:nn"), "{inspect}");
+    assert!(inspect.contains("needs:") && inspect.contains("models"), "{inspect}");
+    assert!(inspect.contains("grants:") && inspect.contains("[\"digits\"]"), "{inspect}");
+}

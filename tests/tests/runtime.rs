@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use infercell::runtime::{GuestRequest, InvokeError, Limits, Runtime, RuntimeConfig, ValidateError};
+use infercell::runtime::{Grants, GuestRequest, InvokeError, Limits, Runtime, RuntimeConfig, ValidateError};
 use infercell_tests::component;
 
 fn runtime(config: RuntimeConfig) -> (Runtime, tempfile::TempDir) {
@@ -26,7 +26,7 @@ fn request(path: &str, body: &str) -> GuestRequest {
 async fn echo_runs_in_process_and_is_metered() {
     let (rt, _tmp) = runtime(RuntimeConfig::default());
     let echo = rt.prepare_new("sha256:echo", &component("echo")).unwrap();
-    let outcome = rt.invoke(&echo, &limits(), Arc::new(Vec::new()), None, request("/", "in process")).await;
+    let outcome = rt.invoke(&echo, &limits(), &Grants::default(), request("/", "in process")).await;
     let answer = outcome.result.unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, b"in process");
@@ -45,7 +45,7 @@ async fn many_concurrent_calls_each_get_their_own_instance() {
         let (rt, echo) = (rt.clone(), echo.clone());
         tasks.push(tokio::spawn(async move {
             let body = format!("call {i}");
-            let outcome = rt.invoke(&echo, &limits(), Arc::new(Vec::new()), None, request("/", &body)).await;
+            let outcome = rt.invoke(&echo, &limits(), &Grants::default(), request("/", &body)).await;
             assert_eq!(outcome.result.unwrap().body, body.as_bytes());
         }));
     }
@@ -63,19 +63,19 @@ async fn a_full_instance_pool_is_reported_as_busy_not_a_crash() {
     let mut loops = Vec::new();
     for _ in 0..2 {
         let (rt, hostile, slow) = (rt.clone(), hostile.clone(), slow.clone());
-        loops.push(tokio::spawn(async move {
-            rt.invoke(&hostile, &slow, Arc::new(Vec::new()), None, request("/loop", "")).await
-        }));
+        loops.push(tokio::spawn(
+            async move { rt.invoke(&hostile, &slow, &Grants::default(), request("/loop", "")).await },
+        ));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let outcome = rt.invoke(&hostile, &limits(), Arc::new(Vec::new()), None, request("/ok", "")).await;
+    let outcome = rt.invoke(&hostile, &limits(), &Grants::default(), request("/ok", "")).await;
     assert!(matches!(outcome.result, Err(InvokeError::Busy(_))), "{:?}", outcome.result);
     for l in loops {
         let result = l.await.unwrap().result;
         assert!(matches!(result, Err(InvokeError::Timeout(_))), "{result:?}");
     }
     // Slots are returned when the calls end.
-    let outcome = rt.invoke(&hostile, &limits(), Arc::new(Vec::new()), None, request("/ok", "")).await;
+    let outcome = rt.invoke(&hostile, &limits(), &Grants::default(), request("/ok", "")).await;
     assert_eq!(outcome.result.unwrap().body, b"ok");
 }
 
@@ -84,7 +84,8 @@ async fn config_values_reach_the_guest() {
     let (rt, _tmp) = runtime(RuntimeConfig::default());
     let hello = rt.prepare_new("sha256:hello", &component("hello")).unwrap();
     let config = Arc::new(vec![("greeting".to_string(), "Hej".to_string())]);
-    let outcome = rt.invoke(&hello, &limits(), config, None, request("/", r#"{"name":"Ola"}"#)).await;
+    let outcome =
+        rt.invoke(&hello, &limits(), &Grants { config, ..Grants::default() }, request("/", r#"{"name":"Ola"}"#)).await;
     assert_eq!(outcome.result.unwrap().body, br#"{"message":"Hej, Ola!"}"#);
     assert!(outcome.logs.iter().any(|l| l.message == "greeting Ola"), "{:?}", outcome.logs);
 }

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
-use super::{ClientArgs, Command, FunctionsCommand, KeysCommand, ModelCommand, TenantCommand};
+use super::{ClientArgs, Command, FilesCommand, FunctionsCommand, KeysCommand, ModelCommand, TenantCommand};
 use crate::registry::Manifest;
 
 struct Client {
@@ -102,6 +102,49 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 }
                 out
             });
+        }
+        Command::Files(FilesCommand::Put { name, file, client }) => {
+            let c = Client::new(&client)?;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let v = c.send_json(c.request(reqwest::Method::PUT, &format!("/v1/files/{name}"))?.body(bytes)).await?;
+            c.print(&v, |v| {
+                format!(
+                    "put file {} ({}, {} bytes)",
+                    v["name"].as_str().unwrap_or_default(),
+                    short_digest(v["digest"].as_str().unwrap_or_default()),
+                    v["size"]
+                )
+            });
+        }
+        Command::Files(FilesCommand::List { client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, "/v1/files")?).await?;
+            c.print(&v, |v| {
+                let mut out = format!("{:<32} {:>10}  {:<20} {}", "FILE", "SIZE", "DIGEST", "UPDATED");
+                for f in v["files"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<32} {:>10}  {:<20} {}",
+                        f["name"].as_str().unwrap_or_default(),
+                        f["size"].to_string(),
+                        short_digest(f["digest"].as_str().unwrap_or_default()),
+                        f["updated_at"].as_str().unwrap_or_default()
+                    ));
+                }
+                out
+            });
+        }
+        Command::Files(FilesCommand::Delete { name, client }) => {
+            let c = Client::new(&client)?;
+            let response = c
+                .request(reqwest::Method::DELETE, &format!("/v1/files/{name}"))?
+                .send()
+                .await
+                .context("cannot reach the server")?;
+            let status = response.status();
+            if !status.is_success() {
+                bail!("{}", server_error(status, &response.bytes().await?));
+            }
+            c.print(&serde_json::json!({ "deleted": name }), |_| format!("deleted file {name}"));
         }
         Command::Keys(KeysCommand::Create { role, name, expires_at, client }) => {
             let c = Client::new(&client)?;

@@ -41,6 +41,9 @@ enum Command {
     /// Push, list, show or delete models (ONNX).
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Put, list or delete the tenant's files (read-only data functions are granted by name).
+    #[command(subcommand)]
+    Files(FilesCommand),
     /// Create, list or revoke the tenant's API keys (owner key).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -141,6 +144,28 @@ pub struct ClientArgs {
     /// Print the server's JSON instead of a summary.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum FilesCommand {
+    /// Upload FILE as the tenant's file NAME (replacing it).
+    Put {
+        name: String,
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the tenant's files.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete the tenant's file NAME.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]

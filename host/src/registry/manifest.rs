@@ -91,6 +91,21 @@ impl Manifest {
                 ));
             }
         }
+        for file in &manifest.capabilities.files {
+            if !valid_name(file) {
+                return Err(format!("invalid manifest: file name `{file}` in capabilities.files is not a valid name"));
+            }
+        }
+        // Declared in the manifest format, not yet served: refused rather than silently ignored.
+        if !manifest.capabilities.secrets.is_empty() {
+            return Err("invalid manifest: capabilities.secrets is not available on this server yet".into());
+        }
+        if !manifest.capabilities.allowed_hosts.is_empty() {
+            return Err(
+                "invalid manifest: capabilities.allowed_hosts (outbound HTTP) is not available on this server yet"
+                    .into(),
+            );
+        }
         for model in &manifest.capabilities.models {
             if !valid_name(model) {
                 return Err(format!(

@@ -6,6 +6,7 @@
 //! first call from the compiled-artifact cache.
 
 mod blobs;
+pub mod files;
 mod logs;
 pub mod manifest;
 pub mod models;
@@ -27,7 +28,7 @@ use crate::db::{self, Db};
 use crate::error::ApiError;
 use crate::nn::Graphs;
 use crate::runtime::nn::NnAccess;
-use crate::runtime::{Limits, Prepared, Runtime};
+use crate::runtime::{Grants, Limits, Prepared, Runtime};
 use models::ModelStore;
 
 /// A deployed function version, ready to run.
@@ -38,9 +39,11 @@ pub struct Deployment {
     pub digest: String,
     pub prepared: Prepared,
     pub limits: Limits,
-    pub config: Arc<Vec<(String, String)>>,
-    /// What this version may do through wasi:nn (its granted models, GPU, model size).
-    pub nn: NnAccess,
+    /// What each call may reach: config, wasi:nn, its view of the tenant's files.
+    pub grants: Grants,
+    /// The files it is granted (`capabilities.files`), and the view that holds them.
+    pub files: Vec<String>,
+    _files_view: Option<files::FilesView>,
     /// Its metric handles, made on first use.
     pub metrics: std::sync::OnceLock<crate::metrics::FunctionMetrics>,
     /// A tensor function's declared inputs and outputs (manifest `[[inputs]]`, `[[outputs]]`).
@@ -87,14 +90,63 @@ pub struct Registry {
     /// tenant -> function -> cached versions; looked up by `&str` on every call, no allocation.
     cache: RwLock<HashMap<String, HashMap<String, Cached>>>,
     pub logs: FunctionLogs,
+    pub files: Arc<files::FileStore>,
 }
 
 impl Registry {
-    pub fn new(db: Db, blobs: BlobStore, runtime: Arc<Runtime>, config: Arc<Config>, graphs: Arc<Graphs>) -> Self {
+    pub fn new(
+        db: Db,
+        blobs: BlobStore,
+        runtime: Arc<Runtime>,
+        config: Arc<Config>,
+        graphs: Arc<Graphs>,
+        files: files::FileStore,
+    ) -> Self {
         let logs = FunctionLogs::new(config.runtime.log_lines_per_function);
         let blobs = Arc::new(blobs);
         let models = Arc::new(ModelStore::new(db.clone(), blobs.clone(), graphs));
-        Self { db, blobs, models, runtime, config, cache: RwLock::new(HashMap::new()), logs }
+        let files = Arc::new(files);
+        Self { db, blobs, models, runtime, config, cache: RwLock::new(HashMap::new()), logs, files }
+    }
+
+    /// A file of the tenant changed: drops the cached versions that are granted it, so their
+    /// next call builds a view with the new content (calls in flight keep the old view).
+    pub fn forget_file(&self, tenant: &str, file: &str) {
+        if let Ok(mut cache) = self.cache.write()
+            && let Some(functions) = cache.get_mut(tenant)
+        {
+            for cached in functions.values_mut() {
+                cached.versions.retain(|_, d| !d.files.iter().any(|f| f == file));
+            }
+        }
+    }
+
+    /// The grants of a version of `function` under its tenant's plan, with a fresh view of the
+    /// tenant's files when it is granted any.
+    async fn grants(
+        &self,
+        tenant: &str,
+        function: &str,
+        version: u32,
+        manifest: &Manifest,
+        plan: &Plan,
+    ) -> Result<(Grants, Option<files::FilesView>), ApiError> {
+        let view = if manifest.capabilities.files.is_empty() {
+            None
+        } else {
+            let (store, t, f, granted) =
+                (self.files.clone(), tenant.to_string(), function.to_string(), manifest.capabilities.files.clone());
+            let view = tokio::task::spawn_blocking(move || store.view(&t, &f, version, &granted))
+                .await
+                .map_err(|e| anyhow::anyhow!("view task failed: {e}"))??;
+            Some(view)
+        };
+        let grants = Grants {
+            config: Arc::new(manifest.config_pairs()),
+            nn: Some(self.nn_access(tenant, manifest, plan)),
+            files: view.as_ref().map(|v| v.path.clone()),
+        };
+        Ok((grants, view))
     }
 
     /// Validates, compiles and stores a new version. Nothing is stored when any check fails.
@@ -163,6 +215,7 @@ impl Registry {
             })
             .await?;
 
+        let (grants, view) = self.grants(tenant, &manifest.name, version, &manifest, plan_cfg).await?;
         let deployment = Arc::new(Deployment {
             tenant: tenant.to_string(),
             name: manifest.name.clone(),
@@ -170,8 +223,9 @@ impl Registry {
             digest,
             prepared,
             limits,
-            config: Arc::new(manifest.config_pairs()),
-            nn: self.nn_access(tenant, &manifest, plan_cfg),
+            grants,
+            files: manifest.capabilities.files.clone(),
+            _files_view: view,
             metrics: std::sync::OnceLock::new(),
             inputs: manifest.inputs.clone(),
             outputs: manifest.outputs.clone(),
@@ -348,6 +402,7 @@ impl Registry {
         let prepared = tokio::task::spawn_blocking(move || runtime.prepare_stored(&d, || blobs.get(&d)))
             .await
             .map_err(|e| anyhow::anyhow!("load task failed: {e}"))??;
+        let (grants, view) = self.grants(tenant, name, version, &manifest, plan_cfg).await?;
         Ok(Deployment {
             tenant: tenant.to_string(),
             name: name.to_string(),
@@ -355,8 +410,9 @@ impl Registry {
             digest,
             prepared,
             limits,
-            config: Arc::new(manifest.config_pairs()),
-            nn: self.nn_access(tenant, &manifest, plan_cfg),
+            grants,
+            files: manifest.capabilities.files.clone(),
+            _files_view: view,
             metrics: std::sync::OnceLock::new(),
             inputs: manifest.inputs.clone(),
             outputs: manifest.outputs.clone(),

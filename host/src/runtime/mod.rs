@@ -200,6 +200,19 @@ pub struct CallUsage {
     pub nn_cpu: Duration,
 }
 
+/// What a call may reach beyond its own sandbox: everything here is granted by the function's
+/// manifest (within its plan); the default is nothing at all.
+#[derive(Clone, Default)]
+pub struct Grants {
+    /// `config` values the guest reads through `infercell:function/config`.
+    pub config: Arc<Vec<(String, String)>>,
+    /// wasi:nn: the models it may load and what it may spend. `None`: no wasi:nn at all.
+    pub nn: Option<nn::NnAccess>,
+    /// A directory holding exactly the tenant files it is granted, preopened read-only at
+    /// `/files`. `None`: no directory at all.
+    pub files: Option<Arc<std::path::Path>>,
+}
+
 /// A host call refused for want of a grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -397,8 +410,7 @@ impl Runtime {
         &self,
         prepared: &Prepared,
         limits: &Limits,
-        config: Arc<Vec<(String, String)>>,
-        nn: Option<nn::NnAccess>,
+        grants: &Grants,
         request: GuestRequest,
     ) -> Outcome {
         if prepared.is_predictor() {
@@ -413,7 +425,7 @@ impl Runtime {
             headers: request.headers,
             body: request.body,
         };
-        self.execute(prepared, limits, config, nn, Call::Handle(req)).await.map(|answer| match answer {
+        self.execute(prepared, limits, grants, Call::Handle(req)).await.map(|answer| match answer {
             Answer::Response(resp) => GuestResponse { status: resp.status, headers: resp.headers, body: resp.body },
             Answer::Tensors(_) => GuestResponse::default(),
         })
@@ -424,29 +436,21 @@ impl Runtime {
         &self,
         prepared: &Prepared,
         limits: &Limits,
-        config: Arc<Vec<(String, String)>>,
-        nn: Option<nn::NnAccess>,
+        grants: &Grants,
         inputs: Vec<PredictTensor>,
     ) -> Outcome<Vec<PredictTensor>> {
         if !prepared.is_predictor() {
             return Outcome::refused(InvokeError::WrongWorld("this function is an HTTP handler, not a predictor"));
         }
-        self.execute(prepared, limits, config, nn, Call::Predict(inputs)).await.map(|answer| match answer {
+        self.execute(prepared, limits, grants, Call::Predict(inputs)).await.map(|answer| match answer {
             Answer::Tensors(tensors) => tensors,
             Answer::Response(_) => Vec::new(),
         })
     }
 
-    async fn execute(
-        &self,
-        prepared: &Prepared,
-        limits: &Limits,
-        config: Arc<Vec<(String, String)>>,
-        nn: Option<nn::NnAccess>,
-        call: Call,
-    ) -> Outcome<Answer> {
+    async fn execute(&self, prepared: &Prepared, limits: &Limits, grants: &Grants, call: Call) -> Outcome<Answer> {
         let started = Instant::now();
-        let state = InstanceState::new(limits.memory_bytes, config, self.config.max_log_bytes_per_call, nn);
+        let state = InstanceState::new(limits.memory_bytes, grants, self.config.max_log_bytes_per_call);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let fuel_budget = limits.fuel.unwrap_or(u64::MAX);

@@ -201,26 +201,29 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    pub fn new(
-        memory_limit: u64,
-        config: Arc<Vec<(String, String)>>,
-        log_cap: usize,
-        nn: Option<super::nn::NnAccess>,
-    ) -> Self {
+    pub fn new(memory_limit: u64, grants: &super::Grants, log_cap: usize) -> Self {
         let log = Arc::new(Mutex::new(LogBuffer { cap: log_cap, ..LogBuffer::default() }));
-        let wasi = WasiCtxBuilder::new()
-            .stdout(LogPipe { level: LogLevel::Stdout, buffer: log.clone() })
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(LogPipe { level: LogLevel::Stdout, buffer: log.clone() })
             .stderr(LogPipe { level: LogLevel::Stderr, buffer: log.clone() })
-            .allow_blocking_current_thread(false)
-            .build();
+            .allow_blocking_current_thread(false);
+        // The tenant's granted files, read-only at /files: the only directory the guest sees.
+        // A view that cannot be opened (removed under us) leaves the guest with no /files; its
+        // reads fail like any missing file, never reaching anything else.
+        if let Some(dir) = &grants.files
+            && let Err(e) = wasi.preopened_dir(dir.as_ref(), "/files", wasmtime_wasi::FsPerms::ReadOnly)
+        {
+            tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "cannot open a function's files view");
+        }
+        let wasi = wasi.build();
         Self {
             wasi,
             table: ResourceTable::new(),
-            nn: super::nn::NnCtx::new(nn, memory_limit),
+            nn: super::nn::NnCtx::new(grants.nn.clone(), memory_limit),
             denials: Vec::new(),
             limiter: MemoryLimiter { limit: memory_limit, peak: 0, hit: false },
             log,
-            config,
+            config: grants.config.clone(),
         }
     }
 

@@ -106,16 +106,7 @@ async fn invoke(
 
     let started_us = now_us();
     let active = ActiveGuard::new(&app);
-    let outcome = app
-        .runtime
-        .invoke(
-            &deployment.prepared,
-            &deployment.limits,
-            deployment.config.clone(),
-            Some(deployment.nn.clone()),
-            guest_request,
-        )
-        .await;
+    let outcome = app.runtime.invoke(&deployment.prepared, &deployment.limits, &deployment.grants, guest_request).await;
     drop(active);
     drop(admission);
     let mut outcome = outcome;

@@ -7,6 +7,7 @@
 mod api;
 mod auth;
 mod billing;
+mod files;
 mod invoke;
 mod keys;
 mod models;
@@ -97,12 +98,14 @@ impl App {
         let load_time = metrics.graph_load.clone();
         graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
         let audit = Audit::new(db.clone());
+        let files = crate::registry::files::FileStore::open(db.clone(), data_dir, &root)?;
         let registry = Registry::new(
             db,
             BlobStore::new(root.open_dir("blobs")?),
             runtime.clone(),
             config.clone(),
             Arc::new(graphs),
+            files,
         );
         let metering = Metering::open(
             &data_dir.join("usage.db"),
@@ -170,6 +173,11 @@ pub fn router(app: Arc<App>) -> Router {
             post(models::push_model).layer(DefaultBodyLimit::max(upload_limit)).get(models::list_models),
         )
         .route("/v1/models/{name}", get(models::get_model).delete(models::delete_model))
+        .route("/v1/files", get(files::list_files))
+        .route(
+            "/v1/files/{name}",
+            axum::routing::put(files::put_file).layer(DefaultBodyLimit::max(upload_limit)).delete(files::delete_file),
+        )
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke_key))
         .route("/v1/audit", get(keys::audit_log))
@@ -213,6 +221,8 @@ fn audit_action(method: &axum::http::Method, route: &str) -> String {
         ("DELETE", "/v1/functions/{name}") => "function.delete",
         ("POST", "/v1/models") => "model.push",
         ("DELETE", "/v1/models/{name}") => "model.delete",
+        ("PUT", "/v1/files/{name}") => "file.put",
+        ("DELETE", "/v1/files/{name}") => "file.delete",
         _ => return format!("{method} {route}"),
     };
     name.to_string()

@@ -486,16 +486,7 @@ async fn run_predictor(app: &App, actor: &str, deployment: &Deployment, request_
         .map(|t| PredictTensor { name: t.name, datatype: t.datatype, shape: t.shape, data: t.data })
         .collect();
     let active = super::invoke::ActiveGuard::new(app);
-    let outcome = app
-        .runtime
-        .predict(
-            &deployment.prepared,
-            &deployment.limits,
-            deployment.config.clone(),
-            Some(deployment.nn.clone()),
-            inputs,
-        )
-        .await;
+    let outcome = app.runtime.predict(&deployment.prepared, &deployment.limits, &deployment.grants, inputs).await;
     drop(active);
     let mut outcome = outcome;
     let denials = std::mem::take(&mut outcome.denials);

@@ -19,6 +19,8 @@
 //! | `/status/{n}` | an empty response with status `n` (400 if `n` is not a `u16`) |
 //! | `/headers` | 200 with the request headers as a JSON list of `[name, value]` |
 //! | `/nn/{probe}` | misuses wasi:nn in the named way; 200 `ok: ...` or `error <code>: <message>` |
+//! | `/file?name=N` | 200 with the content of `/files/N`, or `denied: <error>` |
+//! | `/files-escape` | 200 with what came of reaching past `/files` (`..`, absolute paths, writes) |
 //! | `/stack` | recurses until the wasm stack overflows (a trap) |
 //! | `/big-body` | answers 20 MiB (more than the platform passes on by default) |
 //! | `/many-headers` | answers with 10,000 headers |
@@ -67,6 +69,14 @@ impl Handler for Hostile {
             "/not-found" => Err(Error::NotFound("nothing here".to_owned())),
             "/internal" => Err(Error::Internal("broken on purpose".to_owned())),
             "/headers" => Response::json(&req.headers),
+            "/file" => {
+                let name = req.query_param("name").unwrap_or_default();
+                Ok(Response::text(match std::fs::read_to_string(format!("/files/{name}")) {
+                    Ok(text) => text,
+                    Err(e) => format!("denied: {e}"),
+                }))
+            }
+            "/files-escape" => Response::json(&escape_files()),
             "/stack" => Ok(Response::text(format!("depth {}", recurse(black_box(0))))),
             "/big-body" => Ok(Response::new(200).body(vec![b'x'; 20 * MIB])),
             "/many-headers" => {
@@ -110,6 +120,34 @@ fn raw_tensor(req: &Request) -> Result<Response, Error> {
     let outputs = graph.run(&[(param("input")?.as_str(), &input)])?;
     let (_, first) = outputs.iter().next().ok_or_else(|| Error::Internal("the model returned nothing".into()))?;
     Ok(Response::new(200).body(first.bytes()))
+}
+
+/// Every way out of `/files` we can think of; each entry is `(attempt, outcome)`.
+fn escape_files() -> Vec<(String, String)> {
+    let show = |r: std::io::Result<String>| match r {
+        Ok(v) => format!("ok: {}", v.len()),
+        Err(e) => format!("denied: {e}"),
+    };
+    let mut out = Vec::new();
+    for path in ["/files/../../../../etc/passwd", "/files/../infercell.db", "/etc/passwd", "../etc/passwd", "/files/.."]
+    {
+        out.push((format!("read {path}"), show(std::fs::read_to_string(path))));
+    }
+    for path in ["/", "/files/..", "/files/../.."] {
+        let listed = std::fs::read_dir(path)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path().display().to_string()).collect::<Vec<_>>().join(","));
+        out.push((format!("list {path}"), show(listed)));
+    }
+    out.push(("write /files/new.txt".into(), show(std::fs::write("/files/new.txt", b"x").map(|()| String::new()))));
+    out.push((
+        "append /files/labels.txt".into(),
+        show(std::fs::OpenOptions::new().append(true).open("/files/labels.txt").map(|_| String::new())),
+    ));
+    out.push((
+        "remove /files/labels.txt".into(),
+        show(std::fs::remove_file("/files/labels.txt").map(|()| String::new())),
+    ));
+    out
 }
 
 /// Recurses without end; `black_box` keeps it a real call chain.
