@@ -96,6 +96,17 @@ CREATE TABLE files (
     PRIMARY KEY (tenant, name)
 );
 "#,
+    // Tenant secrets, sealed (XChaCha20-Poly1305) under a key kept outside this database.
+    r#"
+CREATE TABLE secrets (
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    name TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    sealed BLOB NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+"#,
 ];
 
 /// A shared handle to the metadata database.

@@ -85,7 +85,6 @@ fn bad_files_and_grants_are_refused_naming_the_problem() {
     expect_error(put(&server, &invoker, "labels.txt", "x"), 403);
     for (manifest, needle) in [
         ("name = \"f\"\n[capabilities]\nfiles = [\"../etc/passwd\"]\n", "file name `../etc/passwd`"),
-        ("name = \"f\"\n[capabilities]\nsecrets = [\"token\"]\n", "capabilities.secrets"),
         ("name = \"f\"\n[capabilities]\nallowed_hosts = [\"example.com\"]\n", "capabilities.allowed_hosts"),
     ] {
         let msg = expect_error(server.upload(&key, manifest, component("hostile")), 400);

@@ -96,10 +96,19 @@ impl Manifest {
                 return Err(format!("invalid manifest: file name `{file}` in capabilities.files is not a valid name"));
             }
         }
-        // Declared in the manifest format, not yet served: refused rather than silently ignored.
-        if !manifest.capabilities.secrets.is_empty() {
-            return Err("invalid manifest: capabilities.secrets is not available on this server yet".into());
+        for secret in &manifest.capabilities.secrets {
+            if !valid_name(secret) {
+                return Err(format!(
+                    "invalid manifest: secret name `{secret}` in capabilities.secrets is not a valid name"
+                ));
+            }
+            if manifest.capabilities.config.contains_key(secret) {
+                return Err(format!(
+                    "invalid manifest: `{secret}` is both a config value and a secret; functions read both by name"
+                ));
+            }
         }
+        // Declared in the manifest format, not yet served: refused rather than silently ignored.
         if !manifest.capabilities.allowed_hosts.is_empty() {
             return Err(
                 "invalid manifest: capabilities.allowed_hosts (outbound HTTP) is not available on this server yet"

@@ -10,6 +10,7 @@ pub mod files;
 mod logs;
 pub mod manifest;
 pub mod models;
+pub mod secrets;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -44,6 +45,9 @@ pub struct Deployment {
     /// The files it is granted (`capabilities.files`), and the view that holds them.
     pub files: Vec<String>,
     _files_view: Option<files::FilesView>,
+    /// The secrets it is granted (`capabilities.secrets`), and their values, redacted from its log.
+    pub secrets: Vec<String>,
+    pub redact: Arc<Vec<String>>,
     /// Its metric handles, made on first use.
     pub metrics: std::sync::OnceLock<crate::metrics::FunctionMetrics>,
     /// A tensor function's declared inputs and outputs (manifest `[[inputs]]`, `[[outputs]]`).
@@ -91,6 +95,7 @@ pub struct Registry {
     cache: RwLock<HashMap<String, HashMap<String, Cached>>>,
     pub logs: FunctionLogs,
     pub files: Arc<files::FileStore>,
+    pub secrets: Arc<secrets::SecretStore>,
 }
 
 impl Registry {
@@ -101,12 +106,13 @@ impl Registry {
         config: Arc<Config>,
         graphs: Arc<Graphs>,
         files: files::FileStore,
+        secrets: secrets::SecretStore,
     ) -> Self {
         let logs = FunctionLogs::new(config.runtime.log_lines_per_function);
         let blobs = Arc::new(blobs);
         let models = Arc::new(ModelStore::new(db.clone(), blobs.clone(), graphs));
-        let files = Arc::new(files);
-        Self { db, blobs, models, runtime, config, cache: RwLock::new(HashMap::new()), logs, files }
+        let (files, secrets) = (Arc::new(files), Arc::new(secrets));
+        Self { db, blobs, models, runtime, config, cache: RwLock::new(HashMap::new()), logs, files, secrets }
     }
 
     /// A file of the tenant changed: drops the cached versions that are granted it, so their
@@ -121,8 +127,20 @@ impl Registry {
         }
     }
 
+    /// A secret of the tenant changed: drops the cached versions that are granted it.
+    pub fn forget_secret(&self, tenant: &str, secret: &str) {
+        if let Ok(mut cache) = self.cache.write()
+            && let Some(functions) = cache.get_mut(tenant)
+        {
+            for cached in functions.values_mut() {
+                cached.versions.retain(|_, d| !d.secrets.iter().any(|s| s == secret));
+            }
+        }
+    }
+
     /// The grants of a version of `function` under its tenant's plan, with a fresh view of the
-    /// tenant's files when it is granted any.
+    /// tenant's files when it is granted any, its granted secrets among its config values, and
+    /// those values to redact from its log.
     async fn grants(
         &self,
         tenant: &str,
@@ -130,7 +148,7 @@ impl Registry {
         version: u32,
         manifest: &Manifest,
         plan: &Plan,
-    ) -> Result<(Grants, Option<files::FilesView>), ApiError> {
+    ) -> Result<(Grants, Option<files::FilesView>, Vec<String>), ApiError> {
         let view = if manifest.capabilities.files.is_empty() {
             None
         } else {
@@ -141,12 +159,16 @@ impl Registry {
                 .map_err(|e| anyhow::anyhow!("view task failed: {e}"))??;
             Some(view)
         };
+        let mut config = manifest.config_pairs();
+        let revealed = self.secrets.reveal(tenant, &manifest.capabilities.secrets).await?;
+        let redact = revealed.iter().map(|(_, v)| v.clone()).collect();
+        config.extend(revealed);
         let grants = Grants {
-            config: Arc::new(manifest.config_pairs()),
+            config: Arc::new(config),
             nn: Some(self.nn_access(tenant, manifest, plan)),
             files: view.as_ref().map(|v| v.path.clone()),
         };
-        Ok((grants, view))
+        Ok((grants, view, redact))
     }
 
     /// Validates, compiles and stores a new version. Nothing is stored when any check fails.
@@ -215,7 +237,7 @@ impl Registry {
             })
             .await?;
 
-        let (grants, view) = self.grants(tenant, &manifest.name, version, &manifest, plan_cfg).await?;
+        let (grants, view, redact) = self.grants(tenant, &manifest.name, version, &manifest, plan_cfg).await?;
         let deployment = Arc::new(Deployment {
             tenant: tenant.to_string(),
             name: manifest.name.clone(),
@@ -226,6 +248,8 @@ impl Registry {
             grants,
             files: manifest.capabilities.files.clone(),
             _files_view: view,
+            secrets: manifest.capabilities.secrets.clone(),
+            redact: Arc::new(redact),
             metrics: std::sync::OnceLock::new(),
             inputs: manifest.inputs.clone(),
             outputs: manifest.outputs.clone(),
@@ -402,7 +426,7 @@ impl Registry {
         let prepared = tokio::task::spawn_blocking(move || runtime.prepare_stored(&d, || blobs.get(&d)))
             .await
             .map_err(|e| anyhow::anyhow!("load task failed: {e}"))??;
-        let (grants, view) = self.grants(tenant, name, version, &manifest, plan_cfg).await?;
+        let (grants, view, redact) = self.grants(tenant, name, version, &manifest, plan_cfg).await?;
         Ok(Deployment {
             tenant: tenant.to_string(),
             name: name.to_string(),
@@ -413,6 +437,8 @@ impl Registry {
             grants,
             files: manifest.capabilities.files.clone(),
             _files_view: view,
+            secrets: manifest.capabilities.secrets.clone(),
+            redact: Arc::new(redact),
             metrics: std::sync::OnceLock::new(),
             inputs: manifest.inputs.clone(),
             outputs: manifest.outputs.clone(),

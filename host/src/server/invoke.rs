@@ -125,15 +125,7 @@ async fn invoke(
             fm.log_bytes_dropped.inc_by(outcome.logs_dropped as u64);
         }
     }
-    record_logs(
-        &app,
-        &deployment.tenant,
-        &deployment.name,
-        deployment.version,
-        &request_id,
-        outcome.logs,
-        outcome.logs_dropped,
-    );
+    record_logs(&app, &deployment, &request_id, outcome.logs, outcome.logs_dropped);
 
     let bytes_in = body.len();
     let status_outcome = outcome_label(&outcome.result);
@@ -324,15 +316,16 @@ pub(super) async fn record_denials(
     }
 }
 
+/// Appends a call's log lines to its function's log, with the values of the secrets it is
+/// granted redacted.
 pub(super) fn record_logs(
     app: &App,
-    tenant: &str,
-    function: &str,
-    version: u32,
+    deployment: &crate::registry::Deployment,
     request_id: &str,
     lines: Vec<crate::runtime::LogLine>,
     dropped: usize,
 ) {
+    let version = deployment.version;
     if lines.is_empty() && dropped == 0 {
         return;
     }
@@ -344,7 +337,11 @@ pub(super) fn record_logs(
             request_id: request_id.to_string(),
             version,
             level: l.level,
-            message: l.message,
+            message: if deployment.redact.is_empty() {
+                l.message
+            } else {
+                crate::registry::secrets::redact(&l.message, &deployment.redact)
+            },
         })
         .collect();
     if dropped > 0 {
@@ -359,7 +356,7 @@ pub(super) fn record_logs(
             ),
         });
     }
-    app.registry.logs.append(tenant, function, entries);
+    app.registry.logs.append(&deployment.tenant, &deployment.name, entries);
 }
 
 /// Counts a running instance for the `active_instances` gauge, even if the client goes away.

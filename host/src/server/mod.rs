@@ -99,6 +99,11 @@ impl App {
         graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
         let audit = Audit::new(db.clone());
         let files = crate::registry::files::FileStore::open(db.clone(), data_dir, &root)?;
+        let secrets = crate::registry::secrets::SecretStore::open(
+            db.clone(),
+            data_dir,
+            std::env::var("INFERCELL_SECRETS_KEY").ok(),
+        )?;
         let registry = Registry::new(
             db,
             BlobStore::new(root.open_dir("blobs")?),
@@ -106,6 +111,7 @@ impl App {
             config.clone(),
             Arc::new(graphs),
             files,
+            secrets,
         );
         let metering = Metering::open(
             &data_dir.join("usage.db"),
@@ -178,6 +184,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/files/{name}",
             axum::routing::put(files::put_file).layer(DefaultBodyLimit::max(upload_limit)).delete(files::delete_file),
         )
+        .route("/v1/secrets", get(files::list_secrets))
+        .route("/v1/secrets/{name}", axum::routing::put(files::put_secret).delete(files::delete_secret))
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke_key))
         .route("/v1/audit", get(keys::audit_log))
@@ -223,6 +231,8 @@ fn audit_action(method: &axum::http::Method, route: &str) -> String {
         ("DELETE", "/v1/models/{name}") => "model.delete",
         ("PUT", "/v1/files/{name}") => "file.put",
         ("DELETE", "/v1/files/{name}") => "file.delete",
+        ("PUT", "/v1/secrets/{name}") => "secret.put",
+        ("DELETE", "/v1/secrets/{name}") => "secret.delete",
         _ => return format!("{method} {route}"),
     };
     name.to_string()

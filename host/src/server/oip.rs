@@ -496,15 +496,7 @@ async fn run_predictor(app: &App, actor: &str, deployment: &Deployment, request_
     if let Some(counter) = fm.outcome(super::invoke::outcome_label(&outcome.result)) {
         counter.inc();
     }
-    super::invoke::record_logs(
-        app,
-        &deployment.tenant,
-        &deployment.name,
-        deployment.version,
-        request_id,
-        outcome.logs,
-        outcome.logs_dropped,
-    );
+    super::invoke::record_logs(app, deployment, request_id, outcome.logs, outcome.logs_dropped);
     let outputs = outcome.result.map_err(super::invoke::invoke_error).and_then(|tensors| {
         tensors
             .into_iter()

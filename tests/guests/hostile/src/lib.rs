@@ -21,6 +21,8 @@
 //! | `/nn/{probe}` | misuses wasi:nn in the named way; 200 `ok: ...` or `error <code>: <message>` |
 //! | `/file?name=N` | 200 with the content of `/files/N`, or `denied: <error>` |
 //! | `/files-escape` | 200 with what came of reaching past `/files` (`..`, absolute paths, writes) |
+//! | `/config?key=K` | 200 with config value K (a granted secret reads the same way), or `none` |
+//! | `/config-log?key=K` | writes config value K to its log, stdout and stderr; 200 `logged` |
 //! | `/stack` | recurses until the wasm stack overflows (a trap) |
 //! | `/big-body` | answers 20 MiB (more than the platform passes on by default) |
 //! | `/many-headers` | answers with 10,000 headers |
@@ -77,6 +79,18 @@ impl Handler for Hostile {
                 }))
             }
             "/files-escape" => Response::json(&escape_files()),
+            "/config" => {
+                let key = req.query_param("key").unwrap_or_default();
+                Ok(Response::text(infercell_guest::config::get(&key).unwrap_or_else(|| "none".into())))
+            }
+            "/config-log" => {
+                let key = req.query_param("key").unwrap_or_default();
+                let value = infercell_guest::config::get(&key).unwrap_or_default();
+                log::info(format!("the value is {value}"));
+                println!("stdout has {value}");
+                eprintln!("stderr has {value}");
+                Ok(Response::text("logged"))
+            }
             "/stack" => Ok(Response::text(format!("depth {}", recurse(black_box(0))))),
             "/big-body" => Ok(Response::new(200).body(vec![b'x'; 20 * MIB])),
             "/many-headers" => {
