@@ -30,6 +30,7 @@ fsync = false
 graph_cache_bytes = "1GiB"
 compute_threads = 0
 onnxruntime = ""
+load_memory_bytes = "2GiB"
 
 [runtime]
 max_instances = 1000
@@ -43,6 +44,7 @@ max_timeout = "5s"
 default_memory = "32MiB"
 default_timeout = "2s"
 gpu = false
+outbound_http = false
 max_model_bytes = "16MiB"
 requests_per_second = 10
 burst = 20
@@ -66,6 +68,7 @@ max_timeout = "30s"
 default_memory = "128MiB"
 default_timeout = "10s"
 gpu = true
+outbound_http = true
 max_model_bytes = "256MiB"
 max_concurrency = 256
 currency = "USD"
@@ -134,6 +137,10 @@ pub struct NnConfig {
     /// Path of ONNX Runtime's `libonnxruntime.so`; empty = the `ORT_DYLIB_PATH` environment
     /// variable, and when neither is set the server runs on tract alone.
     pub onnxruntime: String,
+    /// Address space a new model may use while it is test-loaded in a child process before the
+    /// server loads it (engines fold constants: a tiny model can ask for gigabytes).
+    #[serde(deserialize_with = "de_size")]
+    pub load_memory_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +170,9 @@ pub struct Plan {
     #[serde(default)]
     pub max_fuel: Option<u64>,
     pub gpu: bool,
+    /// Whether functions may be granted outbound HTTP (`capabilities.allowed_hosts`).
+    #[serde(default)]
+    pub outbound_http: bool,
     /// Largest model a tenant on this plan may push.
     #[serde(deserialize_with = "de_size")]
     pub max_model_bytes: u64,

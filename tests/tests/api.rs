@@ -194,9 +194,8 @@ fn component_importing(name: &str) -> Vec<u8> {
 fn imports_the_platform_does_not_provide_are_named() {
     let server = Server::start();
     let key = server.tenant("acme", "free");
-    let msg =
-        expect_error(server.upload(&key, ECHO_MANIFEST, component_importing("wasi:http/outgoing-handler@0.2.0")), 400);
-    assert!(msg.contains("allowed_hosts") && msg.contains("wasi:http/outgoing-handler@0.2.0"), "{msg}");
+    let msg = expect_error(server.upload(&key, ECHO_MANIFEST, component_importing("wasi:sockets/tcp@0.2.0")), 400);
+    assert!(msg.contains("never granted") && msg.contains("wasi:sockets/tcp@0.2.0"), "{msg}");
     let msg = expect_error(server.upload(&key, ECHO_MANIFEST, component_importing("acme:secret/backdoor")), 400);
     assert!(msg.contains("acme:secret/backdoor"), "{msg}");
     let listed: Value = server.get("/v1/functions", Some(&key)).json().unwrap();

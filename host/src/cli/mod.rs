@@ -111,6 +111,16 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// (Internal) Test-load a model from stdin under a memory limit; used by the server.
+    #[command(hide = true)]
+    NnProbe {
+        #[arg(long)]
+        engine: String,
+        #[arg(long)]
+        max_bytes: u64,
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+    },
     /// Show a component's imports and exports and whether this platform can run it (a .wasm
     /// file), or a deployed version's imports and the grants it needs and has (NAME[@N]).
     Inspect {
@@ -282,6 +292,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::NnProbe { engine, max_bytes, onnxruntime } => {
+            return ExitCode::from(crate::nn::probe::run_child(&engine, max_bytes, onnxruntime) as u8);
+        }
         other => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

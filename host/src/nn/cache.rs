@@ -43,6 +43,9 @@ pub struct Graphs {
     pub on_load: Box<dyn Fn(Duration) + Send + Sync>,
     /// Last compute time per loaded model (by address), to pick inline or pooled runs.
     costs: Mutex<HashMap<usize, Duration>>,
+    /// Test-loads every new graph in a memory-limited child process first (the server sets
+    /// it; in-process users such as benchmarks may leave it off).
+    pub prober: Option<Arc<super::probe::Prober>>,
 }
 
 /// Computes measured at or under this run inline instead of on the blocking pool.
@@ -58,6 +61,7 @@ impl Graphs {
             pool: Arc::new(Semaphore::new(threads.max(1))),
             on_load: Box::new(|_| {}),
             costs: Mutex::new(HashMap::new()),
+            prober: None,
         }
     }
 
@@ -105,10 +109,14 @@ impl Graphs {
             }
             state.stats.misses += 1;
         }
+        let prober = self.prober.clone();
         let (model, size, took) = self
             .compute(move || {
                 let started = Instant::now();
                 let bytes = bytes()?;
+                if let Some(prober) = &prober {
+                    prober.check(engine.name(), &bytes)?;
+                }
                 let model = engine.load(&bytes)?;
                 Ok((model, bytes.len() as u64, started.elapsed()))
             })

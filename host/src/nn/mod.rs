@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod onnxruntime;
+pub mod probe;
 pub mod tract;
 
 use std::fmt;

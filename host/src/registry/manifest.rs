@@ -108,12 +108,9 @@ impl Manifest {
                 ));
             }
         }
-        // Declared in the manifest format, not yet served: refused rather than silently ignored.
-        if !manifest.capabilities.allowed_hosts.is_empty() {
-            return Err(
-                "invalid manifest: capabilities.allowed_hosts (outbound HTTP) is not available on this server yet"
-                    .into(),
-            );
+        for host in &manifest.capabilities.allowed_hosts {
+            crate::runtime::http::check_entry(host)
+                .map_err(|e| format!("invalid manifest: capabilities.allowed_hosts: {e}"))?;
         }
         for model in &manifest.capabilities.models {
             if !valid_name(model) {
@@ -162,6 +159,9 @@ impl Manifest {
             (Some(asked), _) => Some(asked),
             (None, max) => max,
         };
+        if !self.capabilities.allowed_hosts.is_empty() && !plan.outbound_http {
+            return Err(format!("capabilities.allowed_hosts (outbound HTTP) is not allowed on the `{plan_name}` plan"));
+        }
         if self.capabilities.gpu && !plan.gpu {
             return Err(format!("capabilities.gpu is not allowed on the `{plan_name}` plan"));
         }

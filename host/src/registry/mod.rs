@@ -167,6 +167,11 @@ impl Registry {
             config: Arc::new(config),
             nn: Some(self.nn_access(tenant, manifest, plan)),
             files: view.as_ref().map(|v| v.path.clone()),
+            allowed_hosts: Arc::new(if plan.outbound_http {
+                manifest.capabilities.allowed_hosts.clone()
+            } else {
+                Vec::new()
+            }),
         };
         Ok((grants, view, redact))
     }
@@ -196,6 +201,14 @@ impl Registry {
         .await
         .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
         let (prepared, size) = prepared;
+        // Outbound HTTP is linked for every function but useless without hosts: say so at upload.
+        if let Some(import) = prepared.info.imports.iter().find(|i| i.starts_with("wasi:http/outgoing-handler"))
+            && manifest.capabilities.allowed_hosts.is_empty()
+        {
+            return Err(ApiError::BadRequest(format!(
+                "the component imports `{import}`, which needs the `allowed_hosts` grant: list the hosts it may call under [capabilities]"
+            )));
+        }
         // `/v2/models/{name}` serves models and tensor functions: one name, one of them.
         if prepared.is_predictor() && !self.models.named(tenant, &manifest.name).await?.is_empty() {
             return Err(ApiError::Conflict(format!(

@@ -13,6 +13,7 @@
 //! server maps to a status code in one place.
 
 mod artifacts;
+pub mod http;
 pub mod nn;
 mod state;
 
@@ -101,6 +102,10 @@ const PROVIDED_INTERFACES: &[&str] = &[
     "wasi:random/random",
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
+    // Linked for every function, refused per request unless the host is in `allowed_hosts`
+    // (and a component importing the outgoing handler without that grant is refused at upload).
+    "wasi:http/types",
+    "wasi:http/outgoing-handler",
     // Never `wasi:sockets`: raw network access is not granted to functions (a component that
     // imports it is refused at upload, naming it).
 ];
@@ -211,6 +216,8 @@ pub struct Grants {
     /// A directory holding exactly the tenant files it is granted, preopened read-only at
     /// `/files`. `None`: no directory at all.
     pub files: Option<Arc<std::path::Path>>,
+    /// Hosts it may send HTTP requests to (`wasi:http/outgoing-handler`); empty: none.
+    pub allowed_hosts: Arc<Vec<String>>,
 }
 
 /// A host call refused for want of a grant.
@@ -330,6 +337,9 @@ impl Runtime {
             .context("creating the wasmtime engine")?;
         let mut linker = Linker::<InstanceState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("linking WASI 0.2")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
         bindings::infercell::function::log::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
         bindings::infercell::function::config::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
         bindings::wasi::nn::tensor::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
@@ -489,7 +499,8 @@ impl Runtime {
             nn_cpu: state.nn.cpu_time,
         };
         let memory_hit = state.limiter.limit_hit();
-        let denials = std::mem::take(&mut state.denials);
+        let mut denials = std::mem::take(&mut state.denials);
+        denials.append(&mut state.http.denials);
         let (mut logs, logs_dropped) = state.take_logs();
         let result = match result {
             Err(_elapsed) => Err(InvokeError::Timeout(limits.timeout)),
@@ -572,11 +583,6 @@ fn needs_grant(import: &str) -> Option<String> {
         Some(format!(
             "the component imports `{import}`: raw network sockets are never granted to functions; \
              outbound HTTP through wasi:http/outgoing-handler needs the `allowed_hosts` grant"
-        ))
-    } else if import.starts_with("wasi:http/outgoing-handler") {
-        Some(format!(
-            "the component imports `{import}`, which needs the `allowed_hosts` grant; outbound HTTP is not \
-             available on this server yet"
         ))
     } else {
         None
@@ -704,7 +710,8 @@ mod tests {
     fn provided_interfaces_ignore_versions() {
         assert!(is_provided("wasi:cli/environment@0.2.3"));
         assert!(is_provided("infercell:function/log@0.1.0"));
-        assert!(!is_provided("wasi:http/outgoing-handler@0.2.0"));
+        assert!(is_provided("wasi:http/outgoing-handler@0.2.0"), "linked; refused per request without a grant");
+        assert!(!is_provided("wasi:sockets/tcp@0.2.0"));
         assert!(is_provided("wasi:nn/graph@0.2.0-rc-2024-10-28"));
     }
 }

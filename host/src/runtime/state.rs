@@ -198,6 +198,9 @@ pub struct InstanceState {
     config: Arc<Vec<(String, String)>>,
     /// Host calls refused for want of a grant during this call.
     pub denials: Vec<super::Denial>,
+    http_ctx: wasmtime_wasi_http::WasiHttpCtx,
+    /// Outbound HTTP: the grant, and the requests it refused.
+    pub(super) http: super::http::HttpGuard,
 }
 
 impl InstanceState {
@@ -221,6 +224,8 @@ impl InstanceState {
             table: ResourceTable::new(),
             nn: super::nn::NnCtx::new(grants.nn.clone(), memory_limit),
             denials: Vec::new(),
+            http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http: super::http::HttpGuard { allowed: grants.allowed_hosts.clone(), denials: Vec::new() },
             limiter: MemoryLimiter { limit: memory_limit, peak: 0, hit: false },
             log,
             config: grants.config.clone(),
@@ -236,6 +241,12 @@ impl InstanceState {
             }
             Err(_) => (Vec::new(), 0),
         }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for InstanceState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.http }
     }
 }
 

@@ -94,6 +94,7 @@ impl App {
             n => n,
         };
         let mut graphs = Graphs::new(engines(&config.nn.onnxruntime), config.nn.graph_cache_bytes, threads);
+        graphs.prober = prober(&config);
         let metrics = Metrics::new();
         let load_time = metrics.graph_load.clone();
         graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
@@ -132,6 +133,22 @@ impl App {
         });
         Ok((app, AdminKeySource { path, created }))
     }
+}
+
+/// The model prober, when this process is the `infercell` binary (in-process users such as the
+/// benchmarks have no `nn-probe` command to call).
+fn prober(config: &Config) -> Option<Arc<crate::nn::probe::Prober>> {
+    let binary = std::env::current_exe().ok().filter(|p| p.file_stem().is_some_and(|s| s == "infercell"))?;
+    let onnxruntime = match config.nn.onnxruntime.as_str() {
+        "" => std::env::var("ORT_DYLIB_PATH").ok().filter(|p| !p.is_empty()).map(PathBuf::from),
+        path => Some(PathBuf::from(path)),
+    };
+    Some(Arc::new(crate::nn::probe::Prober {
+        binary,
+        max_bytes: config.nn.load_memory_bytes,
+        onnxruntime,
+        timeout: std::time::Duration::from_secs(120),
+    }))
 }
 
 /// The inference engines in order of preference for `auto`: ONNX Runtime when its library

@@ -1,0 +1,122 @@
+//! Loading an untrusted model first in a throwaway process with bounded memory.
+//!
+//! Engines fold constants while they load: a 157-byte ONNX model whose `ConstantOfShape` asks
+//! for a 100,000 x 100,000 tensor makes tract allocate 40 GB before it runs anything, and the
+//! allocation failure would abort the whole server. So before a graph is loaded into the server
+//! for the first time, the same engine loads it in a child process (`infercell nn-probe`) whose
+//! address space is limited (`nn.load_memory_bytes`); a model that cannot load within it is
+//! refused with `too-large`, and the server never tries.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{ErrorCode, NnError};
+
+/// How a server probes models: its own binary, the memory a load may use, the ONNX Runtime
+/// library the child should use.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    pub binary: PathBuf,
+    pub max_bytes: u64,
+    pub onnxruntime: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl Prober {
+    /// Loads `bytes` on `engine` in a child process limited to `max_bytes` of address space.
+    pub fn check(&self, engine: &str, bytes: &[u8]) -> Result<(), NnError> {
+        let mut command = Command::new(&self.binary);
+        command.args(["nn-probe", "--engine", engine, "--max-bytes", &self.max_bytes.to_string()]);
+        if let Some(ort) = &self.onnxruntime {
+            command.arg("--onnxruntime").arg(ort);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("ORT_DYLIB_PATH")
+            .spawn()
+            .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("cannot start the model probe: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A child that died early closes the pipe: its exit status says why.
+            let _ = stdin.write_all(bytes);
+        }
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(NnError::new(
+                        ErrorCode::TooLarge,
+                        format!("loading this model took longer than {} s", self.timeout.as_secs()),
+                    ));
+                }
+            }
+        };
+        if status.success() {
+            return Ok(());
+        }
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        match status.code() {
+            // The probe reports the engine's own refusal (bad model, unsupported op) with code 3,
+            // as `<error code>\t<message>`.
+            Some(3) => {
+                let (code, message) = stderr.trim().split_once('\t').unwrap_or(("UnsupportedOperation", stderr.trim()));
+                let code = match code {
+                    "InvalidEncoding" => ErrorCode::InvalidEncoding,
+                    "InvalidArgument" => ErrorCode::InvalidArgument,
+                    "TooLarge" => ErrorCode::TooLarge,
+                    "RuntimeError" => ErrorCode::RuntimeError,
+                    _ => ErrorCode::UnsupportedOperation,
+                };
+                Err(NnError::new(code, message.to_string()))
+            }
+            _ => Err(NnError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "loading this model needs more than {} MiB of memory (nn.load_memory_bytes); it was not loaded",
+                    self.max_bytes >> 20
+                ),
+            )),
+        }
+    }
+}
+
+/// The child's side (`infercell nn-probe`): limits its own address space, loads the model from
+/// stdin on `engine`, exits 0 when it loads, 3 with the engine's message when it refuses; an
+/// allocation past the limit aborts it.
+pub fn run_child(engine: &str, max_bytes: u64, onnxruntime: Option<PathBuf>) -> i32 {
+    if let Err(e) = rlimit::setrlimit(rlimit::Resource::AS, max_bytes, max_bytes) {
+        eprintln!("cannot limit the probe's memory: {e}");
+        return 2;
+    }
+    let mut bytes = Vec::new();
+    if std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).is_err() {
+        return 2;
+    }
+    let engine: Box<dyn super::Engine> = match engine {
+        "onnxruntime" => match onnxruntime.map(|p| super::onnxruntime::OnnxRuntime::load(&p)) {
+            Some(Ok(ort)) => Box::new(ort),
+            _ => {
+                eprintln!("ONNX Runtime is not available to the probe");
+                return 2;
+            }
+        },
+        _ => Box::new(super::tract::Tract),
+    };
+    match engine.load(&bytes) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprint!("{:?}\t{}", e.code, e.message);
+            3
+        }
+    }
+}
