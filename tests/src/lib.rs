@@ -143,6 +143,25 @@ impl Server {
             .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
+    /// Whether any file under the data directory holds `needle` (test config files aside).
+    pub fn data_dir_holds(&self, needle: &[u8]) -> Option<PathBuf> {
+        let mut stack = vec![self.data_dir.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.file_name().is_some_and(|n| n != "test-config.toml") {
+                    let bytes = std::fs::read(&path).unwrap();
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        return Some(path);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn terminate(&self) {
         let child = self.child.as_ref().expect("server not running");

@@ -373,26 +373,25 @@ fn nn_error(e: NnError) -> ApiError {
     }
 }
 
+/// The declared input a request tensor names, with its datatype checked.
+fn declared_input<'a>(name: &str, declared: &'a [TensorInfo], t: &Tensor) -> Result<&'a TensorInfo, ApiError> {
+    let Some(info) = declared.iter().find(|i| i.name == t.name) else {
+        let known: Vec<&str> = declared.iter().map(|i| i.name.as_str()).collect();
+        return Err(ApiError::BadRequest(format!("unknown input `{}` (`{name}` takes: {})", t.name, known.join(", "))));
+    };
+    if info.datatype != t.datatype {
+        return Err(ApiError::BadRequest(format!("input `{}` must be {}, got {}", t.name, info.datatype, t.datatype)));
+    }
+    Ok(info)
+}
+
 /// The request's tensors as host tensors, checked against the model's declared inputs first,
 /// so that a BYTES tensor or a wrong datatype is named before any engine sees it.
 fn to_host(model: &str, declared: &[TensorInfo], inputs: Vec<Tensor>) -> Result<Vec<(String, HostTensor)>, ApiError> {
     inputs
         .into_iter()
         .map(|t| {
-            let Some(info) = declared.iter().find(|i| i.name == t.name) else {
-                let known: Vec<&str> = declared.iter().map(|i| i.name.as_str()).collect();
-                return Err(ApiError::BadRequest(format!(
-                    "unknown input `{}` (model `{model}` takes: {})",
-                    t.name,
-                    known.join(", ")
-                )));
-            };
-            if info.datatype != t.datatype {
-                return Err(ApiError::BadRequest(format!(
-                    "input `{}` must be {}, got {}",
-                    t.name, info.datatype, t.datatype
-                )));
-            }
+            declared_input(model, declared, &t)?;
             let ty = ElemType::from_oip_name(&t.datatype).ok_or_else(|| {
                 ApiError::BadRequest(format!("input `{}`: {} tensors are not supported", t.name, t.datatype))
             })?;
@@ -417,20 +416,7 @@ fn check_declared(name: &str, declared: &[TensorInfo], inputs: &[Tensor]) -> Res
         return Ok(());
     }
     for t in inputs {
-        let Some(info) = declared.iter().find(|i| i.name == t.name) else {
-            let known: Vec<&str> = declared.iter().map(|i| i.name.as_str()).collect();
-            return Err(ApiError::BadRequest(format!(
-                "unknown input `{}` (`{name}` takes: {})",
-                t.name,
-                known.join(", ")
-            )));
-        };
-        if info.datatype != t.datatype {
-            return Err(ApiError::BadRequest(format!(
-                "input `{}` must be {}, got {}",
-                t.name, info.datatype, t.datatype
-            )));
-        }
+        let info = declared_input(name, declared, t)?;
         let fits = info.shape.len() == t.shape.len() && info.shape.iter().zip(&t.shape).all(|(d, g)| *d < 0 || d == g);
         if !fits {
             return Err(ApiError::BadRequest(format!(
