@@ -311,6 +311,7 @@ fn the_audit_log_records_management_actions_and_denials() {
     server.deploy(&owner, "echo");
     let (invoker_id, invoker) = server.key(&owner, "invoker");
     expect_error(server.post("/v1/keys", Some(&invoker), json!({ "role": "owner" }).to_string()), 403);
+    expect_error(server.post("/v1/tenants", Some(&owner), json!({ "name": "mine" }).to_string()), 403);
     assert_eq!(server.delete(&format!("/v1/keys/{invoker_id}"), &owner).status(), 204);
     // A guest reaching for a model it was not granted: a denial, audited.
     let manifest = "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n";
@@ -331,6 +332,10 @@ fn the_audit_log_records_management_actions_and_denials() {
     assert!(revoke["target"].as_str().unwrap().starts_with(&invoker_id));
     let denied = entries.iter().find(|e| e["outcome"] == "denied" && e["actor"] == invoker_id.as_str()).unwrap();
     assert_eq!(denied["action"], "key.create");
+    let created = entries.iter().find(|e| e["action"] == "tenant.create" && e["actor"] == "admin").unwrap();
+    assert_eq!(created["outcome"], "ok", "the tenant's creation opens its log");
+    let attempt = entries.iter().find(|e| e["action"] == "tenant.create" && e["actor"] == owner_id).unwrap();
+    assert_eq!(attempt["outcome"], "denied", "an owner creating a tenant is a denial in its own log");
     let model = find("deny:models").unwrap();
     assert_eq!(model["target"], "someone-elses-model");
     assert!(model["detail"].as_str().unwrap().contains("hostile@1"));

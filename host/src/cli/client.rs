@@ -46,12 +46,11 @@ impl Client {
         serde_json::from_slice(&body).context("the server's answer is not JSON")
     }
 
+    /// Prints the answer (JSON or the summary); a closed stdout (`| head`) is not an error.
     fn print(&self, value: &Value, summary: impl FnOnce(&Value) -> String) {
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
-        } else {
-            println!("{}", summary(value));
-        }
+        use std::io::Write as _;
+        let text = if self.json { serde_json::to_string_pretty(value).unwrap_or_default() } else { summary(value) };
+        let _ = writeln!(std::io::stdout(), "{text}");
     }
 }
 

@@ -275,10 +275,13 @@ async fn audit_trail(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     let actor = principal.as_ref().map_or_else(|| "anonymous".to_string(), |p| p.key_id.clone());
     let action = audit_action(&method, &route);
     let target = response.extensions().get::<AuditTarget>().map_or(path.clone(), |t| t.0.clone());
-    let tenant = match (&principal, action.as_str()) {
-        (_, "tenant.create") => Some(target.clone()),
-        (Some(p), _) => p.tenant.clone(),
-        (None, _) => None,
+    // A tenant created by the admin is that tenant's first entry; otherwise the actor's tenant.
+    let tenant = match &principal {
+        Some(p) if action == "tenant.create" && status.is_success() => {
+            Some(target.clone()).filter(|_| p.tenant.is_none())
+        }
+        Some(p) => p.tenant.clone(),
+        None => None,
     };
     let outcome = if status.is_success() {
         "ok".to_string()
