@@ -301,6 +301,8 @@ fn metrics_show_invocation_series_without_keys() {
     let locked = Server::start_with_config(Some("[server]\nmetrics_require_key = true\n"));
     expect_error(locked.get("/metrics", None), 401);
     assert_eq!(locked.get("/metrics", Some(ADMIN_KEY)).status(), 200);
+    let tenant_key = locked.tenant("acme", "free");
+    expect_error(locked.get("/metrics", Some(&tenant_key)), 403);
 }
 
 #[test]

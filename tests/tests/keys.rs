@@ -345,6 +345,17 @@ fn the_audit_log_records_management_actions_and_denials() {
     let metrics = server.get("/metrics", None).text().unwrap();
     assert!(metrics.contains("infercell_denials_total{tenant=\"acme\",capability=\"models\"} 1"), "{metrics}");
 
+    // Requests without any key are refused but not audited: anyone could grow the log.
+    let all_before: Value = server.get("/v1/audit?limit=1000", Some(ADMIN_KEY)).json().unwrap();
+    for _ in 0..5 {
+        expect_error(server.get("/v1/functions", None), 401);
+    }
+    expect_error(server.get("/v1/functions", Some("ick_bogus_key")), 401);
+    let all_after: Value = server.get("/v1/audit?limit=1000", Some(ADMIN_KEY)).json().unwrap();
+    let (before, after) =
+        (all_before["entries"].as_array().unwrap().len(), all_after["entries"].as_array().unwrap().len());
+    assert_eq!(after, before + 1, "only the request with a (wrong) key is audited");
+
     // Tenants see their own log only; the admin sees every tenant's.
     let theirs: Value = server.get("/v1/audit", Some(&other)).json().unwrap();
     assert!(theirs["entries"].as_array().unwrap().iter().all(|e| e["tenant"] == "other"));

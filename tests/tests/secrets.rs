@@ -85,6 +85,10 @@ fn secrets_are_the_owners_alone_and_bad_ones_are_refused() {
     assert!(expect_error(resp, 400).contains("UTF-8"));
     let big = "x".repeat(65 * 1024);
     expect_error(put(&server, &key, "big", &big), 413);
+    // A deployer cannot grant a function the owner's secrets (it could return them).
+    let granted = "name = \"f\"\n[capabilities]\nsecrets = [\"token\"]\n";
+    let msg = expect_error(server.upload(&deployer, granted, component("hostile")), 403);
+    assert!(msg.contains("only an owner key"), "{msg}");
     let clash = "name = \"f\"\n[capabilities]\nsecrets = [\"token\"]\nconfig = { token = \"1\" }\n";
     let msg = expect_error(server.upload(&key, clash, component("hostile")), 400);
     assert!(msg.contains("both a config value and a secret"), "{msg}");

@@ -102,6 +102,24 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 out
             });
         }
+        Command::Devices { client } => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, "/v1/devices")?).await?;
+            c.print(&v, |v| {
+                let mut out = format!("{:<5} {:<8} {:<10} {:>16}  {}", "KIND", "BACKEND", "TYPE", "MEMORY", "NAME");
+                for d in v["devices"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<5} {:<8} {:<10} {:>16}  {}",
+                        d["kind"].as_str().unwrap_or_default(),
+                        d["backend"].as_str().unwrap_or_default(),
+                        d["device_type"].as_str().unwrap_or("-"),
+                        d["memory"].to_string(),
+                        d["name"].as_str().unwrap_or_default()
+                    ));
+                }
+                out
+            });
+        }
         Command::Files(FilesCommand::Put { name, file, client }) => {
             let c = Client::new(&client)?;
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

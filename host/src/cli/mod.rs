@@ -44,6 +44,11 @@ enum Command {
     /// Put, list or delete the tenant's files (read-only data functions are granted by name).
     #[command(subcommand)]
     Files(FilesCommand),
+    /// The devices inference can run on: the CPU and every GPU adapter found.
+    Devices {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Create, list or revoke the tenant's API keys (owner key).
     #[command(subcommand)]
     Keys(KeysCommand),

@@ -6,6 +6,7 @@
 //! conformance suite can run against each (tract's `test-rt` pattern).
 
 pub mod cache;
+pub mod devices;
 pub mod onnxruntime;
 pub mod probe;
 pub mod tract;

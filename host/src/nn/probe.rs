@@ -39,6 +39,23 @@ impl Prober {
             .env_remove("ORT_DYLIB_PATH")
             .spawn()
             .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("cannot start the model probe: {e}")))?;
+        // Read its stderr as it comes (at most 64 KiB kept): a chatty child must not block on a
+        // full pipe while we wait for it.
+        let stderr_reader = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = std::io::Read::read(&mut pipe, &mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    if kept.len() < 64 << 10 {
+                        kept.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                String::from_utf8_lossy(&kept).into_owned()
+            })
+        });
         if let Some(mut stdin) = child.stdin.take() {
             // A child that died early closes the pipe: its exit status says why.
             let _ = stdin.write_all(bytes);
@@ -61,10 +78,7 @@ impl Prober {
         if status.success() {
             return Ok(());
         }
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-        }
+        let stderr = stderr_reader.and_then(|t| t.join().ok()).unwrap_or_default();
         match status.code() {
             // The probe reports the engine's own refusal (bad model, unsupported op) with code 3,
             // as `<error code>\t<message>`.

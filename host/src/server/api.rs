@@ -81,7 +81,7 @@ pub async fn upload_function(
             return Err(e);
         }
     };
-    let result = upload(&app, &tenant, multipart).await;
+    let result = upload(&app, &tenant, principal.role, multipart).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) if e.status().is_client_error() => "rejected",
@@ -94,9 +94,19 @@ pub async fn upload_function(
 async fn upload(
     app: &App,
     tenant: &str,
+    role: Role,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let (manifest, component) = read_parts(multipart, "component", "the .wasm bytes").await?;
+    // Secrets are the owner's: a deployer could otherwise grant one to a function that returns it.
+    if role != Role::Owner
+        && let Ok(parsed) = crate::registry::Manifest::parse(&manifest)
+        && !parsed.capabilities.secrets.is_empty()
+    {
+        return Err(ApiError::Forbidden(
+            "only an owner key may deploy a function granted secrets (capabilities.secrets)".into(),
+        ));
+    }
     let component = Bytes::from(component);
     let tenant_row = app
         .tenants

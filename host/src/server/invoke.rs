@@ -289,7 +289,29 @@ pub(super) async fn record_denials(
     logs: &mut Vec<crate::runtime::LogLine>,
     denials: Vec<crate::runtime::Denial>,
 ) {
-    for denial in denials {
+    // A guest can be denied in a loop: the first few are written out, the rest counted.
+    const AUDITED: usize = 10;
+    let total = denials.len();
+    for (i, mut denial) in denials.into_iter().enumerate() {
+        if denial.target.len() > 256 {
+            let cut = (0..=256).rev().find(|i| denial.target.is_char_boundary(*i)).unwrap_or(0);
+            denial.target.truncate(cut);
+            denial.target.push('…');
+        }
+        if i == AUDITED {
+            app.metrics
+                .denials
+                .get_or_create(&crate::metrics::DenialLabels {
+                    tenant: deployment.tenant.clone(),
+                    capability: denial.capability.to_string(),
+                })
+                .inc_by((total - AUDITED) as u64);
+            logs.push(crate::runtime::LogLine {
+                level: LogLevel::Warn,
+                message: format!("[infercell] {} more denials in this call (not logged one by one)", total - AUDITED),
+            });
+            break;
+        }
         app.metrics
             .denials
             .get_or_create(&crate::metrics::DenialLabels {

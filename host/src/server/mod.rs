@@ -57,6 +57,8 @@ pub struct App {
     /// `/v2` inference statistics, since start.
     pub oip_stats: oip::Stats,
     pub audit: Audit,
+    /// CPU and GPUs, discovered on first use.
+    pub devices: crate::nn::devices::Devices,
 }
 
 /// Where the admin key came from, for the start-up message.
@@ -130,6 +132,7 @@ impl App {
             quotas: Quotas::default(),
             oip_stats: oip::Stats::default(),
             audit,
+            devices: Default::default(),
         });
         Ok((app, AdminKeySource { path, created }))
     }
@@ -206,6 +209,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke_key))
         .route("/v1/audit", get(keys::audit_log))
+        .route("/v1/devices", get(devices))
         .route("/v1/usage", get(billing::usage))
         .route("/v1/billing", get(billing::billing))
         .route("/v2", get(oip::server_metadata))
@@ -255,6 +259,10 @@ fn audit_action(method: &axum::http::Method, route: &str) -> String {
     name.to_string()
 }
 
+fn req_had_key(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+}
+
 /// Writes every management action (a `/v1` request that changes something) and every denial
 /// (403 anywhere, 401 on `/v1`) to the audit log, with the acting key's id.
 async fn audit_trail(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
@@ -266,7 +274,11 @@ async fn audit_trail(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or(path.clone(), |m| m.as_str().to_string());
     let response = next.run(req).await;
     let status = response.status();
-    let denied = status == StatusCode::FORBIDDEN || (status == StatusCode::UNAUTHORIZED && path.starts_with("/v1/"));
+    // 401s are audited when a key was presented (a wrong, revoked or expired one); requests
+    // without any key would let anyone grow the append-only log.
+    let presented_key = req_had_key(&headers);
+    let denied = status == StatusCode::FORBIDDEN
+        || (status == StatusCode::UNAUTHORIZED && path.starts_with("/v1/") && presented_key);
     if !management && !denied {
         return response;
     }
@@ -296,9 +308,21 @@ async fn audit_trail(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     response
 }
 
+/// `GET /v1/devices` (any key): `{"devices":[{"kind":"cpu"|"gpu","name","backend","memory",...}]}`.
+async fn devices(State(app): State<Arc<App>>, _principal: crate::tenants::Principal) -> Result<Response, ApiError> {
+    let listed = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || app.devices.list().to_vec())
+            .await
+            .map_err(|e| anyhow::anyhow!("device discovery failed: {e}"))?
+    };
+    Ok(axum::Json(serde_json::json!({ "devices": listed })).into_response())
+}
+
 async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+    // Metrics name every tenant and function: when they need a key, it is the admin's.
     if app.config.server.metrics_require_key {
-        auth::principal_from_headers(&app, &headers)?;
+        auth::principal_from_headers(&app, &headers)?.require_admin()?;
     }
     app.metrics.observe_graph_cache(app.registry.models.graphs().stats());
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())

@@ -22,7 +22,7 @@ use super::{App, RequestId, USAGE_HEADER};
 use crate::error::ApiError;
 use crate::metering::{Meters, UsageRecord, now_us};
 use crate::nn::{ElemType, ErrorCode, HostTensor, NnError, TensorInfo};
-use crate::oip::{self, InferRequest, Tensor};
+use crate::oip::{self, Tensor};
 use crate::registry::Deployment;
 use crate::registry::models::ModelVersion;
 use crate::runtime::PredictTensor;
@@ -517,12 +517,16 @@ pub async fn infer(
                 .ok_or_else(|| ApiError::BadRequest("Inference-Header-Content-Length must be a byte count".into()))?,
         ),
     };
+    // Admitted before the body is read and parsed: parsing a large JSON tensor costs memory,
+    // so it counts against the tenant's concurrency like the call itself. A malformed request
+    // still runs nothing and is not billed.
+    let (admission, plan) = admit(&app, &tenant).await?;
     let limit = app.config.server.max_request_bytes as usize;
     let body = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(format!("request body is over the {limit}-byte limit")))?;
     let started = Instant::now();
-    let request = oip::parse_request(&body, header_length).map_err(ApiError::BadRequest)?;
+    let mut request = oip::parse_request(&body, header_length).map_err(ApiError::BadRequest)?;
     // Everything the caller can get wrong is checked before admission: such calls are not billed.
     let declared_outputs = served.outputs();
     for wanted in &request.outputs {
@@ -535,17 +539,16 @@ pub async fn infer(
             )));
         }
     }
-    let InferRequest { inputs, .. } = request.clone();
-    let host_inputs = match &served {
-        Served::Model { version, .. } => Some(to_host(name, &version.inputs, inputs.clone())?),
+    let inputs = std::mem::take(&mut request.inputs);
+    let (host_inputs, inputs) = match &served {
+        Served::Model { version, .. } => (Some(to_host(name, &version.inputs, inputs)?), Vec::new()),
         Served::Predictor { deployment, .. } => {
             check_declared(name, &deployment.inputs, &inputs)?;
-            None
+            (None, inputs)
         }
     };
     let input_time = started.elapsed();
 
-    let (admission, plan) = admit(&app, &tenant).await?;
     let started_us = now_us();
     let infer_started = Instant::now();
     let ran = match (&served, host_inputs) {
