@@ -13,6 +13,7 @@ pub mod models;
 pub mod secrets;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -96,6 +97,9 @@ pub struct Registry {
     pub logs: FunctionLogs,
     pub files: Arc<files::FileStore>,
     pub secrets: Arc<secrets::SecretStore>,
+    /// Bumped (under the cache's write lock) whenever something cached may have gone stale: a
+    /// deployment loaded while it moved is served to its own call but never cached.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -112,15 +116,26 @@ impl Registry {
         let blobs = Arc::new(blobs);
         let models = Arc::new(ModelStore::new(db.clone(), blobs.clone(), graphs));
         let (files, secrets) = (Arc::new(files), Arc::new(secrets));
-        Self { db, blobs, models, runtime, config, cache: RwLock::new(HashMap::new()), logs, files, secrets }
+        Self {
+            db,
+            blobs,
+            models,
+            runtime,
+            config,
+            cache: RwLock::new(HashMap::new()),
+            logs,
+            files,
+            secrets,
+            generation: 0.into(),
+        }
     }
 
     /// A file of the tenant changed: drops the cached versions that are granted it, so their
     /// next call builds a view with the new content (calls in flight keep the old view).
     pub fn forget_file(&self, tenant: &str, file: &str) {
-        if let Ok(mut cache) = self.cache.write()
-            && let Some(functions) = cache.get_mut(tenant)
-        {
+        if let Ok(mut cache) = self.cache.write() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            let Some(functions) = cache.get_mut(tenant) else { return };
             for cached in functions.values_mut() {
                 cached.versions.retain(|_, d| !d.files.iter().any(|f| f == file));
             }
@@ -129,9 +144,9 @@ impl Registry {
 
     /// A secret of the tenant changed: drops the cached versions that are granted it.
     pub fn forget_secret(&self, tenant: &str, secret: &str) {
-        if let Ok(mut cache) = self.cache.write()
-            && let Some(functions) = cache.get_mut(tenant)
-        {
+        if let Ok(mut cache) = self.cache.write() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            let Some(functions) = cache.get_mut(tenant) else { return };
             for cached in functions.values_mut() {
                 cached.versions.retain(|_, d| !d.secrets.iter().any(|s| s == secret));
             }
@@ -250,6 +265,7 @@ impl Registry {
             })
             .await?;
 
+        let generation = self.generation.load(Ordering::SeqCst);
         let (grants, view, redact) = self.grants(tenant, &manifest.name, version, &manifest, plan_cfg).await?;
         let deployment = Arc::new(Deployment {
             tenant: tenant.to_string(),
@@ -267,7 +283,9 @@ impl Registry {
             inputs: manifest.inputs.clone(),
             outputs: manifest.outputs.clone(),
         });
-        if let Ok(mut cache) = self.cache.write() {
+        if let Ok(mut cache) = self.cache.write()
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
             let entry = cache.entry(tenant.to_string()).or_default().entry(manifest.name.clone()).or_default();
             entry.versions.insert(version, deployment);
             // Only move `latest` forward when it is known; otherwise the next call asks SQLite.
@@ -354,10 +372,11 @@ impl Registry {
         if deleted == 0 {
             return Err(not_found(name));
         }
-        if let Ok(mut cache) = self.cache.write()
-            && let Some(functions) = cache.get_mut(tenant)
-        {
-            functions.remove(name);
+        if let Ok(mut cache) = self.cache.write() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            if let Some(functions) = cache.get_mut(tenant) {
+                functions.remove(name);
+            }
         }
         self.logs.clear(tenant, name);
         Ok(deleted)
@@ -382,8 +401,11 @@ impl Registry {
         if let (_, Some(d)) = cached(Some(version)) {
             return Ok(d);
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let deployment = Arc::new(self.load(tenant, name, version).await?);
-        if let Ok(mut cache) = self.cache.write() {
+        if let Ok(mut cache) = self.cache.write()
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
             let entry = cache.entry(tenant.to_string()).or_default().entry(name.to_string()).or_default();
             entry.versions.insert(version, deployment.clone());
         }
@@ -391,6 +413,7 @@ impl Registry {
     }
 
     async fn latest_from_db(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
+        let generation = self.generation.load(Ordering::SeqCst);
         let (t, n) = (tenant.to_string(), name.to_string());
         let latest: Option<u32> = self
             .db
@@ -403,7 +426,9 @@ impl Registry {
             })
             .await?;
         let latest = latest.ok_or_else(|| not_found(name))?;
-        if let Ok(mut cache) = self.cache.write() {
+        if let Ok(mut cache) = self.cache.write()
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
             let entry = cache.entry(tenant.to_string()).or_default().entry(name.to_string()).or_default();
             entry.latest = Some(entry.latest.map_or(latest, |l| l.max(latest)));
         }
