@@ -67,6 +67,22 @@ fn a_granted_function_reads_a_secret_that_no_api_returns() {
 }
 
 #[test]
+fn the_cli_puts_lists_and_deletes_secrets_without_showing_them() {
+    let server = Server::start();
+    let key = server.tenant("acme", "free");
+    let out = server.cli(&key, &["secrets", "put", "api-token", "--value", VALUE]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(VALUE));
+    let listed = String::from_utf8(server.cli(&key, &["secrets", "list"]).stdout).unwrap();
+    assert!(listed.contains("api-token") && !listed.contains(VALUE), "{listed}");
+    assert!(server.cli(&key, &["secrets", "delete", "api-token"]).status.success());
+    let again = server.cli(&key, &["secrets", "delete", "api-token"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no secret named"));
+    let neither = server.cli(&key, &["secrets", "put", "x"]);
+    assert!(String::from_utf8_lossy(&neither.stderr).contains("exactly one of --value or --file"));
+}
+
+#[test]
 fn secrets_are_the_owners_alone_and_bad_ones_are_refused() {
     let server = Server::start();
     let key = server.tenant("acme", "free");

@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
-use super::{ClientArgs, Command, FilesCommand, FunctionsCommand, KeysCommand, ModelCommand, TenantCommand};
+use super::{
+    ClientArgs, Command, FilesCommand, FunctionsCommand, KeysCommand, ModelCommand, SecretsCommand, TenantCommand,
+};
 use crate::registry::Manifest;
 
 struct Client {
@@ -44,6 +46,16 @@ impl Client {
             bail!("{}", server_error(status, &body));
         }
         serde_json::from_slice(&body).context("the server's answer is not JSON")
+    }
+
+    /// Sends a request whose success has no body (204); otherwise the server's error message.
+    async fn send_empty(&self, req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+        let response = req.send().await.with_context(|| format!("cannot reach the server at {}", self.url))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("{}", server_error(status, &response.bytes().await?));
+        }
+        Ok(())
     }
 
     /// Prints the answer (JSON or the summary); a closed stdout (`| head`) is not an error.
@@ -152,16 +164,40 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Files(FilesCommand::Delete { name, client }) => {
             let c = Client::new(&client)?;
-            let response = c
-                .request(reqwest::Method::DELETE, &format!("/v1/files/{name}"))?
-                .send()
-                .await
-                .context("cannot reach the server")?;
-            let status = response.status();
-            if !status.is_success() {
-                bail!("{}", server_error(status, &response.bytes().await?));
-            }
+            c.send_empty(c.request(reqwest::Method::DELETE, &format!("/v1/files/{name}"))?).await?;
             c.print(&serde_json::json!({ "deleted": name }), |_| format!("deleted file {name}"));
+        }
+        Command::Secrets(SecretsCommand::Put { name, value, file, client }) => {
+            let c = Client::new(&client)?;
+            let bytes = match (value, file) {
+                (Some(v), None) => v.into_bytes(),
+                (None, Some(f)) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                _ => bail!("give the value with exactly one of --value or --file"),
+            };
+            let v = c.send_json(c.request(reqwest::Method::PUT, &format!("/v1/secrets/{name}"))?.body(bytes)).await?;
+            c.print(&v, |v| {
+                format!("put secret {} (sealed; it is never shown again)", v["name"].as_str().unwrap_or_default())
+            });
+        }
+        Command::Secrets(SecretsCommand::List { client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, "/v1/secrets")?).await?;
+            c.print(&v, |v| {
+                let mut out = format!("{:<32} {}", "SECRET", "UPDATED");
+                for s in v["secrets"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<32} {}",
+                        s["name"].as_str().unwrap_or_default(),
+                        s["updated_at"].as_str().unwrap_or_default()
+                    ));
+                }
+                out
+            });
+        }
+        Command::Secrets(SecretsCommand::Delete { name, client }) => {
+            let c = Client::new(&client)?;
+            c.send_empty(c.request(reqwest::Method::DELETE, &format!("/v1/secrets/{name}"))?).await?;
+            c.print(&serde_json::json!({ "deleted": name }), |_| format!("deleted secret {name}"));
         }
         Command::Keys(KeysCommand::Create { role, name, expires_at, client }) => {
             let c = Client::new(&client)?;
@@ -200,13 +236,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Keys(KeysCommand::Revoke { id, client }) => {
             let c = Client::new(&client)?;
-            let path = format!("/v1/keys/{id}");
-            let response =
-                c.request(reqwest::Method::DELETE, &path)?.send().await.context("cannot reach the server")?;
-            let status = response.status();
-            if !status.is_success() {
-                bail!("{}", server_error(status, &response.bytes().await?));
-            }
+            c.send_empty(c.request(reqwest::Method::DELETE, &format!("/v1/keys/{id}"))?).await?;
             c.print(&serde_json::json!({ "revoked": id }), |_| format!("revoked key {id}"));
         }
         Command::Audit { tenant, after, limit, client } => {

@@ -49,6 +49,9 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Put, list or delete the tenant's secrets (owner key; values are never shown).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Create, list or revoke the tenant's API keys (owner key).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -176,6 +179,33 @@ enum FilesCommand {
         client: ClientArgs,
     },
     /// Delete the tenant's file NAME.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Seal a value as the tenant's secret NAME (replacing it).
+    Put {
+        name: String,
+        /// The value (it ends up in your shell history: prefer --file).
+        #[arg(long)]
+        value: Option<String>,
+        /// Read the value from FILE.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the names of the tenant's secrets.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete the tenant's secret NAME.
     Delete {
         name: String,
         #[command(flatten)]
