@@ -153,17 +153,21 @@ impl Registry {
         }
     }
 
-    /// The grants of a version of `function` under its tenant's plan, with a fresh view of the
+    /// A version of `function` ready to call: its grants under its tenant's plan, a fresh view of the
     /// tenant's files when it is granted any, its granted secrets among its config values, and
     /// those values to redact from its log.
-    async fn grants(
+    #[allow(clippy::too_many_arguments)]
+    async fn deployment(
         &self,
         tenant: &str,
         function: &str,
         version: u32,
+        digest: String,
+        prepared: Prepared,
+        limits: Limits,
         manifest: &Manifest,
         plan: &Plan,
-    ) -> Result<(Grants, Option<files::FilesView>, Vec<String>), ApiError> {
+    ) -> Result<Deployment, ApiError> {
         let view = if manifest.capabilities.files.is_empty() {
             None
         } else {
@@ -188,7 +192,22 @@ impl Registry {
                 Vec::new()
             }),
         };
-        Ok((grants, view, redact))
+        Ok(Deployment {
+            tenant: tenant.to_string(),
+            name: function.to_string(),
+            version,
+            digest,
+            prepared,
+            limits,
+            grants,
+            files: manifest.capabilities.files.clone(),
+            _files_view: view,
+            secrets: manifest.capabilities.secrets.clone(),
+            redact: Arc::new(redact),
+            metrics: std::sync::OnceLock::new(),
+            inputs: manifest.inputs.clone(),
+            outputs: manifest.outputs.clone(),
+        })
     }
 
     /// Validates, compiles and stores a new version. Nothing is stored when any check fails.
@@ -266,23 +285,9 @@ impl Registry {
             .await?;
 
         let generation = self.generation.load(Ordering::SeqCst);
-        let (grants, view, redact) = self.grants(tenant, &manifest.name, version, &manifest, plan_cfg).await?;
-        let deployment = Arc::new(Deployment {
-            tenant: tenant.to_string(),
-            name: manifest.name.clone(),
-            version,
-            digest,
-            prepared,
-            limits,
-            grants,
-            files: manifest.capabilities.files.clone(),
-            _files_view: view,
-            secrets: manifest.capabilities.secrets.clone(),
-            redact: Arc::new(redact),
-            metrics: std::sync::OnceLock::new(),
-            inputs: manifest.inputs.clone(),
-            outputs: manifest.outputs.clone(),
-        });
+        let deployment = Arc::new(
+            self.deployment(tenant, &manifest.name, version, digest, prepared, limits, &manifest, plan_cfg).await?,
+        );
         if let Ok(mut cache) = self.cache.write()
             && self.generation.load(Ordering::SeqCst) == generation
         {
@@ -464,23 +469,7 @@ impl Registry {
         let prepared = tokio::task::spawn_blocking(move || runtime.prepare_stored(&d, || blobs.get(&d)))
             .await
             .map_err(|e| anyhow::anyhow!("load task failed: {e}"))??;
-        let (grants, view, redact) = self.grants(tenant, name, version, &manifest, plan_cfg).await?;
-        Ok(Deployment {
-            tenant: tenant.to_string(),
-            name: name.to_string(),
-            version,
-            digest,
-            prepared,
-            limits,
-            grants,
-            files: manifest.capabilities.files.clone(),
-            _files_view: view,
-            secrets: manifest.capabilities.secrets.clone(),
-            redact: Arc::new(redact),
-            metrics: std::sync::OnceLock::new(),
-            inputs: manifest.inputs.clone(),
-            outputs: manifest.outputs.clone(),
-        })
+        self.deployment(tenant, name, version, digest, prepared, limits, &manifest, plan_cfg).await
     }
 }
 

@@ -259,31 +259,34 @@ fn audit_action(method: &axum::http::Method, route: &str) -> String {
     name.to_string()
 }
 
-fn req_had_key(headers: &axum::http::HeaderMap) -> bool {
-    headers.contains_key(header::AUTHORIZATION)
-}
-
 /// Writes every management action (a `/v1` request that changes something) and every denial
 /// (403 anywhere, 401 on `/v1`) to the audit log, with the acting key's id.
 async fn audit_trail(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
-    let management =
-        path.starts_with("/v1/") && !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    // On every call's path: keep only what is cheap (no header map copy, no strings) until the
+    // answer shows there is something to write.
+    let v1 = req.uri().path().starts_with("/v1/");
+    let management = v1 && !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
     let before = if management { auth::principal_from_headers(&app, req.headers()).ok() } else { None };
-    let (method, headers) = (req.method().clone(), req.headers().clone());
-    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or(path.clone(), |m| m.as_str().to_string());
+    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let response = next.run(req).await;
     let status = response.status();
     // 401s are audited when a key was presented (a wrong, revoked or expired one); requests
     // without any key would let anyone grow the append-only log.
-    let presented_key = req_had_key(&headers);
-    let denied = status == StatusCode::FORBIDDEN
-        || (status == StatusCode::UNAUTHORIZED && path.starts_with("/v1/") && presented_key);
+    let denied =
+        status == StatusCode::FORBIDDEN || (status == StatusCode::UNAUTHORIZED && v1 && authorization.is_some());
     if !management && !denied {
         return response;
     }
+    let path = uri.path().to_string();
+    let route = route.map_or_else(|| path.clone(), |m| m.as_str().to_string());
     // The actor as it was when the request arrived (a key may have just revoked itself).
-    let principal = before.or_else(|| auth::principal_from_headers(&app, &headers).ok());
+    let principal = before.or_else(|| {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, authorization?);
+        auth::principal_from_headers(&app, &headers).ok()
+    });
     let actor = principal.as_ref().map_or_else(|| "anonymous".to_string(), |p| p.key_id.clone());
     let action = audit_action(&method, &route);
     let target = response.extensions().get::<AuditTarget>().map_or(path.clone(), |t| t.0.clone());
