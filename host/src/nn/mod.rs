@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod devices;
+pub mod gpu;
 pub mod onnxruntime;
 pub mod probe;
 pub mod tract;
@@ -194,12 +195,32 @@ pub fn match_inputs(declared: &[TensorInfo], mut given: Vec<(String, HostTensor)
     Ok(ordered)
 }
 
+/// Where one compute ran: how many of the model's nodes ran on each device, and the time the
+/// GPU spent (from its timestamps where it has them, else from submit to completion).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub cpu_nodes: u32,
+    pub gpu_nodes: u32,
+    pub gpu_time: std::time::Duration,
+}
+
 /// A model compiled by one engine, shareable by every instance and tenant that loads the
 /// same bytes. `run` must be callable from many threads at once.
 pub trait LoadedModel: Send + Sync {
     fn run(&self, inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError>;
     fn inputs(&self) -> &[TensorInfo];
     fn outputs(&self) -> &[TensorInfo];
+
+    /// Nodes of the model (CPU engines run all of them on the CPU).
+    fn nodes(&self) -> u32 {
+        0
+    }
+
+    /// `run`, and where it ran.
+    fn run_placed(&self, inputs: Vec<(String, HostTensor)>) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
+        let outputs = self.run(inputs)?;
+        Ok((outputs, Placement { cpu_nodes: self.nodes(), ..Placement::default() }))
+    }
 }
 
 /// An inference engine: loads model bytes into a [`LoadedModel`].

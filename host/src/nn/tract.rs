@@ -40,12 +40,8 @@ enum Compiled {
     /// One plan for every input.
     Generic(Arc<TypedSimplePlan>),
     /// Plans made per input shapes and integer input values.
-    Specialized { model: Box<InferenceModel>, why: String, plans: Mutex<Vec<(SpecKey, Arc<PlanCell>)>> },
+    Specialized { model: Box<InferenceModel>, why: String, plans: Specializations<Arc<TypedSimplePlan>> },
 }
-
-/// What was pinned, the shapes of every input, then the bytes of every input made constant.
-type SpecKey = (Pin, Vec<Vec<u32>>, Vec<Vec<u8>>);
-type PlanCell = OnceLock<Result<Arc<TypedSimplePlan>, NnError>>;
 
 impl Engine for Tract {
     fn name(&self) -> &'static str {
@@ -53,26 +49,7 @@ impl Engine for Tract {
     }
 
     fn load(&self, onnx_bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
-        let onnx = tract_onnx::onnx();
-        let not_onnx = |e: TractError| NnError::new(ErrorCode::InvalidEncoding, format!("not an ONNX model: {e:#}"));
-        let proto = onnx.proto_model_for_read(&mut std::io::Cursor::new(onnx_bytes)).map_err(not_onnx)?;
-        let model = onnx.model_for_proto_model(&proto).map_err(not_onnx)?;
-        // tract may relabel outlets (an Identity's output is its input): callers use the names
-        // the file declares, inputs without initializers, in order.
-        let graph = proto.graph.as_ref().ok_or_else(|| NnError::new(ErrorCode::InvalidEncoding, "no graph"))?;
-        let input_names: Vec<String> = graph
-            .input
-            .iter()
-            .filter(|i| !graph.initializer.iter().any(|init| init.name == i.name))
-            .map(|i| i.name.clone())
-            .collect();
-        let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-        let named = |infos: Vec<TensorInfo>, names: &[String]| -> Vec<TensorInfo> {
-            infos.into_iter().zip(names).map(|(info, name)| TensorInfo { name: name.clone(), ..info }).collect()
-        };
-        let inputs = named(describe_inference(&model, model.input_outlets().map_err(internal)?)?, &input_names);
-        let outputs = named(describe_inference(&model, model.output_outlets().map_err(internal)?)?, &output_names);
-        let symbols = model.symbols.clone();
+        let Parsed { model, symbols, inputs, outputs, input_names, output_names } = parse(onnx_bytes)?;
         match model.clone().into_optimized().and_then(|typed| Ok((describe_typed(&typed)?, typed.into_runnable()?))) {
             Ok(((typed_inputs, typed_outputs), plan)) => {
                 // Declared names; tract's inferred types and shapes.
@@ -90,7 +67,7 @@ impl Engine for Tract {
                 let compiled = Compiled::Specialized {
                     model: Box::new(model),
                     why: format!("{e:#}"),
-                    plans: Mutex::new(Vec::new()),
+                    plans: Specializations::new(&[Pin::Integers, Pin::AllButData]),
                 };
                 Ok(Arc::new(TractModel { compiled, _symbols: symbols, inputs, outputs }))
             }
@@ -98,9 +75,49 @@ impl Engine for Tract {
     }
 }
 
+/// An ONNX model parsed by tract, with its inputs and outputs as the file declares them.
+pub(crate) struct Parsed {
+    pub model: InferenceModel,
+    /// The parsed model's symbols: plans may name dimensions made while parsing, and tract
+    /// holds symbol scopes weakly, so whoever keeps a plan keeps these too.
+    pub symbols: SymbolScope,
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+    pub input_names: Vec<String>,
+    pub output_names: Vec<String>,
+}
+
+/// Parses ONNX bytes. tract may relabel outlets (an Identity's output is its input): callers
+/// use the names the file declares, inputs without initializers, in order.
+pub(crate) fn parse(onnx_bytes: &[u8]) -> Result<Parsed, NnError> {
+    let onnx = tract_onnx::onnx();
+    let not_onnx = |e: TractError| NnError::new(ErrorCode::InvalidEncoding, format!("not an ONNX model: {e:#}"));
+    let proto = onnx.proto_model_for_read(&mut std::io::Cursor::new(onnx_bytes)).map_err(not_onnx)?;
+    let model = onnx.model_for_proto_model(&proto).map_err(not_onnx)?;
+    let graph = proto.graph.as_ref().ok_or_else(|| NnError::new(ErrorCode::InvalidEncoding, "no graph"))?;
+    let input_names: Vec<String> = graph
+        .input
+        .iter()
+        .filter(|i| !graph.initializer.iter().any(|init| init.name == i.name))
+        .map(|i| i.name.clone())
+        .collect();
+    let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let inputs = named(describe_inference(&model, model.input_outlets().map_err(internal)?)?, &input_names);
+    let outputs = named(describe_inference(&model, model.output_outlets().map_err(internal)?)?, &output_names);
+    let symbols = model.symbols.clone();
+    Ok(Parsed { model, symbols, inputs, outputs, input_names, output_names })
+}
+
+/// `infos` renamed as the file declares them.
+pub(crate) fn named(infos: Vec<TensorInfo>, names: &[String]) -> Vec<TensorInfo> {
+    infos.into_iter().zip(names).map(|(info, name)| TensorInfo { name: name.clone(), ..info }).collect()
+}
+
 /// Which inputs a specialized plan makes constants of, tried in this order until one compiles.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Pin {
+pub(crate) enum Pin {
+    /// Nothing: only the shapes are made concrete.
+    Nothing,
     /// Integer inputs: shapes, axes, slice bounds, pads.
     Integers,
     /// Every input but the largest (the data): also float parameters such as BatchNorm's
@@ -109,7 +126,7 @@ enum Pin {
 }
 
 impl Pin {
-    fn select(self, inputs: &[HostTensor]) -> Vec<bool> {
+    pub(crate) fn select(self, inputs: &[HostTensor]) -> Vec<bool> {
         let elements = |t: &HostTensor| t.data.len() / t.ty.size();
         let data = inputs.iter().enumerate().max_by_key(|(i, t)| (elements(t), std::cmp::Reverse(*i))).map(|(i, _)| i);
         inputs
@@ -118,6 +135,7 @@ impl Pin {
             .map(|(i, t)| {
                 let small = elements(t) <= MAX_PINNED_ELEMENTS;
                 match self {
+                    Pin::Nothing => false,
                     Pin::Integers => small && matches!(t.ty, ElemType::I32 | ElemType::I64),
                     Pin::AllButData => small && Some(i) != data,
                 }
@@ -128,23 +146,57 @@ impl Pin {
 
 impl TractModel {
     /// The plan for these inputs and which of them it takes: the generic plan, or one
-    /// specialized to their shapes and the values of its pinned inputs (made on first use,
-    /// shared by concurrent first callers, kept per model least recently used first).
+    /// specialized to their shapes and the values of its pinned inputs.
     fn plan_for(&self, ordered: &[HostTensor]) -> Result<(Arc<TypedSimplePlan>, Vec<usize>), NnError> {
-        let (model, why, plans) = match &self.compiled {
-            Compiled::Generic(plan) => return Ok((plan.clone(), (0..ordered.len()).collect())),
-            Compiled::Specialized { model, why, plans } => (model, why, plans),
-        };
+        match &self.compiled {
+            Compiled::Generic(plan) => Ok((plan.clone(), (0..ordered.len()).collect())),
+            Compiled::Specialized { model, why, plans } => plans.get(ordered, why, |pinned| {
+                pin(model, ordered, pinned)?.into_optimized().and_then(|typed| typed.into_runnable()).map_err(|e| {
+                    NnError::new(
+                        ErrorCode::UnsupportedOperation,
+                        format!("tract cannot run this model: {why}; specialized to these inputs: {e:#}"),
+                    )
+                })
+            }),
+        }
+    }
+}
+
+/// What was pinned, the shapes of every input, then the bytes of every input made constant.
+type SpecKey = (Pin, Vec<Vec<u32>>, Vec<Vec<u8>>);
+
+/// Compiled forms of one model, each made for the shapes and pinned values of some inputs on
+/// first use (concurrent first callers share the work), the last few kept, least recently
+/// used evicted. A failed specialization is remembered too.
+pub(crate) struct Specializations<P> {
+    pins: &'static [Pin],
+    plans: Mutex<Vec<(SpecKey, Arc<OnceLock<Result<P, NnError>>>)>>,
+}
+
+impl<P: Clone> Specializations<P> {
+    /// Tries `pins` in order until one compiles.
+    pub(crate) fn new(pins: &'static [Pin]) -> Self {
+        Self { pins, plans: Mutex::new(Vec::new()) }
+    }
+
+    /// The compiled form for these inputs and the indices of the inputs it is fed (the
+    /// others are constants in it); `build` compiles for a selection of pinned inputs.
+    pub(crate) fn get(
+        &self,
+        ordered: &[HostTensor],
+        why: &str,
+        build: impl Fn(&[bool]) -> Result<P, NnError>,
+    ) -> Result<(P, Vec<usize>), NnError> {
         let mut last_error = None;
-        for pin in [Pin::Integers, Pin::AllButData] {
+        for pin in self.pins {
             let pinned = pin.select(ordered);
             let key: SpecKey = (
-                pin,
+                *pin,
                 ordered.iter().map(|t| t.dims.clone()).collect(),
                 ordered.iter().zip(&pinned).filter(|(_, p)| **p).map(|(t, _)| t.data.clone()).collect(),
             );
             let cell = {
-                let mut plans = plans.lock().unwrap_or_else(|e| e.into_inner());
+                let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
                 match plans.iter().position(|(k, _)| *k == key) {
                     Some(i) => {
                         let entry = plans.remove(i);
@@ -156,13 +208,13 @@ impl TractModel {
                         if plans.len() >= SPECIALIZED_PLANS {
                             plans.remove(0);
                         }
-                        let cell = Arc::new(PlanCell::new());
+                        let cell = Arc::new(OnceLock::new());
                         plans.push((key, cell.clone()));
                         cell
                     }
                 }
             };
-            match cell.get_or_init(|| specialize(model, ordered, &pinned, why)) {
+            match cell.get_or_init(|| build(&pinned)) {
                 Ok(plan) => {
                     let fed = pinned.iter().enumerate().filter(|(_, p)| !**p).map(|(i, _)| i).collect();
                     return Ok((plan.clone(), fed));
@@ -170,23 +222,13 @@ impl TractModel {
                 Err(e) => last_error = Some(e.clone()),
             }
         }
-        Err(last_error.unwrap_or_else(|| NnError::new(ErrorCode::UnsupportedOperation, why.clone())))
+        Err(last_error.unwrap_or_else(|| NnError::new(ErrorCode::UnsupportedOperation, why.to_string())))
     }
 }
 
-/// Compiles `model` for these inputs: pinned ones become constants, the rest get their shapes.
-fn specialize(
-    model: &InferenceModel,
-    inputs: &[HostTensor],
-    pinned: &[bool],
-    why: &str,
-) -> Result<Arc<TypedSimplePlan>, NnError> {
-    let unsupported = |e: TractError| {
-        NnError::new(
-            ErrorCode::UnsupportedOperation,
-            format!("tract cannot run this model: {why}; specialized to these inputs: {e:#}"),
-        )
-    };
+/// `model` with these inputs pinned as constants of their values and the rest given their
+/// shapes; the fed inputs stay inputs, in order.
+pub(crate) fn pin(model: &InferenceModel, inputs: &[HostTensor], pinned: &[bool]) -> Result<InferenceModel, NnError> {
     let mut model = model.clone();
     let outlets = model.input_outlets().map_err(internal)?.to_vec();
     let mut fed = Vec::new();
@@ -202,7 +244,7 @@ fn specialize(
         }
     }
     model.set_input_outlets(&fed).map_err(internal)?;
-    model.into_optimized().and_then(|typed| typed.into_runnable()).map_err(unsupported)
+    Ok(model)
 }
 
 impl LoadedModel for TractModel {
@@ -258,11 +300,11 @@ fn describe_inference(model: &InferenceModel, outlets: &[OutletId]) -> Result<Ve
         .collect()
 }
 
-fn internal(e: TractError) -> NnError {
+pub(crate) fn internal(e: TractError) -> NnError {
     NnError::new(ErrorCode::RuntimeError, format!("{e:#}"))
 }
 
-fn datum_name(dt: DatumType) -> &'static str {
+pub(crate) fn datum_name(dt: DatumType) -> &'static str {
     match dt {
         DatumType::Bool => "BOOL",
         DatumType::U8 => "UINT8",
@@ -285,7 +327,7 @@ fn typed_vec<T, const N: usize>(data: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T>
     data.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
 }
 
-fn to_tract(t: &HostTensor) -> Result<Tensor, NnError> {
+pub(crate) fn to_tract(t: &HostTensor) -> Result<Tensor, NnError> {
     let shape: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
     let bad = |e: TractError| NnError::new(ErrorCode::InvalidArgument, format!("{e:#}"));
     match t.ty {
@@ -308,7 +350,7 @@ fn to_tract(t: &HostTensor) -> Result<Tensor, NnError> {
     .map_err(bad)
 }
 
-fn from_tract(t: &Tensor) -> Result<HostTensor, NnError> {
+pub(crate) fn from_tract(t: &Tensor) -> Result<HostTensor, NnError> {
     let ty = match t.datum_type() {
         DatumType::F32 => ElemType::F32,
         DatumType::F64 => ElemType::F64,
