@@ -5,10 +5,14 @@
 //! - `http`: echo req/s and latency through the infercell server (auth, routing, metrics)
 //!   vs a bare hyper + wasmtime server (`serve-bare`, below). Goal: ratio >= 0.90.
 //!
+//! - `gpu`: open_nsfw (ResNet-50) on the wgpu engine beside ONNX Runtime on the CPU, at
+//!   several batch sizes (`bench/gpu.sh`, for a machine with a real GPU).
+//!
 //! Run `bench/run.sh` (release build); results go to `bench/RESULTS.md` by hand, with the
 //! machine and commit. Nothing here is a test: timings never gate CI.
 
 mod bare;
+mod gpu;
 mod load;
 mod nn;
 
@@ -42,11 +46,21 @@ async fn main() -> Result<()> {
         Some("serve-bare") => serve_bare().await,
         Some("fairness") => fairness(arg(&args, "--seconds", 5)).await,
         Some("nn") => nn::run(arg(&args, "--iters", 5000) as u32).await,
+        Some("gpu") => {
+            let batches: Vec<u32> = args
+                .windows(2)
+                .find(|w| w[0] == "--batch")
+                .map_or("1,32", |w| w[1].as_str())
+                .split(',')
+                .map(|b| b.trim().parse().context("--batch takes sizes such as 1,32"))
+                .collect::<Result<_>>()?;
+            gpu::run(&batches, arg(&args, "--iters", 10) as u32).await
+        }
         Some("p3") => p3(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, false).await,
         Some("p3v2") => p3(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, true).await,
         _ => {
             eprintln!(
-                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | nn [--iters N] | p3 [--seconds S] [--connections C] | p3v2 [--seconds S] [--connections C] | serve-bare"
+                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | nn [--iters N] | gpu [--batch 1,32] [--iters N] | p3 [--seconds S] [--connections C] | p3v2 [--seconds S] [--connections C] | serve-bare"
             );
             std::process::exit(2)
         }

@@ -102,7 +102,9 @@ async fn time_guest(engine: Arc<dyn Engine>, work: &Workload, iters: u32) -> Res
         };
         let outcome = runtime.invoke(&prepared, &limits, &grants, req).await;
         match outcome.result {
-            Ok(r) if r.status == 200 => Ok(outcome.usage.wall.saturating_sub(outcome.usage.nn_cpu)),
+            Ok(r) if r.status == 200 => {
+                Ok(outcome.usage.wall.saturating_sub(outcome.usage.nn.cpu + outcome.usage.nn.gpu))
+            }
             other => anyhow::bail!("{} failed: {other:?}", work.component),
         }
     };

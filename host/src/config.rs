@@ -31,6 +31,8 @@ graph_cache_bytes = "1GiB"
 compute_threads = 0
 onnxruntime = ""
 load_memory_bytes = "2GiB"
+gpu = "auto"
+gpu_memory_bytes = "4GiB"
 
 [runtime]
 max_instances = 1000
@@ -141,6 +143,12 @@ pub struct NnConfig {
     /// server loads it (engines fold constants: a tiny model can ask for gigabytes).
     #[serde(deserialize_with = "de_size")]
     pub load_memory_bytes: u64,
+    /// `auto`: run models on a GPU when wgpu finds a Vulkan adapter; `off`: the CPU only.
+    pub gpu: String,
+    /// GPU memory the engine's buffers (weights and activations) may hold at once; idle
+    /// models are evicted to stay under it.
+    #[serde(deserialize_with = "de_size")]
+    pub gpu_memory_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +278,7 @@ impl Config {
             );
         }
         anyhow::ensure!(self.runtime.max_instances > 0, "runtime.max_instances must be at least 1");
+        anyhow::ensure!(matches!(self.nn.gpu.as_str(), "auto" | "off"), "nn.gpu must be auto or off");
         Ok(())
     }
 

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod conformance;
+
 pub use reqwest::blocking::{Client, Response};
 pub use serde_json::{Value, json};
 

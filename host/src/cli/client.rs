@@ -80,7 +80,9 @@ fn server_error(status: reqwest::StatusCode, body: &[u8]) -> String {
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(_) | Command::NnProbe { .. } => unreachable!("handled by the caller"),
+        Command::Serve(_) | Command::NnProbe { .. } | Command::Model(ModelCommand::Check { .. }) => {
+            unreachable!("handled by the caller")
+        }
         Command::Tenant(TenantCommand::Create { name, plan, client }) => {
             let c = Client::new(&client)?;
             let v = c

@@ -263,10 +263,10 @@ enum ModelCommand {
     Push {
         name: String,
         file: PathBuf,
-        /// auto (the best engine present), tract or onnxruntime.
+        /// auto (the best engine present), tract, onnxruntime or wgpu.
         #[arg(long, default_value = "auto")]
         engine: String,
-        /// auto, cpu or gpu.
+        /// auto (a hardware GPU when present and granted, else the CPU), cpu or gpu.
         #[arg(long, default_value = "auto")]
         device: String,
         #[arg(long)]
@@ -278,6 +278,18 @@ enum ModelCommand {
     List {
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Show where every node of FILE (ONNX) runs, on this machine, with its declared input
+    /// shapes (dynamic dimensions taken as 1). Runs locally; no server needed.
+    Check {
+        file: PathBuf,
+        /// gpu (the GPU engine; nodes without a kernel on the CPU), cpu, or auto (a hardware
+        /// GPU when present).
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a model's inputs, outputs and versions.
     Get {
@@ -330,6 +342,7 @@ pub fn main() -> ExitCode {
         Command::NnProbe { engine, max_bytes, onnxruntime } => {
             return ExitCode::from(crate::nn::probe::run_child(&engine, max_bytes, onnxruntime) as u8);
         }
+        Command::Model(ModelCommand::Check { file, device, json }) => model_check(&file, &device, json),
         other => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -343,6 +356,39 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `infercell model check FILE [--device D] [--json]`.
+fn model_check(file: &std::path::Path, device: &str, json: bool) -> anyhow::Result<()> {
+    use crate::nn::gpu::{Wgpu, check};
+    let onnx = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let gpu = match device {
+        "cpu" => None,
+        "gpu" | "auto" => match Wgpu::discover(u64::MAX) {
+            Some(gpu) if device == "gpu" || gpu.is_hardware() => Some(gpu),
+            None if device == "gpu" => anyhow::bail!("no GPU adapter on this machine (infercell devices lists them)"),
+            _ => None,
+        },
+        other => anyhow::bail!("--device must be auto, cpu or gpu, not `{other}`"),
+    };
+    let placement = check(&onnx, gpu.as_ref()).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": placement }))?);
+        return Ok(());
+    }
+    let width = placement.iter().map(|p| p.node.len()).max().unwrap_or(4).clamp(4, 48);
+    println!("{:<width$}  {:<16}  {:<6}  why", "node", "op", "device");
+    for p in &placement {
+        let node: String = p.node.chars().take(width).collect();
+        println!("{node:<width$}  {:<16}  {:<6}  {}", p.op, p.device, p.why.as_deref().unwrap_or(""));
+    }
+    let on_gpu = placement.iter().filter(|p| p.device == "gpu").count();
+    let name = gpu.as_ref().map_or("", |g| g.adapter_name());
+    match gpu {
+        Some(_) => println!("{} nodes: {on_gpu} on gpu ({name}), {} on cpu", placement.len(), placement.len() - on_gpu),
+        None => println!("{} nodes: all on cpu", placement.len()),
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

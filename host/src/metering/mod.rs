@@ -34,7 +34,8 @@ const GATHER: std::time::Duration = std::time::Duration::from_micros(500);
 pub const METERS: [&str; 8] =
     ["invocations", "guest_ms", "fuel", "memory_gib_s", "nn_cpu_ms", "nn_gpu_ms", "bytes_in", "bytes_out"];
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE usage (
     request_id TEXT NOT NULL,
     tenant TEXT NOT NULL,
@@ -58,7 +59,13 @@ CREATE TABLE usage (
     -- writing one twice hits the same key and is ignored.
     PRIMARY KEY (tenant, started_us, request_id)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- Where each call's inference ran: model nodes on the CPU and on the GPU.
+ALTER TABLE usage ADD COLUMN nn_cpu_nodes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN nn_gpu_nodes INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 /// The meters of one call, or the sums over many.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -159,9 +166,17 @@ pub struct UsageRecord {
     pub outcome: &'static str,
     pub status: u16,
     pub meters: Meters,
+    /// Model nodes its inference ran on the CPU and on the GPU.
+    pub nn_cpu_nodes: u32,
+    pub nn_gpu_nodes: u32,
 }
 
 impl UsageRecord {
+    /// `nn_cpu_nodes=N, nn_gpu_nodes=M`, as in the `infercell-usage` header.
+    pub fn node_pairs(&self) -> String {
+        format!("nn_cpu_nodes={}, nn_gpu_nodes={}", self.nn_cpu_nodes, self.nn_gpu_nodes)
+    }
+
     pub fn to_json(&self) -> Value {
         let mut meters = serde_json::Map::new();
         for m in METERS {
@@ -178,6 +193,7 @@ impl UsageRecord {
             "outcome": self.outcome,
             "status": self.status,
             "meters": meters,
+            "nn_nodes": { "cpu": self.nn_cpu_nodes, "gpu": self.nn_gpu_nodes },
         })
     }
 }
@@ -336,7 +352,8 @@ impl Metering {
             .call(move |conn| {
                 let mut stmt = conn.prepare(
                     "SELECT request_id, tenant, kind, function, version, started_us, ended_us, outcome, status,
-                            invocations, guest_us, fuel, memory_page_us, nn_cpu_us, nn_gpu_us, bytes_in, bytes_out
+                            invocations, guest_us, fuel, memory_page_us, nn_cpu_us, nn_gpu_us, bytes_in, bytes_out,
+                            nn_cpu_nodes, nn_gpu_nodes
                      FROM usage WHERE tenant = ?1 AND started_us >= ?2 AND started_us < ?3
                        AND (?4 IS NULL OR function = ?4)
                        AND (started_us > ?5 OR (started_us = ?5 AND request_id > ?6))
@@ -357,6 +374,8 @@ impl Metering {
                             outcome: outcome_str(&outcome),
                             status: r.get(8)?,
                             meters: Meters::from_row(r, 9)?,
+                            nn_cpu_nodes: r.get(17)?,
+                            nn_gpu_nodes: r.get(18)?,
                         })
                     })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -383,8 +402,9 @@ fn write_batch(conn: &mut Connection, batch: &[Pending]) -> anyhow::Result<()> {
         // Keyed by request id: a record written twice is stored once.
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO usage (request_id, tenant, kind, function, version, started_us, ended_us,
-                outcome, status, invocations, guest_us, fuel, memory_page_us, nn_cpu_us, nn_gpu_us, bytes_in, bytes_out)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                outcome, status, invocations, guest_us, fuel, memory_page_us, nn_cpu_us, nn_gpu_us, bytes_in, bytes_out,
+                nn_cpu_nodes, nn_gpu_nodes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         )?;
         for Pending { record: r, .. } in batch {
             let m = &r.meters;
@@ -405,7 +425,9 @@ fn write_batch(conn: &mut Connection, batch: &[Pending]) -> anyhow::Result<()> {
                 m.nn_cpu_us,
                 m.nn_gpu_us,
                 m.bytes_in,
-                m.bytes_out
+                m.bytes_out,
+                r.nn_cpu_nodes,
+                r.nn_gpu_nodes
             ])?;
         }
     }
@@ -539,6 +561,8 @@ mod fold_tests {
                         bytes_in: rng.random_range(0..16 << 20),
                         bytes_out: rng.random_range(0..16 << 20),
                     },
+                    nn_cpu_nodes: rng.random_range(0..100),
+                    nn_gpu_nodes: rng.random_range(0..100),
                 };
                 metering.record(record.clone(), Some(&prices)).await.expect("commit");
                 raw.push(record);

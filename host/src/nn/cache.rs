@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::{Engine, ErrorCode, LoadedModel, NnError};
+use super::{Engine, ErrorCode, LoadedModel, NnError, Placement};
 
 struct Entry {
     model: Arc<dyn LoadedModel>,
@@ -35,7 +35,13 @@ struct State {
 
 /// Engines, the cache and the compute pool.
 pub struct Graphs {
+    /// CPU engines, best first.
     engines: Vec<Arc<dyn Engine>>,
+    /// The GPU engine, when this machine has a GPU adapter (found on first use; `None` inside
+    /// when there is none). Unset: no GPU engine at all.
+    gpu: std::sync::OnceLock<Option<Arc<super::gpu::Wgpu>>>,
+    /// The GPU memory budget, when the GPU is to be used at all.
+    gpu_budget: Option<u64>,
     state: Mutex<State>,
     cap_bytes: u64,
     pool: Arc<Semaphore>,
@@ -56,6 +62,8 @@ impl Graphs {
     pub fn new(engines: Vec<Arc<dyn Engine>>, cap_bytes: u64, threads: usize) -> Self {
         Self {
             engines,
+            gpu: std::sync::OnceLock::new(),
+            gpu_budget: None,
             state: Mutex::new(State { entries: HashMap::new(), tick: 0, stats: CacheStats::default() }),
             cap_bytes,
             pool: Arc::new(Semaphore::new(threads.max(1))),
@@ -65,24 +73,62 @@ impl Graphs {
         }
     }
 
-    /// The engine `name` (`auto` = the first available).
+    /// Uses a GPU when wgpu finds one, with this much GPU memory.
+    pub fn enable_gpu(&mut self, budget_bytes: u64) {
+        self.gpu_budget = Some(budget_bytes);
+    }
+
+    /// The GPU engine: the first call looks for an adapter (about 0.2 s).
+    pub fn gpu(&self) -> Option<&Arc<super::gpu::Wgpu>> {
+        self.gpu.get_or_init(|| self.gpu_budget.and_then(super::gpu::Wgpu::discover).map(Arc::new)).as_ref()
+    }
+
+    /// The engine `name`: a CPU engine by name, `wgpu`, `cpu` (the best CPU engine) or `auto`
+    /// (the GPU when it is hardware, else the best CPU engine).
     pub fn engine(&self, name: &str) -> Result<Arc<dyn Engine>, NnError> {
+        self.select(name, true)
+    }
+
+    /// The engine for a model's selector (see `ModelStore::lookup`), for a caller that may
+    /// (`gpu_granted`) or may not use the GPU: `wgpu` or `gpu` needs the grant (a `security`
+    /// error without it); `auto` takes a hardware GPU only when granted, else the CPU.
+    pub fn select(&self, name: &str, gpu_granted: bool) -> Result<Arc<dyn Engine>, NnError> {
+        let cpu = || self.engines.first().cloned();
         let found = match name {
-            "auto" | "" => self.engines.first(),
-            name => self.engines.iter().find(|e| e.name() == name),
+            "wgpu" | "gpu" => {
+                if !gpu_granted {
+                    return Err(NnError::new(
+                        ErrorCode::Security,
+                        "the GPU is not granted (capabilities.gpu, and a plan that allows it)",
+                    ));
+                }
+                let gpu = self.gpu().cloned().ok_or_else(|| {
+                    NnError::new(
+                        ErrorCode::UnsupportedOperation,
+                        "this server has no GPU (GET /v1/devices lists its devices)",
+                    )
+                })?;
+                return Ok(gpu);
+            }
+            "auto" | "" => match self.gpu() {
+                Some(gpu) if gpu_granted && gpu.is_hardware() => return Ok(gpu.clone()),
+                _ => cpu(),
+            },
+            "cpu" => cpu(),
+            name => self.engines.iter().find(|e| e.name() == name).cloned(),
         };
-        found.cloned().ok_or_else(|| {
-            let known: Vec<&str> = self.engines.iter().map(|e| e.name()).collect();
+        found.ok_or_else(|| {
             NnError::new(
                 ErrorCode::UnsupportedOperation,
-                format!("no engine `{name}` on this server (engines: {})", known.join(", ")),
+                format!("no engine `{name}` on this server (engines: {})", self.engine_names().join(", ")),
             )
         })
     }
 
     /// Names of the engines this server has.
     pub fn engine_names(&self) -> Vec<&'static str> {
-        self.engines.iter().map(|e| e.name()).collect()
+        let gpu = self.gpu().map(|g| g.name());
+        self.engines.iter().map(|e| e.name()).chain(gpu).collect()
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -151,7 +197,7 @@ impl Graphs {
         Ok((model, took))
     }
 
-    /// Runs `model` on `inputs`; returns the outputs and the compute time.
+    /// Runs `model` on `inputs`; returns the outputs, the compute time and where it ran.
     ///
     /// A model whose last run took at most [`INLINE_MAX`] runs right here, on the calling
     /// thread: handing a 5 us MLP to the blocking pool and back costs far more than the
@@ -163,24 +209,24 @@ impl Graphs {
         &self,
         model: Arc<dyn LoadedModel>,
         inputs: Vec<(String, super::HostTensor)>,
-    ) -> Result<(Vec<(String, super::HostTensor)>, Duration), NnError> {
+    ) -> Result<(Vec<(String, super::HostTensor)>, Duration, Placement), NnError> {
         let key = Arc::as_ptr(&model) as *const () as usize;
         let last = self.costs.lock().ok().and_then(|c| c.get(&key).copied());
-        let (outputs, took) = if last.is_some_and(|d| d <= INLINE_MAX) {
+        let (outputs, placement, took) = if last.is_some_and(|d| d <= INLINE_MAX) {
             let started = Instant::now();
-            let outputs = model.run(inputs)?;
-            (outputs, started.elapsed())
+            let (outputs, placement) = model.run_placed(inputs)?;
+            (outputs, placement, started.elapsed())
         } else {
             self.compute(move || {
                 let started = Instant::now();
-                model.run(inputs).map(|out| (out, started.elapsed()))
+                model.run_placed(inputs).map(|(out, placement)| (out, placement, started.elapsed()))
             })
             .await?
         };
         if let Ok(mut costs) = self.costs.lock() {
             costs.insert(key, took);
         }
-        Ok((outputs, took))
+        Ok((outputs, took, placement))
     }
 
     /// Runs `f` on a blocking thread once a compute slot is free.
@@ -231,7 +277,7 @@ mod tests {
     }
 
     async fn thread_of(graphs: &Graphs, model: &Arc<dyn LoadedModel>) -> String {
-        let (out, _) = graphs.run_model(model.clone(), Vec::new()).await.expect("runs");
+        let (out, _, _) = graphs.run_model(model.clone(), Vec::new()).await.expect("runs");
         String::from_utf8(out[0].1.data.clone()).expect("utf-8")
     }
 

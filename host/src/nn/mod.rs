@@ -204,6 +204,31 @@ pub struct Placement {
     pub gpu_time: std::time::Duration,
 }
 
+/// Inference spent by one call: host time (loads, CPU nodes, transfers), GPU time, and the
+/// model nodes its computes ran on each device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NnUsage {
+    pub cpu: std::time::Duration,
+    pub gpu: std::time::Duration,
+    pub cpu_nodes: u32,
+    pub gpu_nodes: u32,
+}
+
+impl NnUsage {
+    /// Adds one compute of wall time `took` that ran as `placed`.
+    pub fn add(&mut self, took: std::time::Duration, placed: Placement) {
+        self.cpu += took.saturating_sub(placed.gpu_time);
+        self.gpu += placed.gpu_time;
+        self.cpu_nodes += placed.cpu_nodes;
+        self.gpu_nodes += placed.gpu_nodes;
+    }
+
+    /// Microseconds of (CPU, GPU) time, as metered.
+    pub fn micros(&self) -> (i64, i64) {
+        (self.cpu.as_micros() as i64, self.gpu.as_micros() as i64)
+    }
+}
+
 /// A model compiled by one engine, shareable by every instance and tenant that loads the
 /// same bytes. `run` must be callable from many threads at once.
 pub trait LoadedModel: Send + Sync {

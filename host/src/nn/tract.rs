@@ -164,13 +164,15 @@ impl TractModel {
 
 /// What was pinned, the shapes of every input, then the bytes of every input made constant.
 type SpecKey = (Pin, Vec<Vec<u32>>, Vec<Vec<u8>>);
+/// A compiled form, made once by the first caller that needs it.
+type PlanCell<P> = OnceLock<Result<P, NnError>>;
 
 /// Compiled forms of one model, each made for the shapes and pinned values of some inputs on
 /// first use (concurrent first callers share the work), the last few kept, least recently
 /// used evicted. A failed specialization is remembered too.
 pub(crate) struct Specializations<P> {
     pins: &'static [Pin],
-    plans: Mutex<Vec<(SpecKey, Arc<OnceLock<Result<P, NnError>>>)>>,
+    plans: Mutex<Vec<(SpecKey, Arc<PlanCell<P>>)>>,
 }
 
 impl<P: Clone> Specializations<P> {

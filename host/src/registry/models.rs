@@ -22,10 +22,10 @@ use crate::tenants::valid_name;
 #[serde(deny_unknown_fields)]
 pub struct ModelManifest {
     pub name: String,
-    /// `auto` (the best engine present), `tract` or `onnxruntime`.
+    /// `auto` (the best engine present), `tract`, `onnxruntime` or `wgpu`.
     #[serde(default = "auto")]
     pub engine: String,
-    /// `auto`, `cpu` or `gpu`.
+    /// `auto` (a hardware GPU when present and granted, else the CPU), `cpu` or `gpu`.
     #[serde(default = "auto")]
     pub device: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +45,29 @@ impl ModelManifest {
         if !matches!(m.device.as_str(), "auto" | "cpu" | "gpu") {
             return Err(format!("invalid model manifest: device `{}` must be auto, cpu or gpu", m.device));
         }
+        match (m.engine.as_str(), m.device.as_str()) {
+            ("wgpu", "cpu") => {
+                return Err("invalid model manifest: engine `wgpu` runs on the GPU, not device `cpu`".into());
+            }
+            ("tract" | "onnxruntime", "gpu") => {
+                return Err(format!(
+                    "invalid model manifest: engine `{}` runs on the CPU; device `gpu` takes engine auto or wgpu",
+                    m.engine
+                ));
+            }
+            _ => {}
+        }
         Ok(m)
+    }
+}
+
+/// The engine selector of a model (see [`crate::nn::Graphs::select`]): its engine, made
+/// `wgpu` by device `gpu` and the best CPU engine by device `cpu`.
+pub fn selector(engine: &str, device: &str) -> String {
+    match (engine, device) {
+        (_, "gpu") => "wgpu".into(),
+        ("auto", "cpu") => "cpu".into(),
+        (engine, _) => engine.into(),
     }
 }
 
@@ -114,14 +136,17 @@ impl ModelStore {
         manifest_text: &str,
         bytes: Bytes,
         max_bytes: u64,
+        gpu_allowed: bool,
     ) -> Result<ModelVersion, ApiError> {
         let manifest = ModelManifest::parse(manifest_text).map_err(ApiError::BadRequest)?;
-        if manifest.device == "gpu" {
-            return Err(ApiError::BadRequest(
-                "device `gpu`: this server has no GPU engine yet; use auto or cpu".into(),
-            ));
-        }
-        let engine = self.graphs.engine(&manifest.engine).map_err(|e| ApiError::BadRequest(e.message))?;
+        let engine = self.graphs.select(&selector(&manifest.engine, &manifest.device), gpu_allowed).map_err(|e| {
+            ApiError::BadRequest(match e.code {
+                ErrorCode::Security => {
+                    format!("device `{}`: the tenant's plan does not allow the GPU", manifest.device)
+                }
+                _ => e.message,
+            })
+        })?;
         if bytes.len() as u64 > max_bytes {
             return Err(ApiError::PayloadTooLarge(format!(
                 "model of {} bytes is over the plan's limit of {max_bytes} bytes",
@@ -230,7 +255,7 @@ impl ModelStore {
         &self,
         version: &ModelVersion,
     ) -> Result<(Arc<dyn crate::nn::LoadedModel>, std::time::Duration), crate::nn::NnError> {
-        let engine = self.graphs.engine(&version.engine)?;
+        let engine = self.graphs.select(&selector(&version.engine, &version.device), true)?;
         let (blobs, digest) = (self.blobs.clone(), version.digest.clone());
         self.graphs
             .get_or_load(&version.digest, engine, move || {
@@ -258,10 +283,10 @@ impl ModelSource for ModelStore {
                 .call(move |conn| {
                     Ok(conn
                         .query_row(
-                            "SELECT digest, engine FROM models WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL
+                            "SELECT digest, engine, device FROM models WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL
                              ORDER BY version DESC LIMIT 1",
                             params![t, n],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
+                            |r| Ok((r.get(0)?, selector(&r.get::<_, String>(1)?, &r.get::<_, String>(2)?))),
                         )
                         .optional()?)
                 })

@@ -201,8 +201,8 @@ pub struct CallUsage {
     pub fuel: u64,
     /// Highest linear-memory size the guest reached.
     pub peak_memory_bytes: u64,
-    /// Host inference time (graph loads and computes) on the CPU.
-    pub nn_cpu: Duration,
+    /// Host inference: CPU time (graph loads and computes), GPU time, nodes per device.
+    pub nn: crate::nn::NnUsage,
 }
 
 /// What a call may reach beyond its own sandbox: everything here is granted by the function's
@@ -496,7 +496,7 @@ impl Runtime {
             wall: started.elapsed(),
             fuel: fuel_budget.saturating_sub(fuel_left),
             peak_memory_bytes: state.limiter.peak(),
-            nn_cpu: state.nn.cpu_time,
+            nn: state.nn.usage,
         };
         let memory_hit = state.limiter.limit_hit();
         let mut denials = std::mem::take(&mut state.denials);

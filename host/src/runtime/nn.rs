@@ -7,7 +7,6 @@
 //! a trap. Host time spent loading and computing is measured here (fuel cannot see it).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::Resource;
@@ -26,7 +25,8 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a
 
 /// Where `load-by-name` finds a tenant's models: implemented by the registry.
 pub trait ModelSource: Send + Sync {
-    /// The digest and preferred engine of the newest version of `tenant`'s model `name`.
+    /// The digest and engine selector (`crate::registry::models::selector`) of the newest
+    /// version of `tenant`'s model `name`.
     fn lookup<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Option<(String, String)>>;
     /// The model bytes of `digest`.
     fn read(&self, digest: &str) -> anyhow::Result<Vec<u8>>;
@@ -46,8 +46,9 @@ pub struct NnAccess {
 /// Per-call wasi:nn state.
 pub struct NnCtx {
     access: Option<NnAccess>,
-    /// Host time spent on inference (load + compute) during this call.
-    pub cpu_time: Duration,
+    /// Inference spent during this call: host time (loads and computes, GPU time excluded),
+    /// GPU time, nodes per device.
+    pub usage: crate::nn::NnUsage,
     /// Bytes of tensors the guest holds on the host; capped at the call's memory limit.
     held_bytes: u64,
     cap_bytes: u64,
@@ -60,7 +61,7 @@ const MAX_TENSORS: u32 = 10_000;
 
 impl NnCtx {
     pub fn new(access: Option<NnAccess>, cap_bytes: u64) -> Self {
-        Self { access, cpu_time: Duration::ZERO, held_bytes: 0, cap_bytes, tensors: 0 }
+        Self { access, usage: Default::default(), held_bytes: 0, cap_bytes, tensors: 0 }
     }
 }
 
@@ -106,9 +107,14 @@ impl InstanceState {
             Ok(a) => a,
             Err(e) => return self.nn_err(e),
         };
-        let engine = match access.graphs.engine(engine) {
+        let engine = match access.graphs.select(engine, access.gpu) {
             Ok(e) => e,
-            Err(e) => return self.nn_err(e),
+            Err(e) => {
+                if e.code == ErrorCode::Security {
+                    self.deny("gpu", &digest, &e.message);
+                }
+                return self.nn_err(e);
+            }
         };
         let source = access.source.clone();
         let d = digest.clone();
@@ -118,7 +124,7 @@ impl InstanceState {
         };
         match access.graphs.get_or_load(&digest, engine, read).await {
             Ok((model, took)) => {
-                self.nn.cpu_time += took;
+                self.nn.usage.cpu += took;
                 Ok(Ok(self.table.push(Graph(model))?))
             }
             Err(e) => self.nn_err(e),
@@ -210,12 +216,15 @@ impl graph::Host for InstanceState {
         if !matches!(encoding, graph::GraphEncoding::Onnx | graph::GraphEncoding::Autodetect) {
             return self.nn_err(NnError::new(ErrorCode::InvalidEncoding, "this platform runs ONNX graphs only"));
         }
-        if let Err(e) = check_target(target, access.gpu) {
-            if e.code == ErrorCode::Security {
-                self.deny("gpu", "execution-target gpu", &e.message);
+        let engine = match check_target(target, access.gpu) {
+            Ok(engine) => engine,
+            Err(e) => {
+                if e.code == ErrorCode::Security {
+                    self.deny("gpu", "execution-target gpu", &e.message);
+                }
+                return self.nn_err(e);
             }
-            return self.nn_err(e);
-        }
+        };
         let [bytes] = <[Vec<u8>; 1]>::try_from(builders).unwrap_or_default();
         if bytes.is_empty() {
             return self.nn_err(NnError::new(ErrorCode::InvalidArgument, "pass the ONNX model as exactly one builder"));
@@ -227,7 +236,7 @@ impl graph::Host for InstanceState {
             ));
         }
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        self.load_graph(digest, "auto", Some(bytes)).await
+        self.load_graph(digest, engine, Some(bytes)).await
     }
 
     async fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
@@ -283,11 +292,11 @@ impl inference::HostGraphExecutionContext for InstanceState {
             }
         }
         let result = access.graphs.run_model(model, given).await;
-        let (outputs, took) = match result {
+        let (outputs, took, placed) = match result {
             Ok(r) => r,
             Err(e) => return self.nn_err(e),
         };
-        self.nn.cpu_time += took;
+        self.nn.usage.add(took, placed);
         if let Some((name, t)) = outputs.iter().find(|(_, t)| wit_type(t.ty).is_none()) {
             let message = format!("output `{name}` is {}, which wasi:nn cannot carry", t.ty.oip_name());
             return self.nn_err(NnError::new(ErrorCode::UnsupportedOperation, message));
@@ -337,15 +346,14 @@ impl errors::HostError for InstanceState {
     }
 }
 
-fn check_target(target: graph::ExecutionTarget, gpu_granted: bool) -> Result<(), NnError> {
+/// The engine selector for a graph loaded from bytes with `target`.
+fn check_target(target: graph::ExecutionTarget, gpu_granted: bool) -> Result<&'static str, NnError> {
     match target {
-        graph::ExecutionTarget::Cpu => Ok(()),
+        graph::ExecutionTarget::Cpu => Ok("cpu"),
         graph::ExecutionTarget::Gpu if !gpu_granted => {
             Err(NnError::new(ErrorCode::Security, "this function is not granted the GPU (capabilities.gpu)"))
         }
-        graph::ExecutionTarget::Gpu => {
-            Err(NnError::new(ErrorCode::UnsupportedOperation, "no GPU engine on this server yet"))
-        }
+        graph::ExecutionTarget::Gpu => Ok("wgpu"),
         graph::ExecutionTarget::Tpu => Err(NnError::new(ErrorCode::UnsupportedOperation, "no TPU on this server")),
     }
 }

@@ -146,7 +146,7 @@ async fn invoke(
     );
     if !busy {
         let wall_us = outcome.usage.wall.as_micros() as i64;
-        let nn_cpu_us = outcome.usage.nn_cpu.as_micros() as i64;
+        let (nn_cpu_us, nn_gpu_us) = outcome.usage.nn.micros();
         let pages = outcome.usage.peak_memory_bytes.div_ceil(65_536) as i64;
         let record = UsageRecord {
             request_id: request_id.clone(),
@@ -160,16 +160,18 @@ async fn invoke(
             status: response.status().as_u16(),
             meters: Meters {
                 invocations: 1,
-                guest_us: wall_us.saturating_sub(nn_cpu_us),
+                guest_us: wall_us.saturating_sub(nn_cpu_us + nn_gpu_us),
                 fuel: outcome.usage.fuel.min(i64::MAX as u64) as i64,
                 memory_page_us: pages.saturating_mul(wall_us),
                 nn_cpu_us,
-                nn_gpu_us: 0,
+                nn_gpu_us,
                 bytes_in: bytes_in as i64,
                 bytes_out: bytes_out as i64,
             },
+            nn_cpu_nodes: outcome.usage.nn.cpu_nodes,
+            nn_gpu_nodes: outcome.usage.nn.gpu_nodes,
         };
-        usage = format!("{}, {usage}", record.meters.header_pairs());
+        usage = format!("{}, {usage}, {}", record.meters.header_pairs(), record.node_pairs());
         commit_usage(&app, plan, record).await?;
     }
     if let Ok(value) = HeaderValue::from_str(&usage) {

@@ -97,6 +97,9 @@ impl App {
         };
         let mut graphs = Graphs::new(engines(&config.nn.onnxruntime), config.nn.graph_cache_bytes, threads);
         graphs.prober = prober(&config);
+        if config.nn.gpu == "auto" {
+            graphs.enable_gpu(config.nn.gpu_memory_bytes);
+        }
         let metrics = Metrics::new();
         let load_time = metrics.graph_load.clone();
         graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
@@ -107,12 +110,20 @@ impl App {
             data_dir,
             std::env::var("INFERCELL_SECRETS_KEY").ok(),
         )?;
+        let graphs = Arc::new(graphs);
+        // Devices are discovered at start, off the caller's path.
+        let discovering = graphs.clone();
+        std::thread::Builder::new().name("gpu-discovery".into()).spawn(move || {
+            if let Some(gpu) = discovering.gpu() {
+                tracing::info!(adapter = gpu.adapter_name(), hardware = gpu.is_hardware(), "GPU engine available");
+            }
+        })?;
         let registry = Registry::new(
             db,
             BlobStore::new(root.open_dir("blobs")?),
             runtime.clone(),
             config.clone(),
-            Arc::new(graphs),
+            graphs,
             files,
             secrets,
         );

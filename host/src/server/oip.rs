@@ -369,6 +369,9 @@ fn nn_error(e: NnError) -> ApiError {
         ErrorCode::NotFound => ApiError::NotFound(e.message),
         ErrorCode::TooLarge => ApiError::PayloadTooLarge(e.message),
         ErrorCode::Timeout => ApiError::GatewayTimeout(e.message),
+        // GPU memory held by running models: the client may retry.
+        ErrorCode::RuntimeError if e.message.starts_with("busy:") => ApiError::Unavailable(e.message),
+        ErrorCode::Security => ApiError::Forbidden(e.message),
         _ => ApiError::Internal(anyhow::anyhow!(e.message)),
     }
 }
@@ -438,15 +441,17 @@ fn check_declared(name: &str, declared: &[TensorInfo], inputs: &[Tensor]) -> Res
 /// inference time, and the guest's meters for a predictor.
 struct Ran {
     outputs: Result<Vec<Tensor>, ApiError>,
-    nn: Duration,
+    nn: crate::nn::NnUsage,
     guest: Option<crate::runtime::CallUsage>,
 }
 
 async fn run_model(app: &App, model: &ModelVersion, inputs: Vec<(String, HostTensor)>) -> Ran {
     let result = async {
         let (graph, load_time) = app.registry.models.load(model).await?;
-        let (outputs, compute) = app.registry.models.graphs().run_model(graph, inputs).await?;
-        Ok::<_, NnError>((outputs, load_time + compute))
+        let (outputs, compute, placed) = app.registry.models.graphs().run_model(graph, inputs).await?;
+        let mut nn = crate::nn::NnUsage::default();
+        nn.add(load_time + compute, placed);
+        Ok::<_, NnError>((outputs, nn))
     }
     .await;
     match result {
@@ -462,7 +467,7 @@ async fn run_model(app: &App, model: &ModelVersion, inputs: Vec<(String, HostTen
                 .collect();
             Ran { outputs: Ok(outputs), nn, guest: None }
         }
-        Err(e) => Ran { outputs: Err(nn_error(e)), nn: Duration::ZERO, guest: None },
+        Err(e) => Ran { outputs: Err(nn_error(e)), nn: Default::default(), guest: None },
     }
 }
 
@@ -493,7 +498,7 @@ async fn run_predictor(app: &App, actor: &str, deployment: &Deployment, request_
             })
             .collect()
     });
-    Ran { outputs, nn: outcome.usage.nn_cpu, guest: Some(outcome.usage) }
+    Ran { outputs, nn: outcome.usage.nn, guest: Some(outcome.usage) }
 }
 
 /// `POST /v2/models/{m}[/versions/{v}]/infer`.
@@ -556,7 +561,7 @@ pub async fn infer(
         (Served::Predictor { deployment, .. }, _) => {
             run_predictor(&app, &principal.key_id, deployment, &request_id, inputs).await
         }
-        (Served::Model { .. }, None) => Ran { outputs: Ok(Vec::new()), nn: Duration::ZERO, guest: None },
+        (Served::Model { .. }, None) => Ran { outputs: Ok(Vec::new()), nn: Default::default(), guest: None },
     };
     drop(admission);
     let infer_time = infer_started.elapsed();
@@ -583,26 +588,32 @@ pub async fn infer(
     app.oip_stats.record(&tenant, name, version, matches!(served, Served::Predictor { .. }), &timings);
 
     let bytes_out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as i64;
-    let nn_cpu_us = ran.nn.as_micros() as i64;
+    let (nn_cpu_us, nn_gpu_us) = ran.nn.micros();
     let (kind, meters) = match &ran.guest {
         Some(usage) => {
             let guest_wall = usage.wall.as_micros() as i64;
             let pages = usage.peak_memory_bytes.div_ceil(65_536) as i64;
             let meters = Meters {
                 invocations: 1,
-                guest_us: guest_wall.saturating_sub(nn_cpu_us),
+                guest_us: guest_wall.saturating_sub(nn_cpu_us + nn_gpu_us),
                 fuel: usage.fuel.min(i64::MAX as u64) as i64,
                 memory_page_us: pages.saturating_mul(guest_wall),
                 nn_cpu_us,
-                nn_gpu_us: 0,
+                nn_gpu_us,
                 bytes_in: body.len() as i64,
                 bytes_out,
             };
             ("function", meters)
         }
         None => {
-            let meters =
-                Meters { invocations: 1, nn_cpu_us, bytes_in: body.len() as i64, bytes_out, ..Meters::default() };
+            let meters = Meters {
+                invocations: 1,
+                nn_cpu_us,
+                nn_gpu_us,
+                bytes_in: body.len() as i64,
+                bytes_out,
+                ..Meters::default()
+            };
             ("model", meters)
         }
     };
@@ -618,8 +629,15 @@ pub async fn infer(
         outcome: if ok { "ok" } else { "error" },
         status: response.status().as_u16(),
         meters,
+        nn_cpu_nodes: ran.nn.cpu_nodes,
+        nn_gpu_nodes: ran.nn.gpu_nodes,
     };
-    let usage = format!("{}, version={version}, wall_ms={:.3}", record.meters.header_pairs(), wall.as_secs_f64() * 1e3);
+    let usage = format!(
+        "{}, version={version}, wall_ms={:.3}, {}",
+        record.meters.header_pairs(),
+        wall.as_secs_f64() * 1e3,
+        record.node_pairs()
+    );
     commit_usage(&app, plan, record).await?;
     if let Ok(value) = HeaderValue::from_str(&usage) {
         response.headers_mut().insert(USAGE_HEADER, value);

@@ -24,7 +24,7 @@ use tract_onnx::prelude::*;
 
 use self::kernels::Kernel;
 use self::plan::{NodePlacement, Plan};
-use super::tract::{Parsed, Pin, Specializations, parse, pin, to_tract, from_tract};
+use super::tract::{Parsed, Pin, Specializations, from_tract, parse, pin, to_tract};
 use super::{Engine, ErrorCode, HostTensor, LoadedModel, NnError, Placement, TensorInfo, match_inputs};
 
 /// The order in which inputs are pinned: shapes alone first, so integer data (token ids) is
@@ -121,36 +121,46 @@ impl Wgpu {
             gpu.lost.store(true, Ordering::SeqCst);
         }
     }
+}
 
-    /// Where every node of `onnx` runs when its inputs have these shapes (dynamic dimensions
-    /// of the declared inputs taken as 1 when `shapes` is empty).
-    pub fn check(&self, onnx: &[u8], shapes: &[Vec<u32>]) -> Result<Vec<NodePlacement>, NnError> {
-        let parsed = parse(onnx)?;
-        let inputs: Vec<HostTensor> = parsed
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(i, info)| {
-                let dims: Vec<u32> = match shapes.get(i) {
-                    Some(s) => s.clone(),
-                    None => info.shape.iter().map(|d| if *d < 0 { 1 } else { *d as u32 }).collect(),
-                };
-                let ty = super::ElemType::from_oip_name(&info.datatype).unwrap_or(super::ElemType::F32);
-                let len = dims.iter().map(|d| *d as usize).product::<usize>() * ty.size();
-                HostTensor::new(dims, ty, vec![0; len])
-            })
-            .collect::<Result<_, _>>()?;
-        let gpu = self.shared.gpu()?;
-        let mut last = None;
-        for p in PINS {
-            let pinned = p.select(&inputs);
-            match pin(&parsed.model, &inputs, &pinned).and_then(declutter).and_then(|m| Plan::build(&gpu, m)) {
-                Ok(plan) => return Ok(plan.placement.clone()),
-                Err(e) => last = Some(e),
+/// Where every node of `onnx` runs, on `gpu` or (without one) on the CPU, when its inputs have
+/// their declared shapes (dynamic dimensions taken as 1): `infercell model check`.
+pub fn check(onnx: &[u8], gpu: Option<&Wgpu>) -> Result<Vec<NodePlacement>, NnError> {
+    let parsed = parse(onnx)?;
+    let inputs: Vec<HostTensor> = parsed
+        .inputs
+        .iter()
+        .map(|info| {
+            let dims: Vec<u32> = info.shape.iter().map(|d| if *d < 0 { 1 } else { *d as u32 }).collect();
+            let ty = super::ElemType::from_oip_name(&info.datatype).unwrap_or(super::ElemType::F32);
+            let len = dims.iter().map(|d| *d as usize).product::<usize>() * ty.size();
+            HostTensor::new(dims, ty, vec![0; len])
+        })
+        .collect::<Result<_, _>>()?;
+    let gpu = gpu.map(|g| g.shared.gpu()).transpose()?;
+    let mut last = None;
+    for p in PINS {
+        let pinned = p.select(&inputs);
+        let typed = match pin(&parsed.model, &inputs, &pinned).and_then(declutter) {
+            Ok(typed) => typed,
+            Err(e) => {
+                last = Some(e);
+                continue;
             }
-        }
-        Err(last.unwrap_or_else(|| NnError::new(ErrorCode::UnsupportedOperation, "cannot plan this model")))
+        };
+        return match &gpu {
+            Some(gpu) => Plan::build(gpu, typed).map(|plan| plan.placement),
+            None => Ok(typed
+                .eval_order()
+                .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?
+                .into_iter()
+                .map(|id| typed.node(id))
+                .filter(|n| !n.inputs.is_empty())
+                .map(|n| NodePlacement { node: n.name.clone(), op: n.op.name().to_string(), device: "cpu", why: None })
+                .collect()),
+        };
     }
+    Err(last.unwrap_or_else(|| NnError::new(ErrorCode::UnsupportedOperation, "cannot plan this model")))
 }
 
 fn best_adapter(instance: &wgpu::Instance) -> Option<wgpu::Adapter> {
@@ -245,7 +255,7 @@ impl Gpu {
             pipelines: Default::default(),
             timestamps,
             period: queue.get_timestamp_period(),
-            max_buffer: limits.max_buffer_size.min(u64::from(limits.max_storage_buffer_binding_size)),
+            max_buffer: limits.max_buffer_size.min(limits.max_storage_buffer_binding_size),
             lost,
             shared: Arc::downgrade(shared),
         })
@@ -294,7 +304,10 @@ impl Gpu {
         if bytes > self.max_buffer {
             return Err(NnError::new(
                 ErrorCode::TooLarge,
-                format!("a tensor of {bytes} bytes is larger than the GPU's largest buffer ({} bytes)", self.max_buffer),
+                format!(
+                    "a tensor of {bytes} bytes is larger than the GPU's largest buffer ({} bytes)",
+                    self.max_buffer
+                ),
             ));
         }
         if bytes > budget.cap {
@@ -319,8 +332,12 @@ impl Gpu {
                 ));
             }
         }
-        let buffer =
-            self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes, usage, mapped_at_creation: false });
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        });
         Ok(Tracked { buffer, bytes, budget: budget.clone() })
     }
 
@@ -363,7 +380,9 @@ impl Gpu {
 fn too_large(bytes: u64, cap: u64) -> NnError {
     NnError::new(
         ErrorCode::TooLarge,
-        format!("needs {bytes} bytes of GPU memory at once; the GPU memory budget is {cap} bytes (nn.gpu_memory_bytes)"),
+        format!(
+            "needs {bytes} bytes of GPU memory at once; the GPU memory budget is {cap} bytes (nn.gpu_memory_bytes)"
+        ),
     )
 }
 
@@ -389,11 +408,14 @@ struct GpuModel {
     last_used: AtomicU64,
 }
 
+/// An uploaded weight: the constant's name, the tensor, how it was uploaded, the buffer.
+type Weight = (String, Arc<Tensor>, Option<usize>, Arc<Tracked>);
+
 /// A model's GPU resources on one device.
 struct State {
     gpu: Arc<Gpu>,
     /// Uploaded weights by constant name, with the tensor they hold.
-    weights: Mutex<Vec<(String, Arc<Tensor>, Option<usize>, Arc<Tracked>)>>,
+    weights: Mutex<Vec<Weight>>,
     plans: Specializations<Arc<Plan>>,
 }
 
@@ -509,10 +531,7 @@ impl GpuModel {
             .zip(outputs)
             .map(|(info, value)| Ok((info.name.clone(), from_tract(&value)?)))
             .collect::<Result<_, NnError>>()?;
-        Ok((
-            outputs,
-            Placement { cpu_nodes: plan.cpu_nodes, gpu_nodes: plan.gpu_nodes, gpu_time: stats.gpu_time },
-        ))
+        Ok((outputs, Placement { cpu_nodes: plan.cpu_nodes, gpu_nodes: plan.gpu_nodes, gpu_time: stats.gpu_time }))
     }
 }
 

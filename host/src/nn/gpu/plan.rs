@@ -161,9 +161,13 @@ impl Plan {
                 let is_output = model.output_outlets().map_err(internal)?.iter().any(|o| o.node == id);
                 let feeds_gpu = !successors.is_empty()
                     && !is_output
-                    && successors.iter().all(|inlet| matches!(capable.get(&inlet.node), Some(Ok(Lowered::Dispatches(_)))));
+                    && successors
+                        .iter()
+                        .all(|inlet| matches!(capable.get(&inlet.node), Some(Ok(Lowered::Dispatches(_)))));
                 let decided = match capable.remove(&id).unwrap_or_else(|| Err("no inputs".into())) {
-                    Ok(Lowered::Alias) if first_home != Some(Home::Gpu) && !(feeds_gpu && first_home != Some(Home::Const)) => {
+                    Ok(Lowered::Alias)
+                        if first_home != Some(Home::Gpu) && !(feeds_gpu && first_home != Some(Home::Const)) =>
+                    {
                         Err("reshapes a value on the CPU".into())
                     }
                     other => other,
@@ -214,11 +218,12 @@ impl Plan {
                                 Operand::Indices(k) => {
                                     let v = value_of(&node.inputs[*k]);
                                     on_gpu[v] = true;
-                                    let len = model.outlet_fact(node.inputs[0]).map_err(internal)?.shape
-                                        [node.op_as::<tract_onnx::tract_core::ops::array::Gather>().map_or(0, |g| g.axis)]
+                                    let len = model.outlet_fact(node.inputs[0]).map_err(internal)?.shape[node
+                                        .op_as::<tract_onnx::tract_core::ops::array::Gather>()
+                                        .map_or(0, |g| g.axis)]
                                     .as_i64()
                                     .ok_or_else(|| internal("a gather axis is not concrete"))?
-                                    as usize;
+                                        as usize;
                                     values[v].indices = Some(values[v].indices.map_or(len, |l| l.min(len)));
                                 }
                                 Operand::Output => {}
@@ -398,7 +403,12 @@ impl Plan {
     }
 
     /// Runs the plan on `fed` (the model's inputs, in order), with the model's weight buffers.
-    pub fn run(&self, gpu: &Gpu, weights: &[Arc<Tracked>], fed: Vec<TValue>) -> Result<(TVec<TValue>, RunStats), NnError> {
+    pub fn run(
+        &self,
+        gpu: &Gpu,
+        weights: &[Arc<Tracked>],
+        fed: Vec<TValue>,
+    ) -> Result<(TVec<TValue>, RunStats), NnError> {
         let arena = self.arenas.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut arena = match arena {
             Some(a) => a,
@@ -538,7 +548,13 @@ impl Plan {
                         if let (Step::Download { value }, Some(stage)) = (&self.steps[k], &arena.staging[k]) {
                             let bytes = self.value_bytes(*value);
                             if bytes > 0 {
-                                enc.copy_buffer_to_buffer(&arena.slots[self.slot(*value)].buffer, 0, &stage.buffer, 0, bytes);
+                                enc.copy_buffer_to_buffer(
+                                    &arena.slots[self.slot(*value)].buffer,
+                                    0,
+                                    &stage.buffer,
+                                    0,
+                                    bytes,
+                                );
                             }
                             reads.push((*value, &stage.buffer, bytes));
                         }

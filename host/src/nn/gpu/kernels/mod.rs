@@ -317,11 +317,12 @@ pub fn lower(node: &TypedNode, inputs: &[&TypedFact], output: &TypedFact) -> Res
     }
     if op.downcast_ref::<MultiBroadcastTo>().is_some() {
         let rank = out_shape.len();
-        let in_shape: Vec<usize> = std::iter::repeat_n(1, rank - shapes[0].len()).chain(shapes[0].iter().copied()).collect();
+        let in_shape: Vec<usize> =
+            std::iter::repeat_n(1, rank - shapes[0].len()).chain(shapes[0].iter().copied()).collect();
         let mut copy = Copy::reading(&in_shape, &out_shape);
-        for d in 0..rank {
-            if in_shape[d] == 1 {
-                copy.step[d] = 0;
+        for (step, size) in copy.step.iter_mut().zip(&in_shape) {
+            if *size == 1 {
+                *step = 0;
             }
         }
         return Ok(Lowered::Dispatches(vec![copy.dispatch(0)?]));
@@ -411,7 +412,8 @@ fn broadcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<u32>, String>
     }
     let full: Vec<usize> = std::iter::repeat_n(1, out.len() - shape.len()).chain(shape.iter().copied()).collect();
     let natural = strides(&full);
-    let strides: Vec<usize> = (0..out.len()).map(|d| if full[d] == 1 && out[d] != 1 { 0 } else { natural[d] }).collect();
+    let strides: Vec<usize> =
+        (0..out.len()).map(|d| if full[d] == 1 && out[d] != 1 { 0 } else { natural[d] }).collect();
     padded(&strides, 0)
 }
 
@@ -501,6 +503,9 @@ fn reduce_dispatch(reduce: &Reduce, shape: &[usize], n: usize) -> Result<Dispatc
 /// Spatial geometry shared by convolution and pooling, as three axes (leading unit axes for
 /// 1-D and 2-D): input, output, kernel, strides, dilations, padding before and after.
 struct Geometry {
+    /// Batch and channels of the input (channels-first data, with or without a batch axis).
+    batch: usize,
+    channels: usize,
     input: [usize; 3],
     output: [usize; 3],
     kernel: [usize; 3],
@@ -512,14 +517,16 @@ struct Geometry {
 
 impl Geometry {
     fn of(spec: &PoolSpec, input: &[usize], output: &[usize]) -> Result<Self, String> {
-        if spec.data_format != DataFormat::NCHW {
+        if !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW) {
             return Err(format!("{:?} data", spec.data_format));
         }
         let rank = spec.rank();
-        if rank == 0 || rank > 3 || input.len() != rank + 2 {
+        let shape = spec.data_format.shape(input.to_vec()).map_err(|e| format!("{e}"))?;
+        let out_shape = spec.data_format.shape(output.to_vec()).map_err(|e| format!("{e}"))?;
+        if rank == 0 || rank > 3 || shape.hw_dims().len() != rank {
             return Err(format!("{rank}-D window"));
         }
-        let spatial = &input[2..];
+        let spatial = shape.hw_dims();
         let computed = spec.computed_padding(spatial);
         let lift = |v: &[usize]| -> [usize; 3] {
             let mut out = [1; 3];
@@ -532,8 +539,10 @@ impl Geometry {
             out
         };
         Ok(Geometry {
+            batch: shape.n().copied().unwrap_or(1),
+            channels: *shape.c(),
             input: lift(spatial),
-            output: lift(&output[2..]),
+            output: lift(out_shape.hw_dims()),
             kernel: lift(&spec.kernel_shape),
             strides: lift(&spec.strides()),
             dilations: lift(&spec.dilations()),
@@ -565,7 +574,7 @@ fn conv_dispatch(conv: &Conv, shapes: &[Vec<usize>], output: &[usize]) -> Result
         return Err(format!("convolution with {} inputs", shapes.len()));
     }
     let g = Geometry::of(&conv.pool_spec, &shapes[0], output)?;
-    let (batch, channels, out_channels) = (shapes[0][0], shapes[0][1], output[1]);
+    let (batch, channels, out_channels) = (g.batch, g.channels, conv.pool_spec.output_channels);
     if conv.group == 0 || channels % conv.group != 0 || out_channels % conv.group != 0 {
         return Err("inconsistent groups".into());
     }
@@ -580,12 +589,7 @@ fn conv_dispatch(conv: &Conv, shapes: &[Vec<usize>], output: &[usize]) -> Result
         params.extend(group.iter().map(|v| *v as u32));
     }
     params.push(bias_stride);
-    dispatch(
-        Kernel::Conv,
-        vec![Operand::Input(0), Operand::Input(1), Operand::Input(2), Operand::Output],
-        params,
-        n,
-    )
+    dispatch(Kernel::Conv, vec![Operand::Input(0), Operand::Input(1), Operand::Input(2), Operand::Output], params, n)
 }
 
 /// An einsum that is a (batched, strided) matrix product: every axis is in both inputs and the
@@ -616,9 +620,8 @@ fn matmul(einsum: &EinSum, shapes: &[Vec<usize>], output: &[usize]) -> Result<Di
         if size == 1 {
             continue;
         }
-        let at: [Option<(usize, usize)>; 3] = [0, 1, 2].map(|t| {
-            positions[t].first().map(|p| (*p, if tensors[t][*p] == 1 { 0 } else { all_strides[t][*p] }))
-        });
+        let at: [Option<(usize, usize)>; 3] = [0, 1, 2]
+            .map(|t| positions[t].first().map(|p| (*p, if tensors[t][*p] == 1 { 0 } else { all_strides[t][*p] })));
         let ax = Ax { size, at };
         match (at[0].is_some(), at[1].is_some(), at[2].is_some()) {
             (true, true, true) => batch.push(ax),
@@ -660,8 +663,8 @@ fn matmul(einsum: &EinSum, shapes: &[Vec<usize>], output: &[usize]) -> Result<Di
     for (i, ax) in batch.iter().enumerate() {
         let slot = 3 - batch.len() + i;
         batch_sizes[slot] = ax.size;
-        for t in 0..3 {
-            batch_strides[t][slot] = ax.at[t].map_or(0, |p| p.1) as u32;
+        for (t, strides) in batch_strides.iter_mut().enumerate() {
+            strides[slot] = ax.at[t].map_or(0, |p| p.1) as u32;
         }
     }
     let (m_len, n_len) = (size(&m), size(&n));
