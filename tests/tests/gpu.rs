@@ -16,6 +16,7 @@ use infercell::nn::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel};
 use infercell::server::App;
 use infercell_tests::conformance::{GPU_ATOL, GPU_KNOWN_REFUSALS, GPU_OPS, Outcome, cases, cases_dir, run_case};
 use infercell_tests::*;
+use tract_onnx::pb;
 
 /// The GPU engine with a budget of `budget` bytes, or `None` (skip) without an adapter.
 fn engine(budget: u64) -> Option<Wgpu> {
@@ -190,6 +191,7 @@ fn digits_pushed_to_the_gpu_serve_v2_and_bill_gpu_time() {
     let resp = server.post("/v2/models/digits-cpu/infer", Some(&key), body.to_string());
     let usage = resp.headers()["infercell-usage"].to_str().unwrap().to_string();
     assert!(usage.contains("nn_gpu_ms=0,") && usage.contains("nn_gpu_nodes=0"), "{usage}");
+    assert!(!usage.contains("nn_cpu_nodes=0"), "a CPU engine counts its nodes too: {usage}");
     assert_eq!(resp.status(), 200, "{want}");
 
     // A plan without the GPU cannot put a model there; nothing is stored.
@@ -306,6 +308,159 @@ fn gpu_memory_is_admitted_against_the_budget() {
     assert_eq!(err.code, ErrorCode::TooLarge, "{err}");
     assert!(err.message.contains("nn.gpu_memory_bytes"), "{err}");
     assert_eq!(tiny.memory().0, 0, "nothing stays allocated after a refusal");
+}
+
+/// An ONNX model of one `node` over float inputs `inputs` (name, shape) and float initializers
+/// (name, shape, values), with output `y`.
+fn one_node_model(
+    node: pb::NodeProto,
+    inputs: &[(&str, &[i64])],
+    initializers: &[(&str, &[i64], Vec<f32>)],
+) -> Vec<u8> {
+    use prost::Message as _;
+    let value_info = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| pb::tensor_shape_proto::Dimension {
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        name: "g".into(),
+        node: vec![node],
+        input: inputs.iter().map(|(n, d)| value_info(n, d)).collect(),
+        output: vec![pb::ValueInfoProto { name: "y".into(), ..Default::default() }],
+        initializer: initializers
+            .iter()
+            .map(|(name, dims, values)| pb::TensorProto {
+                name: (*name).into(),
+                dims: dims.to_vec(),
+                data_type: 1,
+                float_data: values.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: 7, ints: ints.to_vec(), ..Default::default() }
+}
+
+fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: 2, i, ..Default::default() }
+}
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+/// The tiled kernels (matrix products and convolutions as implicit matrix products, 64x64 tiles)
+/// on shapes that are not multiples of the tile, with groups, strides, dilations, padding and
+/// transposed operands, agree with tract on the CPU.
+#[test]
+fn tiled_kernels_match_tract_on_awkward_shapes() {
+    let Some(gpu) = engine(1 << 30) else { return };
+    let node = |op: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>| pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|i| (*i).into()).collect(),
+        output: vec!["y".into()],
+        attribute,
+        ..Default::default()
+    };
+    let cases: Vec<(&str, Vec<u8>, Vec<(&str, Vec<u32>)>)> = vec![
+        (
+            "grouped, strided, dilated, padded 3x3 convolution",
+            one_node_model(
+                node(
+                    "Conv",
+                    &["x", "w", "b"],
+                    vec![
+                        attr_ints("strides", &[2, 1]),
+                        attr_ints("pads", &[1, 2, 1, 2]),
+                        attr_ints("dilations", &[1, 2]),
+                        attr_int("group", 2),
+                    ],
+                ),
+                &[("x", &[2, 32, 17, 19])],
+                &[("w", &[80, 16, 3, 3], values(80 * 16 * 9, 1)), ("b", &[80], values(80, 2))],
+            ),
+            vec![("x", vec![2, 32, 17, 19])],
+        ),
+        (
+            "1x1 convolution (an einsum)",
+            one_node_model(
+                node("Conv", &["x", "w"], vec![]),
+                &[("x", &[1, 96, 9, 11])],
+                &[("w", &[70, 96, 1, 1], values(70 * 96, 3))],
+            ),
+            vec![("x", vec![1, 96, 9, 11])],
+        ),
+        (
+            "batched matrix product",
+            one_node_model(node("MatMul", &["a", "b"], vec![]), &[("a", &[3, 70, 130]), ("b", &[130, 90])], &[]),
+            vec![("a", vec![3, 70, 130]), ("b", vec![130, 90])],
+        ),
+        (
+            "Gemm with a transposed operand",
+            one_node_model(
+                node("Gemm", &["a", "b"], vec![attr_int("transB", 1)]),
+                &[("a", &[33, 77]), ("b", &[65, 77])],
+                &[],
+            ),
+            vec![("a", vec![33, 77]), ("b", vec![65, 77])],
+        ),
+    ];
+    for (what, onnx, inputs) in cases {
+        let feed = || -> Vec<(String, HostTensor)> {
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, (name, dims))| {
+                    let n = dims.iter().product::<u32>() as usize;
+                    let data = values(n, 10 + i as u64).iter().flat_map(|v| v.to_le_bytes()).collect();
+                    (name.to_string(), HostTensor::new(dims.clone(), ElemType::F32, data).unwrap())
+                })
+                .collect()
+        };
+        let on_gpu = gpu.load(&onnx).unwrap().run_placed(feed()).unwrap();
+        assert!(on_gpu.1.gpu_nodes > 0 && on_gpu.1.cpu_nodes == 0, "{what}: {:?}", on_gpu.1);
+        let on_cpu = infercell::nn::tract::Tract.load(&onnx).unwrap().run(feed()).unwrap();
+        let (got, want) = (floats(&on_gpu.0[0].1), floats(&on_cpu[0].1));
+        assert_eq!(on_gpu.0[0].1.dims, on_cpu[0].1.dims, "{what}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-4 + 1e-4 * w.abs(), "{what}: [{i}] {g} on the GPU, {w} on tract");
+        }
+    }
 }
 
 /// A lost device (a driver reset) is recreated on the next call, and the model re-uploaded.

@@ -65,6 +65,8 @@ struct OrtModel {
     idle: Mutex<Vec<Session>>,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
+    /// Nodes of the ONNX graph.
+    nodes: u32,
 }
 
 impl Engine for OnnxRuntime {
@@ -90,6 +92,13 @@ impl Engine for OnnxRuntime {
             idle: Mutex::new(vec![session]),
             inputs,
             outputs,
+            nodes: tract_onnx::prelude::Framework::proto_model_for_read(
+                &tract_onnx::onnx(),
+                &mut std::io::Cursor::new(onnx),
+            )
+            .ok()
+            .and_then(|m| m.graph.map(|g| g.node.len() as u32))
+            .unwrap_or(0),
         }))
     }
 }
@@ -101,6 +110,10 @@ impl LoadedModel for OrtModel {
 
     fn outputs(&self) -> &[TensorInfo] {
         &self.outputs
+    }
+
+    fn nodes(&self) -> u32 {
+        self.nodes
     }
 
     fn run(&self, given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {

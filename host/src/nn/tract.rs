@@ -29,6 +29,9 @@ pub struct Tract;
 
 struct TractModel {
     compiled: Compiled,
+    /// Computing nodes (neither inputs nor constants): of the optimized plan, or of the parsed
+    /// model when plans are made per input.
+    nodes: u32,
     /// The parsed model's symbols: a plan may name dimensions made while parsing, and tract
     /// holds symbol scopes weakly.
     _symbols: SymbolScope,
@@ -54,7 +57,14 @@ impl Engine for Tract {
             Ok(((typed_inputs, typed_outputs), plan)) => {
                 // Declared names; tract's inferred types and shapes.
                 let (inputs, outputs) = (named(typed_inputs, &input_names), named(typed_outputs, &output_names));
-                Ok(Arc::new(TractModel { compiled: Compiled::Generic(plan), _symbols: symbols, inputs, outputs }))
+                let nodes = computing_nodes(plan.model().nodes().iter().map(|n| n.inputs.len()));
+                Ok(Arc::new(TractModel {
+                    compiled: Compiled::Generic(plan),
+                    nodes,
+                    _symbols: symbols,
+                    inputs,
+                    outputs,
+                }))
             }
             Err(e) => {
                 // Every parameter must still be declared: an input without a type cannot be fed.
@@ -64,15 +74,21 @@ impl Engine for Tract {
                         format!("tract cannot run this model: input `{}` has no supported type ({e:#})", input.name),
                     ));
                 }
+                let nodes = computing_nodes(model.nodes().iter().map(|n| n.inputs.len()));
                 let compiled = Compiled::Specialized {
                     model: Box::new(model),
                     why: format!("{e:#}"),
                     plans: Specializations::new(&[Pin::Integers, Pin::AllButData]),
                 };
-                Ok(Arc::new(TractModel { compiled, _symbols: symbols, inputs, outputs }))
+                Ok(Arc::new(TractModel { compiled, nodes, _symbols: symbols, inputs, outputs }))
             }
         }
     }
+}
+
+/// Nodes that compute something: those with inputs (sources and constants have none).
+fn computing_nodes(inputs_per_node: impl Iterator<Item = usize>) -> u32 {
+    inputs_per_node.filter(|n| *n > 0).count() as u32
 }
 
 /// An ONNX model parsed by tract, with its inputs and outputs as the file declares them.
@@ -252,6 +268,10 @@ pub(crate) fn pin(model: &InferenceModel, inputs: &[HostTensor], pinned: &[bool]
 impl LoadedModel for TractModel {
     fn inputs(&self) -> &[TensorInfo] {
         &self.inputs
+    }
+
+    fn nodes(&self) -> u32 {
+        self.nodes
     }
 
     fn outputs(&self) -> &[TensorInfo] {

@@ -24,6 +24,7 @@ pub enum Kernel {
     Binary,
     MatMul,
     Conv,
+    ConvDirect,
     Pool,
     Reduce,
     Rows,
@@ -32,11 +33,12 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::Unary,
         Kernel::Binary,
         Kernel::MatMul,
         Kernel::Conv,
+        Kernel::ConvDirect,
         Kernel::Pool,
         Kernel::Reduce,
         Kernel::Rows,
@@ -54,6 +56,7 @@ impl Kernel {
             Kernel::Binary => "binary",
             Kernel::MatMul => "matmul",
             Kernel::Conv => "conv",
+            Kernel::ConvDirect => "conv_direct",
             Kernel::Pool => "pool",
             Kernel::Reduce => "reduce",
             Kernel::Rows => "rows",
@@ -68,6 +71,7 @@ impl Kernel {
             Kernel::Binary => include_str!("binary.wgsl"),
             Kernel::MatMul => include_str!("matmul.wgsl"),
             Kernel::Conv => include_str!("conv.wgsl"),
+            Kernel::ConvDirect => include_str!("conv_direct.wgsl"),
             Kernel::Pool => include_str!("pool.wgsl"),
             Kernel::Reduce => include_str!("reduce.wgsl"),
             Kernel::Rows => include_str!("rows.wgsl"),
@@ -589,7 +593,16 @@ fn conv_dispatch(conv: &Conv, shapes: &[Vec<usize>], output: &[usize]) -> Result
         params.extend(group.iter().map(|v| *v as u32));
     }
     params.push(bias_stride);
-    dispatch(Kernel::Conv, vec![Operand::Input(0), Operand::Input(1), Operand::Input(2), Operand::Output], params, n)
+    let operands = vec![Operand::Input(0), Operand::Input(1), Operand::Input(2), Operand::Output];
+    // Enough output channels per group to fill a tile: the tiled implicit matrix product;
+    // otherwise (depthwise and thin convolutions) one invocation per output element.
+    let per_group = out_channels / conv.group;
+    let positions: usize = g.output.iter().product();
+    let groups = [positions.div_ceil(64) as u64, per_group.div_ceil(64) as u64, (batch * conv.group) as u64];
+    if per_group >= 16 && groups.iter().all(|g| *g <= MAX_GROUPS) {
+        return Ok(Dispatch { kernel: Kernel::Conv, operands, params, groups: groups.map(|g| g as u32) });
+    }
+    dispatch(Kernel::ConvDirect, operands, params, n)
 }
 
 /// An einsum that is a (batched, strided) matrix product: every axis is in both inputs and the
@@ -669,7 +682,7 @@ fn matmul(einsum: &EinSum, shapes: &[Vec<usize>], output: &[usize]) -> Result<Di
     }
     let (m_len, n_len) = (size(&m), size(&n));
     let z: usize = batch_sizes.iter().product();
-    let groups = [n_len.div_ceil(16) as u64, m_len.div_ceil(16) as u64, z as u64];
+    let groups = [n_len.div_ceil(64) as u64, m_len.div_ceil(64) as u64, z as u64];
     if groups.iter().any(|g| *g > MAX_GROUPS) {
         return Err("matrix product larger than one dispatch covers".into());
     }
