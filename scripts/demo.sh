@@ -47,6 +47,13 @@ echo "== infercell model push digits samples/digits/digits.onnx; infercell deplo
 echo "== infercell functions list"
 "$bin" functions list
 
+echo "== infercell devices"
+"$bin" devices
+if "$bin" devices --json | grep -q '"kind": "gpu"'; then
+    echo "== infercell model check samples/digits/digits.onnx --device gpu (where each node would run)"
+    "$bin" model check samples/digits/digits.onnx --device gpu 2>/dev/null
+fi
+
 echo "== infercell invoke demo/echo --data 'hello, sandbox'"
 "$bin" invoke demo/echo --data 'hello, sandbox'
 echo "== infercell invoke 'demo/hello?name=Ada'"

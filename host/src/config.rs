@@ -384,6 +384,11 @@ mod tests {
         assert_eq!(config.plans["free"].default_memory, 32 << 20);
         assert!(Config::from_toml("[server]\nmax_upload = 1\n").is_err());
         assert_eq!(Config::embedded().nn.onnxruntime, "");
+        assert!(Config::from_toml("[nn]\ngpu = \"maybe\"\n").is_err(), "nn.gpu is auto or off");
+        assert_eq!(
+            Config::from_toml("[nn]\ngpu_memory_bytes = \"512MiB\"\n").expect("parses").nn.gpu_memory_bytes,
+            512 << 20
+        );
         let config = Config::from_toml("[nn]\nonnxruntime = \"/opt/libonnxruntime.so\"\n").expect("parses");
         assert_eq!(config.nn.onnxruntime, "/opt/libonnxruntime.so");
     }

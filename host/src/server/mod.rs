@@ -111,13 +111,6 @@ impl App {
             std::env::var("INFERCELL_SECRETS_KEY").ok(),
         )?;
         let graphs = Arc::new(graphs);
-        // Devices are discovered at start, off the caller's path.
-        let discovering = graphs.clone();
-        std::thread::Builder::new().name("gpu-discovery".into()).spawn(move || {
-            if let Some(gpu) = discovering.gpu() {
-                tracing::info!(adapter = gpu.adapter_name(), hardware = gpu.is_hardware(), "GPU engine available");
-            }
-        })?;
         let registry = Registry::new(
             db,
             BlobStore::new(root.open_dir("blobs")?),
@@ -145,6 +138,14 @@ impl App {
             audit,
             devices: Default::default(),
         });
+        // Devices are discovered at start, off the callers' path.
+        let discovering = app.clone();
+        std::thread::Builder::new().name("device-discovery".into()).spawn(move || {
+            discovering.devices.list();
+            if let Some(gpu) = discovering.registry.models.graphs().gpu() {
+                tracing::info!(adapter = gpu.adapter_name(), hardware = gpu.is_hardware(), "GPU engine available");
+            }
+        })?;
         Ok((app, AdminKeySource { path, created }))
     }
 }

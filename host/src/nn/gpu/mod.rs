@@ -425,6 +425,12 @@ impl Engine for Wgpu {
     }
 
     fn load(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
+        Ok(self.load_model(onnx)?)
+    }
+}
+
+impl Wgpu {
+    fn load_model(&self, onnx: &[u8]) -> Result<Arc<GpuModel>, NnError> {
         let Parsed { model, symbols, inputs, outputs, .. } = parse(onnx)?;
         if let Some(input) = inputs.iter().find(|i| i.datatype == "UNSUPPORTED") {
             return Err(NnError::new(
@@ -577,5 +583,45 @@ impl LoadedModel for GpuModel {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ElemType;
+
+    fn digits() -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/digits/digits.onnx");
+        std::fs::read(path).expect("samples/digits/digits.onnx")
+    }
+
+    fn input() -> Vec<(String, HostTensor)> {
+        let data = (0..64).flat_map(|i| (i as f32 / 64.0).to_le_bytes()).collect();
+        vec![("input".into(), HostTensor { dims: vec![1, 64], ty: ElemType::F32, data })]
+    }
+
+    /// A call that needs GPU memory held by a model that is running (not idle, so not
+    /// evictable) gets a busy error, and succeeds once that model is idle again.
+    #[test]
+    fn memory_held_by_running_models_is_busy_not_evicted() {
+        let Some(probe) = Wgpu::discover(1 << 30) else {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs lavapipe");
+            return;
+        };
+        // Room for one copy of the model, not two.
+        let measured = probe.load_model(&digits()).expect("loads");
+        measured.run_placed(input()).expect("runs");
+        let one = probe.memory().0;
+        let gpu = Wgpu::discover(one + one / 2).expect("the same adapter");
+        let (first, second) = (gpu.load_model(&digits()).expect("loads"), gpu.load_model(&digits()).expect("loads"));
+        first.run_placed(input()).expect("runs");
+        let running = Busy::new(&first);
+        let err = second.run_placed(input()).expect_err("no room while the first runs");
+        assert_eq!(err.code, ErrorCode::RuntimeError, "{err}");
+        assert!(err.message.starts_with("busy:"), "{err}");
+        drop(running);
+        second.run_placed(input()).expect("the idle first is evicted");
+        assert!(!first.holds_memory(), "the first was evicted");
     }
 }
