@@ -246,6 +246,26 @@ fn functions_need_the_gpu_grant_for_gpu_models() {
     assert_eq!(v["digit"], case["digit"]);
 }
 
+/// `wasi:nn` `load` with execution target `gpu`: refused without the grant, on the GPU engine
+/// with it (which reads the bytes: garbage is `invalid-encoding`, as on the CPU).
+#[test]
+fn execution_target_gpu_needs_the_grant() {
+    if engine(1 << 30).is_none() {
+        return;
+    }
+    let server = Server::start();
+    let key = server.tenant("acme", "standard");
+    for (grant, expected) in [
+        ("", "error ErrorCode::Security: this function is not granted the GPU"),
+        ("gpu = true\n", "error ErrorCode::InvalidEncoding: not an ONNX model"),
+    ] {
+        let manifest = format!("name = \"hostile\"\n[capabilities]\n{grant}");
+        assert_eq!(server.upload(&key, &manifest, component("hostile")).status(), 201);
+        let text = server.invoke(&key, "acme/hostile/nn/gpu", "").text().unwrap();
+        assert!(text.starts_with(expected), "`{text}` does not start with `{expected}`");
+    }
+}
+
 /// `infercell model check` lists every node and where it runs.
 #[test]
 fn model_check_lists_every_node_and_its_device() {
