@@ -489,6 +489,10 @@ impl GpuModel {
 
     /// The weight buffers of `plan`, uploading the ones not on the device yet.
     fn weights(&self, state: &State, plan: &Plan) -> Result<Vec<Arc<Tracked>>, NnError> {
+        let mut bound = plan.bound.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(buffers) = bound.as_ref() {
+            return Ok(buffers.clone());
+        }
         let mut out = Vec::with_capacity(plan.weights.len());
         for spec in &plan.weights {
             let found = {
@@ -496,7 +500,9 @@ impl GpuModel {
                 weights
                     .iter()
                     .find(|(key, tensor, indices, _)| {
-                        *key == spec.key && *indices == spec.indices && **tensor == *spec.tensor
+                        *key == spec.key
+                            && *indices == spec.indices
+                            && (Arc::ptr_eq(tensor, &spec.tensor) || **tensor == *spec.tensor)
                     })
                     .map(|w| w.3.clone())
             };
@@ -518,6 +524,7 @@ impl GpuModel {
             };
             out.push(buffer);
         }
+        *bound = Some(out.clone());
         Ok(out)
     }
 

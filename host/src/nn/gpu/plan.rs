@@ -103,6 +103,8 @@ pub struct Plan {
     outputs: Vec<usize>,
     consts: Vec<(usize, Arc<Tensor>)>,
     pub weights: Vec<WeightSpec>,
+    /// The weights' buffers once bound (the model's, shared with its other plans).
+    pub bound: Mutex<Option<Vec<Arc<Tracked>>>>,
     /// Root value -> slot, and each slot's size in bytes.
     slot_of: HashMap<usize, usize>,
     slot_bytes: Vec<u64>,
@@ -383,6 +385,7 @@ impl Plan {
             outputs,
             consts,
             weights,
+            bound: Mutex::new(None),
             slot_of,
             slot_bytes,
             params,
