@@ -145,6 +145,7 @@ fn digits_pushed_to_the_gpu_serve_v2_and_bill_gpu_time() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed: Value = server.get("/v1/models/digits", Some(&key)).json().unwrap();
     assert_eq!(listed["versions"][0]["device"], "gpu", "{listed}");
+    assert_eq!(listed["outputs"], json!([{ "name": "probabilities", "datatype": "FP32", "shape": [-1, 10] }]));
 
     let expected = digits_expected();
     for case in expected["cases"].as_array().unwrap().iter().take(5) {

@@ -289,7 +289,7 @@ impl LoadedModel for TractModel {
 }
 
 /// Inputs and outputs of an optimized model, with the types and shapes tract inferred.
-fn describe_typed(typed: &TypedModel) -> TractResult<(Vec<TensorInfo>, Vec<TensorInfo>)> {
+pub(crate) fn describe_typed(typed: &TypedModel) -> TractResult<(Vec<TensorInfo>, Vec<TensorInfo>)> {
     let describe = |outlets: &[OutletId]| -> TractResult<Vec<TensorInfo>> {
         outlets
             .iter()

@@ -24,7 +24,7 @@ use tract_onnx::prelude::*;
 
 use self::kernels::Kernel;
 use self::plan::{NodePlacement, Plan};
-use super::tract::{Parsed, Pin, Specializations, from_tract, parse, pin, to_tract};
+use super::tract::{Parsed, Pin, Specializations, describe_typed, from_tract, named, parse, pin, to_tract};
 use super::{Engine, ErrorCode, HostTensor, LoadedModel, NnError, Placement, TensorInfo, match_inputs};
 
 /// The order in which inputs are pinned: shapes alone first, so integer data (token ids) is
@@ -431,16 +431,22 @@ impl Engine for Wgpu {
 
 impl Wgpu {
     fn load_model(&self, onnx: &[u8]) -> Result<Arc<GpuModel>, NnError> {
-        let Parsed { model, symbols, inputs, outputs, .. } = parse(onnx)?;
+        let Parsed { model, symbols, mut inputs, mut outputs, input_names, output_names } = parse(onnx)?;
         if let Some(input) = inputs.iter().find(|i| i.datatype == "UNSUPPORTED") {
             return Err(NnError::new(
                 ErrorCode::UnsupportedOperation,
                 format!("input `{}` has no supported type", input.name),
             ));
         }
-        // Typed generically when tract can; otherwise per input, as the tract engine does.
-        let why = match model.clone().into_typed().and_then(|m| m.into_decluttered()) {
-            Ok(_) => String::new(),
+        // Typed generically when tract can (then inputs and outputs have tract's inferred types
+        // and shapes, under the names the file declares); otherwise per input, as the tract
+        // engine does.
+        let why = match model.clone().into_typed().and_then(|m| m.into_decluttered()).and_then(|m| describe_typed(&m)) {
+            Ok((typed_inputs, typed_outputs)) => {
+                inputs = named(typed_inputs, &input_names);
+                outputs = named(typed_outputs, &output_names);
+                String::new()
+            }
             Err(e) => format!("{e:#}"),
         };
         let loaded = Arc::new(GpuModel {
