@@ -72,6 +72,10 @@ pub struct Metrics {
     pub denials: Family<DenialLabels, Counter>,
     pub usage_batch_size: Histogram,
     pub usage_commit: Histogram,
+    gpu_memory: Gauge,
+    gpu_budget: Gauge,
+    gpu_evictions: Counter,
+    gpu_recreated: Counter,
     pub graph_load: Histogram,
     graph_hits: Counter,
     graph_misses: Counter,
@@ -139,7 +143,19 @@ impl Metrics {
         registry.register("graph_cache_bytes", "Model bytes of the graphs in the cache", graph_bytes.clone());
         let graphs_loaded = Gauge::default();
         registry.register("graph_cache_graphs", "Graphs in the cache", graphs_loaded.clone());
+        let gpu_memory = Gauge::default();
+        registry.register("gpu_memory_bytes", "GPU memory held by the wgpu engine's buffers", gpu_memory.clone());
+        let gpu_budget = Gauge::default();
+        registry.register("gpu_memory_budget_bytes", "The wgpu engine's GPU memory budget", gpu_budget.clone());
+        let gpu_evictions = Counter::default();
+        registry.register("gpu_evictions", "Idle models evicted from the GPU to make room", gpu_evictions.clone());
+        let gpu_recreated = Counter::default();
+        registry.register("gpu_devices_recreated", "GPU devices made again after a loss", gpu_recreated.clone());
         Self {
+            gpu_memory,
+            gpu_budget,
+            gpu_evictions,
+            gpu_recreated,
             graph_load,
             graph_hits,
             graph_misses,
@@ -188,6 +204,14 @@ impl Metrics {
         self.graph_evictions.inc_by(stats.evictions.saturating_sub(self.graph_evictions.get()));
         self.graph_bytes.set(stats.bytes as i64);
         self.graphs_loaded.set(stats.graphs as i64);
+    }
+
+    /// Brings the GPU series up to date with the wgpu engine's counters (at scrape time).
+    pub fn observe_gpu(&self, stats: crate::nn::gpu::GpuStats) {
+        self.gpu_memory.set(stats.memory_used as i64);
+        self.gpu_budget.set(stats.memory_budget.min(i64::MAX as u64) as i64);
+        self.gpu_evictions.inc_by(stats.evictions.saturating_sub(self.gpu_evictions.get()));
+        self.gpu_recreated.inc_by(stats.devices_recreated.saturating_sub(self.gpu_recreated.get()));
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus scrapes).

@@ -170,6 +170,13 @@ fn digits_pushed_to_the_gpu_serve_v2_and_bill_gpu_time() {
     }
     let gpu_ms: f64 = records.iter().map(|r| r["meters"]["nn_gpu_ms"].as_str().unwrap().parse::<f64>().unwrap()).sum();
     assert!(gpu_ms > 0.0, "{records:?}");
+    // The engine's memory is observable: on its device and in /metrics.
+    let devices: Value = server.get("/v1/devices", Some(&key)).json().unwrap();
+    let engine_device = devices["devices"].as_array().unwrap().iter().find(|d| d["engine"] == "wgpu").unwrap().clone();
+    assert!(engine_device["memory_used"].as_u64().unwrap() > 0, "{engine_device}");
+    assert_eq!(engine_device["memory_budget"], 4u64 << 30, "{engine_device}");
+    assert!(server.metric("infercell_gpu_memory_bytes") > 0.0);
+    assert_eq!(server.metric("infercell_gpu_memory_budget_bytes"), (4u64 << 30) as f64);
     let bill: Value = server.get("/v1/billing", Some(&key)).json().unwrap();
     let line = bill["lines"]
         .as_array()
@@ -325,6 +332,7 @@ fn gpu_memory_is_admitted_against_the_budget() {
     run_digits(&second, 1);
     assert!(gpu.memory().0 <= budget);
     run_digits(&first, 2);
+    assert_eq!(gpu.stats().evictions, 2, "{:?}", gpu.stats());
     let (used, _) = gpu.memory();
     assert!(used <= budget, "{used} bytes in use, over the {budget}-byte budget");
 
@@ -502,4 +510,5 @@ fn a_lost_device_is_recreated() {
     gpu.lose_device();
     run_digits(&model, 1);
     run_digits(&model, 2);
+    assert_eq!(gpu.stats().devices_recreated, 1, "{:?}", gpu.stats());
 }

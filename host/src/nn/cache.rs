@@ -83,6 +83,11 @@ impl Graphs {
         self.gpu.get_or_init(|| self.gpu_budget.and_then(super::gpu::Wgpu::discover).map(Arc::new)).as_ref()
     }
 
+    /// The GPU engine if it was looked for and found (never starts discovery).
+    pub fn gpu_if_discovered(&self) -> Option<&Arc<super::gpu::Wgpu>> {
+        self.gpu.get().and_then(Option::as_ref)
+    }
+
     /// The engine `name`: a CPU engine by name, `wgpu`, `cpu` (the best CPU engine) or `auto`
     /// (the GPU when it is hardware, else the best CPU engine).
     pub fn engine(&self, name: &str) -> Result<Arc<dyn Engine>, NnError> {

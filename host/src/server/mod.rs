@@ -331,6 +331,18 @@ async fn devices(State(app): State<Arc<App>>, _principal: crate::tenants::Princi
             .await
             .map_err(|e| anyhow::anyhow!("device discovery failed: {e}"))?
     };
+    // The adapter the GPU engine runs on also shows the engine's memory budget and use.
+    let mut listed = serde_json::to_value(listed).map_err(anyhow::Error::from)?;
+    if let (Some(gpu), Some(devices)) = (app.registry.models.graphs().gpu_if_discovered(), listed.as_array_mut()) {
+        let stats = gpu.stats();
+        if let Some(serde_json::Value::Object(device)) =
+            devices.iter_mut().find(|d| d["kind"] == "gpu" && d["name"] == gpu.adapter_name())
+        {
+            device.insert("engine".into(), "wgpu".into());
+            device.insert("memory_budget".into(), stats.memory_budget.into());
+            device.insert("memory_used".into(), stats.memory_used.into());
+        }
+    }
     Ok(axum::Json(serde_json::json!({ "devices": listed })).into_response())
 }
 
@@ -340,6 +352,9 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
         auth::principal_from_headers(&app, &headers)?.require_admin()?;
     }
     app.metrics.observe_graph_cache(app.registry.models.graphs().stats());
+    if let Some(gpu) = app.registry.models.graphs().gpu_if_discovered() {
+        app.metrics.observe_gpu(gpu.stats());
+    }
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response())
 }

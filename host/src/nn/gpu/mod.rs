@@ -44,6 +44,18 @@ struct Shared {
     /// Models loaded on this engine, for eviction.
     models: Mutex<Vec<Weak<GpuModel>>>,
     clock: AtomicU64,
+    /// Models evicted to make room, and devices made again after a loss.
+    evictions: AtomicU64,
+    recreated: AtomicU64,
+}
+
+/// The GPU engine's counters, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuStats {
+    pub memory_used: u64,
+    pub memory_budget: u64,
+    pub evictions: u64,
+    pub devices_recreated: u64,
 }
 
 /// GPU memory admission.
@@ -95,6 +107,8 @@ impl Wgpu {
             gpu: RwLock::new(None),
             models: Mutex::new(Vec::new()),
             clock: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            recreated: AtomicU64::new(0),
         });
         Some(Self { shared })
     }
@@ -112,6 +126,17 @@ impl Wgpu {
     /// Bytes of GPU memory in use by this engine's buffers, and the budget.
     pub fn memory(&self) -> (u64, u64) {
         (self.shared.budget.used.load(Ordering::SeqCst), self.shared.budget.cap)
+    }
+
+    /// Memory in use and budget, evictions and device recreations so far.
+    pub fn stats(&self) -> GpuStats {
+        let (memory_used, memory_budget) = self.memory();
+        GpuStats {
+            memory_used,
+            memory_budget,
+            evictions: self.shared.evictions.load(Ordering::SeqCst),
+            devices_recreated: self.shared.recreated.load(Ordering::SeqCst),
+        }
     }
 
     /// Destroys the device, as a driver reset would (tests use it to check recovery).
@@ -190,6 +215,7 @@ impl Shared {
         }
         if slot.is_some() {
             tracing::warn!(adapter = %self.adapter.name, "GPU device lost; recreating it");
+            self.recreated.fetch_add(1, Ordering::SeqCst);
         }
         let gpu = Arc::new(Gpu::new(self)?);
         *slot = Some(gpu.clone());
@@ -214,6 +240,7 @@ impl Shared {
         match victim {
             Some(m) => {
                 m.evict();
+                self.evictions.fetch_add(1, Ordering::SeqCst);
                 true
             }
             None => false,
