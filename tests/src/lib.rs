@@ -188,6 +188,11 @@ impl Server {
         self.spawn();
     }
 
+    /// Replaces the `infercell.toml` overrides the next (re)start uses.
+    pub fn set_config(&mut self, config: Option<&str>) {
+        self.config = config.map(str::to_string);
+    }
+
     pub fn get(&self, path: &str, key: Option<&str>) -> Response {
         let mut req = self.http.get(format!("{}{path}", self.url));
         if let Some(key) = key {

@@ -216,6 +216,29 @@ fn digits_pushed_to_the_gpu_serve_v2_and_bill_gpu_time() {
     assert!(msg.contains("tract") && msg.contains("CPU"), "{msg}");
 }
 
+/// A plan that no longer allows the GPU (the operator changed it) stops a tenant's GPU model at
+/// the next call, with 403; its CPU models still serve.
+#[test]
+fn a_plan_without_the_gpu_stops_gpu_models() {
+    if engine(1 << 30).is_none() {
+        return;
+    }
+    let mut server = Server::start();
+    let key = server.tenant("acme", "standard");
+    assert_eq!(server.push_model(&key, "name = \"digits\"\ndevice = \"gpu\"\n", digits_model()).status(), 201);
+    assert_eq!(server.push_model(&key, "name = \"digits-cpu\"\ndevice = \"cpu\"\n", digits_model()).status(), 201);
+    let case = &digits_expected()["cases"][0];
+    let pixels: Vec<f64> = case["pixels"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap() / 16.0).collect();
+    let body = json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1, 64], "data": pixels }] });
+    assert_eq!(server.post("/v2/models/digits/infer", Some(&key), body.to_string()).status(), 200);
+    server.stop();
+    server.set_config(Some("[plans.standard]\ngpu = false\n"));
+    server.restart();
+    let msg = expect_error(server.post("/v2/models/digits/infer", Some(&key), body.to_string()), 403);
+    assert!(msg.contains("GPU is not granted"), "{msg}");
+    assert_eq!(server.post("/v2/models/digits-cpu/infer", Some(&key), body.to_string()).status(), 200);
+}
+
 /// A function granted the GPU runs a GPU model and is billed for it; the same function without
 /// the grant is refused at the model, and the refusal is counted.
 #[test]

@@ -251,11 +251,14 @@ impl ModelStore {
     /// The graph of a stored version, ready to run: from the shared cache, else its blob loaded
     /// on its engine (the path a guest's `load-by-name` takes). Also returns the load time
     /// (zero on a cache hit).
+    /// `gpu_allowed`: whether the caller's plan allows the GPU now (a `device = "gpu"` model of
+    /// a tenant moved to a plan without it is refused with `security`).
     pub async fn load(
         &self,
         version: &ModelVersion,
+        gpu_allowed: bool,
     ) -> Result<(Arc<dyn crate::nn::LoadedModel>, std::time::Duration), crate::nn::NnError> {
-        let engine = self.graphs.select(&selector(&version.engine, &version.device), true)?;
+        let engine = self.graphs.select(&selector(&version.engine, &version.device), gpu_allowed)?;
         let (blobs, digest) = (self.blobs.clone(), version.digest.clone());
         self.graphs
             .get_or_load(&version.digest, engine, move || {

@@ -92,8 +92,10 @@ impl Served {
         match self {
             Served::Predictor { .. } => "infercell_wasm",
             Served::Model { version, .. } => {
-                match app.registry.models.graphs().engine(&version.engine).map(|e| e.name()) {
+                let selector = crate::registry::models::selector(&version.engine, &version.device);
+                match app.registry.models.graphs().engine(&selector).map(|e| e.name()) {
                     Ok("onnxruntime") => "onnxruntime_onnx",
+                    Ok("wgpu") => "infercell_wgpu_onnx",
                     _ => "tract_onnx",
                 }
             }
@@ -192,8 +194,9 @@ pub async fn model_ready(
 ) -> Result<Response, ApiError> {
     let (name, version) = params(&p);
     // A model is ready once its graph loads; a function once it is deployed (it is compiled).
-    if let Served::Model { version, .. } = resolve(&app, tenant_of(&principal)?, name, version).await?
-        && let Err(e) = app.registry.models.load(&version).await
+    let tenant = tenant_of(&principal)?;
+    if let Served::Model { version, .. } = resolve(&app, tenant, name, version).await?
+        && let Err(e) = app.registry.models.load(&version, plan_allows_gpu(&app, tenant)).await
     {
         return Err(ApiError::Unavailable(format!("model `{name}` cannot be loaded: {}", e.message)));
     }
@@ -445,9 +448,14 @@ struct Ran {
     guest: Option<crate::runtime::CallUsage>,
 }
 
-async fn run_model(app: &App, model: &ModelVersion, inputs: Vec<(String, HostTensor)>) -> Ran {
+/// Whether `tenant`'s plan allows the GPU.
+fn plan_allows_gpu(app: &App, tenant: &str) -> bool {
+    app.tenants.plan_of(tenant).and_then(|p| app.config.plans.get(&p).map(|p| p.gpu)).unwrap_or(false)
+}
+
+async fn run_model(app: &App, model: &ModelVersion, inputs: Vec<(String, HostTensor)>, gpu_allowed: bool) -> Ran {
     let result = async {
-        let (graph, load_time) = app.registry.models.load(model).await?;
+        let (graph, load_time) = app.registry.models.load(model, gpu_allowed).await?;
         let (outputs, compute, placed) = app.registry.models.graphs().run_model(graph, inputs).await?;
         let mut nn = crate::nn::NnUsage::default();
         nn.add(load_time + compute, placed);
@@ -557,7 +565,7 @@ pub async fn infer(
     let started_us = now_us();
     let infer_started = Instant::now();
     let ran = match (&served, host_inputs) {
-        (Served::Model { version, .. }, Some(host_inputs)) => run_model(&app, version, host_inputs).await,
+        (Served::Model { version, .. }, Some(host_inputs)) => run_model(&app, version, host_inputs, plan.gpu).await,
         (Served::Predictor { deployment, .. }, _) => {
             run_predictor(&app, &principal.key_id, deployment, &request_id, inputs).await
         }
