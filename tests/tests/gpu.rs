@@ -216,6 +216,45 @@ fn digits_pushed_to_the_gpu_serve_v2_and_bill_gpu_time() {
     assert!(msg.contains("tract") && msg.contains("CPU"), "{msg}");
 }
 
+/// The moderate-image sample, with its ResNet-50 (open_nsfw) pushed with `--device gpu` and the
+/// GPU granted, classifies a photo as the CPU does: every one of the model's nodes on the GPU.
+#[test]
+fn moderate_image_runs_resnet50_on_the_gpu() {
+    let Some(dir) = moderate_image_dir() else { return };
+    if engine(1 << 30).is_none() {
+        return;
+    }
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let case = &expected["cases"][0];
+    let image = std::fs::read(dir.join(case["image"].as_str().unwrap())).unwrap();
+    let onnx = std::fs::read(dir.join("open-nsfw.onnx")).unwrap();
+    let server = Server::start();
+    let manifest = std::fs::read_to_string(function_dir("moderate-image").join("function.toml")).unwrap();
+    // lavapipe runs ResNet-50 in seconds, and the first call also plans it.
+    let manifest = manifest.replace("timeout = \"10s\"", "timeout = \"30s\"");
+    let mut scores = Vec::new();
+    for (tenant, device) in [("on-gpu", "gpu"), ("on-cpu", "cpu")] {
+        let key = server.tenant(tenant, "standard");
+        let resp = server.push_model(&key, &format!("name = \"open-nsfw\"\ndevice = \"{device}\"\n"), onnx.clone());
+        assert_eq!(resp.status(), 201);
+        let manifest = manifest.replace("[capabilities]\n", "[capabilities]\ngpu = true\n");
+        assert_eq!(server.upload(&key, &manifest, component("moderate-image")).status(), 201);
+        let resp = server.post(&format!("/fn/{tenant}/moderate-image"), Some(&key), image.clone());
+        assert_eq!(resp.status(), 200);
+        let usage = resp.headers()["infercell-usage"].to_str().unwrap().to_string();
+        if device == "gpu" {
+            assert!(usage.contains("nn_gpu_nodes=172") && usage.contains("nn_cpu_nodes=0"), "{usage}");
+        }
+        let got: Value = resp.json().unwrap();
+        scores.push((got["probabilities"]["sfw"].as_f64().unwrap(), got["probabilities"]["nsfw"].as_f64().unwrap()));
+    }
+    let ((gpu_sfw, gpu_nsfw), (cpu_sfw, cpu_nsfw)) = (scores[0], scores[1]);
+    assert!(gpu_sfw > 0.9, "a landscape photo is safe: {scores:?}");
+    assert!((gpu_sfw - cpu_sfw).abs() < 1e-5, "{scores:?}");
+    // The small class, relatively: a wrong kernel anywhere in 172 nodes would move it far.
+    assert!((gpu_nsfw - cpu_nsfw).abs() <= 1e-3 * cpu_nsfw + 1e-9, "{scores:?}");
+}
+
 /// A plan that no longer allows the GPU (the operator changed it) stops a tenant's GPU model at
 /// the next call, with 403; its CPU models still serve.
 #[test]

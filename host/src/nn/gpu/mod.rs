@@ -248,6 +248,9 @@ impl Shared {
     }
 }
 
+/// Longest wait for the GPU to finish a call's work before the device is reset.
+const GPU_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 thread_local! {
     /// The model a thread is running on the GPU, which eviction must spare.
     static RUNNING: std::cell::Cell<*const GpuModel> = const { std::cell::Cell::new(std::ptr::null()) };
@@ -380,9 +383,15 @@ impl Gpu {
             }
         }
         drop(tx);
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("GPU: {e}")))?;
+        if let Err(e) = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(GPU_WAIT) }) {
+            // A GPU that does not finish is treated as lost: the next call makes a new device.
+            if matches!(e, wgpu::PollError::Timeout) {
+                tracing::error!(seconds = GPU_WAIT.as_secs(), "the GPU did not finish; resetting the device");
+                self.device.destroy();
+                self.lost.store(true, Ordering::SeqCst);
+            }
+            return Err(NnError::new(ErrorCode::RuntimeError, format!("GPU: {e}")));
+        }
         for (_, result) in rx.iter() {
             result.map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("GPU read-back failed: {e}")))?;
         }
