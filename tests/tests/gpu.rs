@@ -365,6 +365,14 @@ fn model_check_lists_every_node_and_its_device() {
             .unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains("Deconv") && text.contains("cpu") && text.contains("no GPU kernel"), "{text}");
+        // A model whose shape is an input: the check says it assumed zeros for it.
+        let out = std::process::Command::new(binary())
+            .args(["model", "check", "--json", "--device", "gpu"])
+            .arg(dir.join("test_reshape_negative_dim/model.onnx"))
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["assumed_zero"], json!(["shape"]), "{v}");
     }
     let out = std::process::Command::new(binary())
         .args(["model", "check", "no-such.onnx"])

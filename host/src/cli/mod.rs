@@ -371,14 +371,15 @@ fn model_check(file: &std::path::Path, device: &str, json: bool) -> anyhow::Resu
         },
         other => anyhow::bail!("--device must be auto, cpu or gpu, not `{other}`"),
     };
-    let placement = check(&onnx, gpu.as_ref()).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let checked = check(&onnx, gpu.as_ref()).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": placement }))?);
+        println!("{}", serde_json::to_string_pretty(&checked)?);
         return Ok(());
     }
+    let placement = &checked.nodes;
     let width = placement.iter().map(|p| p.node.len()).max().unwrap_or(4).clamp(4, 48);
     println!("{:<width$}  {:<16}  {:<6}  why", "node", "op", "device");
-    for p in &placement {
+    for p in placement {
         let node: String = p.node.chars().take(width).collect();
         println!("{node:<width$}  {:<16}  {:<6}  {}", p.op, p.device, p.why.as_deref().unwrap_or(""));
     }
@@ -387,6 +388,13 @@ fn model_check(file: &std::path::Path, device: &str, json: bool) -> anyhow::Resu
     match gpu {
         Some(_) => println!("{} nodes: {on_gpu} on gpu ({name}), {} on cpu", placement.len(), placement.len() - on_gpu),
         None => println!("{} nodes: all on cpu", placement.len()),
+    }
+    if !checked.assumed_zero.is_empty() {
+        println!(
+            "note: this model takes {} as constants (shapes, axes); they were taken as zeros here, and \
+             the nodes can differ for the values a caller sends",
+            checked.assumed_zero.join(", ")
+        );
     }
     Ok(())
 }

@@ -148,9 +148,19 @@ impl Wgpu {
     }
 }
 
+/// What `infercell model check` finds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    pub nodes: Vec<NodePlacement>,
+    /// Inputs tract needs as constants (shapes, axes): the plan was made with them all zero,
+    /// so the nodes may differ for the values a caller sends.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assumed_zero: Vec<String>,
+}
+
 /// Where every node of `onnx` runs, on `gpu` or (without one) on the CPU, when its inputs have
 /// their declared shapes (dynamic dimensions taken as 1): `infercell model check`.
-pub fn check(onnx: &[u8], gpu: Option<&Wgpu>) -> Result<Vec<NodePlacement>, NnError> {
+pub fn check(onnx: &[u8], gpu: Option<&Wgpu>) -> Result<Check, NnError> {
     let parsed = parse(onnx)?;
     let inputs: Vec<HostTensor> = parsed
         .inputs
@@ -173,17 +183,20 @@ pub fn check(onnx: &[u8], gpu: Option<&Wgpu>) -> Result<Vec<NodePlacement>, NnEr
                 continue;
             }
         };
-        return match &gpu {
-            Some(gpu) => Plan::build(gpu, typed).map(|plan| plan.placement),
-            None => Ok(typed
+        let assumed_zero =
+            parsed.inputs.iter().zip(&pinned).filter(|(_, p)| **p).map(|(info, _)| info.name.clone()).collect();
+        let nodes = match &gpu {
+            Some(gpu) => Plan::build(gpu, typed)?.placement,
+            None => typed
                 .eval_order()
                 .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?
                 .into_iter()
                 .map(|id| typed.node(id))
                 .filter(|n| !n.inputs.is_empty())
                 .map(|n| NodePlacement { node: n.name.clone(), op: n.op.name().to_string(), device: "cpu", why: None })
-                .collect()),
+                .collect(),
         };
+        return Ok(Check { nodes, assumed_zero });
     }
     Err(last.unwrap_or_else(|| NnError::new(ErrorCode::UnsupportedOperation, "cannot plan this model")))
 }
