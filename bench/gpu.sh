@@ -34,7 +34,7 @@ venv="$root/bench/.venv-gpu"
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv" >&2
 fi
-if "$venv/bin/pip" install --quiet "onnxruntime-gpu==1.23.2" numpy >&2; then
+if "$venv/bin/pip" install --quiet "onnxruntime-gpu[cuda,cudnn]==1.31.1" numpy >&2; then
     "$venv/bin/python" bench/peers/ort_gpu.py samples/moderate-image/open-nsfw.onnx "$batch" "$iters" ||
         echo "| onnxruntime-gpu | - | did not run (see above) | | | |"
 else

@@ -7,6 +7,9 @@ import numpy as np
 import onnxruntime as ort
 
 path, batches, iters = sys.argv[1], [int(b) for b in sys.argv[2].split(",")], int(sys.argv[3])
+# CUDA and cuDNN come from the nvidia-* wheels that the [cuda,cudnn] extras install.
+if hasattr(ort, "preload_dlls"):
+    ort.preload_dlls()
 if "CUDAExecutionProvider" not in ort.get_available_providers():
     sys.exit(f"no CUDAExecutionProvider (providers: {ort.get_available_providers()})")
 session = ort.InferenceSession(path, providers=["CUDAExecutionProvider"])
