@@ -29,7 +29,12 @@ echo "commit:  $(git rev-parse --short HEAD)  date: $(date -u +%Y-%m-%d)"
 echo
 "$bin" gpu --batch "$batch" --iters "$iters"
 
-# onnxruntime-gpu (CUDA), when the wheel installs and finds CUDA: same model, same rows.
+# onnxruntime-gpu (CUDA), on NVIDIA machines, when the wheel installs and finds CUDA: same
+# model, same rows.
+if ! command -v nvidia-smi >/dev/null; then
+    echo "| onnxruntime-gpu (CUDA) | - | no NVIDIA GPU here | | | |"
+    exit 0
+fi
 venv="$root/bench/.venv-gpu"
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv" >&2
