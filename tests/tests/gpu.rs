@@ -421,6 +421,21 @@ fn one_node_model(
     inputs: &[(&str, &[i64])],
     initializers: &[(&str, &[i64], Vec<f32>)],
 ) -> Vec<u8> {
+    let initializers = initializers
+        .iter()
+        .map(|(name, dims, values)| pb::TensorProto {
+            name: (*name).into(),
+            dims: dims.to_vec(),
+            data_type: 1,
+            float_data: values.clone(),
+            ..Default::default()
+        })
+        .collect();
+    onnx_model(vec![node], inputs, initializers)
+}
+
+/// An ONNX model of `nodes` over float inputs `inputs` (name, shape), with output `y`.
+fn onnx_model(nodes: Vec<pb::NodeProto>, inputs: &[(&str, &[i64])], initializers: Vec<pb::TensorProto>) -> Vec<u8> {
     use prost::Message as _;
     let value_info = |name: &str, dims: &[i64]| pb::ValueInfoProto {
         name: name.into(),
@@ -443,19 +458,10 @@ fn one_node_model(
     };
     let graph = pb::GraphProto {
         name: "g".into(),
-        node: vec![node],
+        node: nodes,
         input: inputs.iter().map(|(n, d)| value_info(n, d)).collect(),
         output: vec![pb::ValueInfoProto { name: "y".into(), ..Default::default() }],
-        initializer: initializers
-            .iter()
-            .map(|(name, dims, values)| pb::TensorProto {
-                name: (*name).into(),
-                dims: dims.to_vec(),
-                data_type: 1,
-                float_data: values.clone(),
-                ..Default::default()
-            })
-            .collect(),
+        initializer: initializers,
         ..Default::default()
     };
     let model = pb::ModelProto {
@@ -547,6 +553,41 @@ fn tiled_kernels_match_tract_on_awkward_shapes() {
             vec![("a", vec![33, 77]), ("b", vec![65, 77])],
         ),
     ];
+    // One index tensor, with negative indices, read by gathers over axes of different lengths:
+    // each counts from its own end.
+    let gather = |data: &str, out: &str| pb::NodeProto {
+        op_type: "Gather".into(),
+        input: vec![data.into(), "indices".into()],
+        output: vec![out.into()],
+        ..Default::default()
+    };
+    let shared_indices = onnx_model(
+        vec![
+            gather("short", "a"),
+            gather("long", "b"),
+            pb::NodeProto {
+                op_type: "Concat".into(),
+                input: vec!["a".into(), "b".into()],
+                output: vec!["y".into()],
+                attribute: vec![attr_int("axis", 0)],
+                ..Default::default()
+            },
+        ],
+        &[("short", &[50, 4]), ("long", &[700, 4])],
+        vec![pb::TensorProto {
+            name: "indices".into(),
+            dims: vec![3],
+            data_type: 7,
+            int64_data: vec![-1, -2, 3],
+            ..Default::default()
+        }],
+    );
+    let mut cases = cases;
+    cases.push((
+        "gathers sharing negative indices",
+        shared_indices,
+        vec![("short", vec![50, 4]), ("long", vec![700, 4])],
+    ));
     for (what, onnx, inputs) in cases {
         let feed = || -> Vec<(String, HostTensor)> {
             inputs

@@ -217,7 +217,7 @@ impl Graphs {
     ) -> Result<(Vec<(String, super::HostTensor)>, Duration, Placement), NnError> {
         let key = Arc::as_ptr(&model) as *const () as usize;
         let last = self.costs.lock().ok().and_then(|c| c.get(&key).copied());
-        let (outputs, placement, took) = if last.is_some_and(|d| d <= INLINE_MAX) {
+        let (outputs, placement, took) = if model.runs_inline() && last.is_some_and(|d| d <= INLINE_MAX) {
             let started = Instant::now();
             let (outputs, placement) = model.run_placed(inputs)?;
             (outputs, placement, started.elapsed())

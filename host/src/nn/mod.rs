@@ -236,6 +236,12 @@ pub trait LoadedModel: Send + Sync {
     fn inputs(&self) -> &[TensorInfo];
     fn outputs(&self) -> &[TensorInfo];
 
+    /// Whether a call measured fast may run on the calling (async) thread; engines that wait
+    /// on a device say no.
+    fn runs_inline(&self) -> bool {
+        true
+    }
+
     /// Nodes of the model (CPU engines run all of them on the CPU).
     fn nodes(&self) -> u32 {
         0

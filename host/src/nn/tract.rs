@@ -197,6 +197,17 @@ impl<P: Clone> Specializations<P> {
         Self { pins, plans: Mutex::new(Vec::new()) }
     }
 
+    /// Calls `f` on every compiled form made so far.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&P)) {
+        let cells: Vec<_> =
+            self.plans.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, c)| c.clone()).collect();
+        for cell in cells {
+            if let Some(Ok(plan)) = cell.get() {
+                f(plan);
+            }
+        }
+    }
+
     /// The compiled form for these inputs and the indices of the inputs it is fed (the
     /// others are constants in it); `build` compiles for a selection of pinned inputs.
     pub(crate) fn get(

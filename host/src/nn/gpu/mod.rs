@@ -235,6 +235,15 @@ impl Shared {
         Ok(gpu)
     }
 
+    /// Trims the model at `running` (see `GpuModel::trim`).
+    fn trim(&self, running: *const GpuModel) -> bool {
+        let model = {
+            let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+            models.iter().filter_map(Weak::upgrade).find(|m| std::ptr::eq(Arc::as_ptr(m), running))
+        };
+        model.is_some_and(|m| m.trim())
+    }
+
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::SeqCst)
     }
@@ -356,6 +365,7 @@ impl Gpu {
         if bytes > budget.cap {
             return Err(too_large(bytes, budget.cap));
         }
+        let mut trimmed = false;
         loop {
             let used = budget.used.load(Ordering::SeqCst);
             if used + bytes <= budget.cap {
@@ -364,16 +374,25 @@ impl Gpu {
                 }
                 continue;
             }
-            if !shared.evict_one(RUNNING.with(|r| r.get())) {
-                return Err(NnError::new(
-                    ErrorCode::RuntimeError,
-                    format!(
-                        "busy: the GPU memory budget ({} of {} bytes in use by running models) has no room for \
-                         {bytes} more bytes now; try again",
-                        used, budget.cap
-                    ),
-                ));
+            let running = RUNNING.with(|r| r.get());
+            if shared.evict_one(running) {
+                continue;
             }
+            // Nothing idle to evict: what the running model itself holds but does not use.
+            if !trimmed {
+                trimmed = true;
+                if shared.trim(running) {
+                    continue;
+                }
+            }
+            return Err(NnError::new(
+                ErrorCode::RuntimeError,
+                format!(
+                    "busy: the GPU memory budget ({} of {} bytes in use by running models) has no room for \
+                     {bytes} more bytes now; try again",
+                    used, budget.cap
+                ),
+            ));
         }
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
@@ -384,8 +403,13 @@ impl Gpu {
         Ok(Tracked { buffer, bytes, budget: budget.clone() })
     }
 
-    /// Waits for the queue, then reads the first bytes of each mappable buffer.
-    pub fn read(&self, buffers: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>, NnError> {
+    /// Waits for submission `index` (not for other callers' work), then reads the first bytes
+    /// of each mappable buffer.
+    pub fn read(
+        &self,
+        index: wgpu::SubmissionIndex,
+        buffers: &[(&wgpu::Buffer, u64)],
+    ) -> Result<Vec<Vec<u8>>, NnError> {
         let (tx, rx) = std::sync::mpsc::channel();
         for (i, (buffer, bytes)) in buffers.iter().enumerate() {
             let tx = tx.clone();
@@ -396,7 +420,9 @@ impl Gpu {
             }
         }
         drop(tx);
-        if let Err(e) = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(GPU_WAIT) }) {
+        if let Err(e) =
+            self.device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(GPU_WAIT) })
+        {
             // A GPU that does not finish is treated as lost: the next call makes a new device.
             if matches!(e, wgpu::PollError::Timeout) {
                 tracing::error!(seconds = GPU_WAIT.as_secs(), "the GPU did not finish; resetting the device");
@@ -458,7 +484,8 @@ struct GpuModel {
 }
 
 /// An uploaded weight: the constant's name, the tensor, how it was uploaded, the buffer.
-type Weight = (String, Arc<Tensor>, Option<usize>, Arc<Tracked>);
+/// Plans hold their weights; the model only remembers them, so a weight no plan holds is freed.
+type Weight = (String, Arc<Tensor>, Option<usize>, Weak<Tracked>);
 
 /// A model's GPU resources on one device.
 struct State {
@@ -544,14 +571,15 @@ impl GpuModel {
 
     /// The weight buffers of `plan`, uploading the ones not on the device yet.
     fn weights(&self, state: &State, plan: &Plan) -> Result<Vec<Arc<Tracked>>, NnError> {
-        let mut bound = plan.bound.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(buffers) = bound.as_ref() {
+        // No lock is held while uploading: making room may trim this very plan.
+        if let Some(buffers) = plan.bound.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             return Ok(buffers.clone());
         }
         let mut out = Vec::with_capacity(plan.weights.len());
         for spec in &plan.weights {
             let found = {
-                let weights = state.weights.lock().unwrap_or_else(|e| e.into_inner());
+                let mut weights = state.weights.lock().unwrap_or_else(|e| e.into_inner());
+                weights.retain(|w| w.3.strong_count() > 0);
                 weights
                     .iter()
                     .find(|(key, tensor, indices, _)| {
@@ -559,7 +587,7 @@ impl GpuModel {
                             && *indices == spec.indices
                             && (Arc::ptr_eq(tensor, &spec.tensor) || **tensor == *spec.tensor)
                     })
-                    .map(|w| w.3.clone())
+                    .and_then(|w| w.3.upgrade())
             };
             let buffer = match found {
                 Some(b) => b,
@@ -572,15 +600,27 @@ impl GpuModel {
                         spec.key.clone(),
                         spec.tensor.clone(),
                         spec.indices,
-                        tracked.clone(),
+                        Arc::downgrade(&tracked),
                     ));
                     tracked
                 }
             };
             out.push(buffer);
         }
-        *bound = Some(out.clone());
+        *plan.bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(out.clone());
         Ok(out)
+    }
+
+    /// Frees what this model holds but is not using: every plan's idle arenas and bound weights
+    /// (a running call keeps its own). Returns whether any memory was freed.
+    fn trim(&self) -> bool {
+        let Some(state) = self.state.lock().ok().and_then(|s| s.clone()) else { return false };
+        let before = self.shared.budget.used.load(Ordering::SeqCst);
+        state.plans.for_each(|plan| {
+            plan.arenas_clear();
+            *plan.bound.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        });
+        self.shared.budget.used.load(Ordering::SeqCst) < before
     }
 
     fn run_once(&self, ordered: &[HostTensor]) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
@@ -589,6 +629,10 @@ impl GpuModel {
             let model = declutter(pin(&self.model, ordered, pinned)?)?;
             Plan::build(&state.gpu, model).map(Arc::new)
         })?;
+        let need = plan.weight_bytes() + plan.arena_bytes();
+        if need > self.shared.budget.cap {
+            return Err(too_large(need, self.shared.budget.cap));
+        }
         let weights = self.weights(&state, &plan)?;
         let values: Vec<TValue> =
             fed.iter().map(|i| Ok(to_tract(&ordered[*i])?.into_tvalue())).collect::<Result<_, NnError>>()?;
@@ -635,6 +679,11 @@ impl LoadedModel for GpuModel {
         self.run_placed(given).map(|(outputs, _)| outputs)
     }
 
+    /// A GPU call waits on the device: never on the async executor, however fast it was.
+    fn runs_inline(&self) -> bool {
+        false
+    }
+
     fn run_placed(&self, given: Vec<(String, HostTensor)>) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
         let ordered = match_inputs(&self.inputs, given)?;
         let _busy = Busy::new(self);
@@ -661,6 +710,31 @@ mod tests {
     fn input() -> Vec<(String, HostTensor)> {
         let data = (0..64).flat_map(|i| (i as f32 / 64.0).to_le_bytes()).collect();
         vec![("input".into(), HostTensor { dims: vec![1, 64], ty: ElemType::F32, data })]
+    }
+
+    fn batch(n: u32) -> Vec<(String, HostTensor)> {
+        let data = (0..64 * n).flat_map(|i| ((i % 64) as f32 / 64.0).to_le_bytes()).collect();
+        vec![("input".into(), HostTensor { dims: vec![n, 64], ty: ElemType::F32, data })]
+    }
+
+    /// One model called with ever new batch sizes on a budget that holds one plan's buffers:
+    /// its own idle plans are trimmed to make room, never a permanent busy error.
+    #[test]
+    fn a_model_trims_its_own_idle_plans() {
+        let Some(probe) = Wgpu::discover(1 << 30) else {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs lavapipe");
+            return;
+        };
+        let measured = probe.load_model(&digits()).expect("loads");
+        measured.run_placed(batch(8)).expect("runs");
+        let one = probe.memory().0;
+        let gpu = Wgpu::discover(one + one / 4).expect("the same adapter");
+        let model = gpu.load_model(&digits()).expect("loads");
+        for n in [8, 7, 6, 5, 8, 3, 2, 1] {
+            let (outputs, _) = model.run_placed(batch(n)).expect("trims and runs");
+            assert_eq!(outputs[0].1.dims, vec![n, 10]);
+            assert!(gpu.memory().0 <= one + one / 4);
+        }
     }
 
     /// A call that needs GPU memory held by a model that is running (not idle, so not

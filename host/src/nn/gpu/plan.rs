@@ -88,6 +88,9 @@ struct Timestamps {
     readback: Tracked,
 }
 
+/// Most GPU segments (runs of dispatches between CPU work) timed with timestamp queries.
+const MAX_TIMED_SEGMENTS: u32 = 2048;
+
 /// What one run did on each device.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunStats {
@@ -412,19 +415,21 @@ impl Plan {
         weights: &[Arc<Tracked>],
         fed: Vec<TValue>,
     ) -> Result<(TVec<TValue>, RunStats), NnError> {
-        let arena = self.arenas.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut arena = match arena {
-            Some(a) => a,
-            None => self.arena(gpu, weights)?,
-        };
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = self.execute(gpu, &mut arena, fed);
-        let error = pollster::block_on(scope.pop());
-        if let Some(error) = error {
+        let pooled = self.arenas.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let result = match pooled {
+            Some(arena) => Ok(arena),
+            None => self.arena(gpu, weights),
+        }
+        .and_then(|mut arena| self.execute(gpu, &mut arena, fed).map(|out| (out, arena)));
+        if let Some(error) = pollster::block_on(scope.pop()) {
             return Err(NnError::new(ErrorCode::RuntimeError, format!("GPU: {error}")));
         }
+        // An arena goes back to the pool only after a clean run: a failed one may hold mapped
+        // or half-written buffers.
+        let (out, arena) = result?;
         self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
-        result
+        Ok(out)
     }
 
     /// Makes the buffers and bind groups of one run.
@@ -471,7 +476,9 @@ impl Plan {
             staging.push(stage);
         }
         let timestamps = match (gpu.timestamps, self.segments) {
-            (true, segments) if segments > 0 => {
+            // wgpu allows 4096 queries per set: a plan with more GPU segments than 2048 is timed
+            // from submit to completion instead.
+            (true, segments) if segments > 0 && segments <= MAX_TIMED_SEGMENTS => {
                 let count = segments * 2;
                 let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
                     label: Some("infercell timestamps"),
@@ -537,6 +544,13 @@ impl Plan {
                         gpu.queue.submit([enc.finish()]);
                     }
                     let tensor = cpu[*value].as_ref().ok_or_else(|| internal("an uploaded value is missing"))?;
+                    if tensor.shape() != self.values[*value].shape.as_slice() {
+                        return Err(internal(format!(
+                            "a CPU node made shape {:?} where the plan has {:?}",
+                            tensor.shape(),
+                            self.values[*value].shape
+                        )));
+                    }
                     let bytes = upload_bytes(tensor, self.values[*value].indices)?;
                     gpu.queue.write_buffer(&arena.slots[self.slot(*value)].buffer, 0, &bytes);
                     s += 1;
@@ -563,9 +577,9 @@ impl Plan {
                         }
                     }
                     let started = Instant::now();
-                    gpu.queue.submit([enc.finish()]);
+                    let index = gpu.queue.submit([enc.finish()]);
                     let buffers: Vec<(&wgpu::Buffer, u64)> = reads.iter().map(|(_, b, n)| (*b, *n)).collect();
-                    let data = gpu.read(&buffers)?;
+                    let data = gpu.read(index, &buffers)?;
                     waited += started.elapsed();
                     for ((value, _, _), bytes) in reads.iter().zip(data) {
                         let floats: Vec<f32> =
@@ -606,8 +620,8 @@ impl Plan {
                 let mut enc = encoder.take().unwrap_or_else(new_encoder);
                 enc.resolve_query_set(&t.set, 0..count, &t.resolve.buffer, 0);
                 enc.copy_buffer_to_buffer(&t.resolve.buffer, 0, &t.readback.buffer, 0, u64::from(count) * 8);
-                gpu.queue.submit([enc.finish()]);
-                let data = gpu.read(&[(&t.readback.buffer, u64::from(count) * 8)])?;
+                let index = gpu.queue.submit([enc.finish()]);
+                let data = gpu.read(index, &[(&t.readback.buffer, u64::from(count) * 8)])?;
                 let ticks: Vec<u64> =
                     data[0].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
                 let total: u64 = ticks.chunks_exact(2).map(|p| p[1].saturating_sub(p[0])).sum();
@@ -615,8 +629,8 @@ impl Plan {
             }
         } else if let Some(enc) = encoder.take() {
             let started = Instant::now();
-            gpu.queue.submit([enc.finish()]);
-            gpu.read(&[])?;
+            let index = gpu.queue.submit([enc.finish()]);
+            gpu.read(index, &[])?;
             gpu_time += started.elapsed();
         }
         let outputs = self
@@ -625,6 +639,16 @@ impl Plan {
             .map(|v| cpu[*v].clone().ok_or_else(|| internal("an output is missing")))
             .collect::<Result<_, _>>()?;
         Ok((outputs, RunStats { gpu_time }))
+    }
+
+    /// Drops the idle arenas (runs in flight keep theirs).
+    pub fn arenas_clear(&self) {
+        self.arenas.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Bytes of GPU memory this plan's weights take.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.iter().map(|w| (w.tensor.len() as u64 * 4).max(4)).sum()
     }
 
     /// Bytes of GPU memory one run of this plan holds (weights not included).
@@ -638,8 +662,9 @@ impl Plan {
     }
 }
 
-/// The bytes a value is uploaded as: FP32 as is; indices checked against their axis, made
-/// non-negative, as u32.
+/// The bytes a value is uploaded as: FP32 as is; indices checked against the shortest axis any
+/// gather reading them indexes (every gather must be valid, as on the CPU), as i32 (each gather
+/// wraps negative ones with its own axis length).
 pub fn upload_bytes(tensor: &Tensor, indices: Option<usize>) -> Result<Vec<u8>, NnError> {
     match indices {
         None => {
@@ -651,14 +676,13 @@ pub fn upload_bytes(tensor: &Tensor, indices: Option<usize>) -> Result<Vec<u8>, 
             let ints = ints.to_plain_array_view::<i64>().map_err(internal)?;
             let mut out = Vec::with_capacity(ints.len() * 4);
             for i in ints.iter() {
-                let fixed = if *i < 0 { *i + len as i64 } else { *i };
-                if fixed < 0 || fixed >= len as i64 {
+                if *i < -(len as i64) || *i >= len as i64 {
                     return Err(NnError::new(
                         ErrorCode::InvalidArgument,
                         format!("gather index {i} is out of range for an axis of {len}"),
                     ));
                 }
-                out.extend((fixed as u32).to_le_bytes());
+                out.extend((*i as i32).to_le_bytes());
             }
             Ok(out)
         }

@@ -64,7 +64,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         case 18u: { r = cos(v); }
         case 19u: { r = v * sigmoid_(v); }
         case 20u: { r = pow_(v, alpha); }
-        case 21u: { r = sign(v) * floor(abs(v) + 0.5); }
+        // Half away from zero, as Rust's f32::round (no `abs(v) + 0.5`, which rounds up
+        // 0.49999997 and odd integers past 2^23).
+        case 21u: {
+            let t = trunc(v);
+            r = select(t, t + sign(v), abs(v - t) >= 0.5);
+        }
         case 22u: { r = round(v); }
         case 23u: { r = sign(v); }
         default: { r = v; }
