@@ -461,13 +461,23 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let v = c.send_json(c.request(reqwest::Method::GET, "/v1/usage")?.query(&query)).await?;
             c.print(&v, |v| {
                 let mut out = format!(
-                    "{:<27} {:<16} {:>4} {:<12} {:>6} {:>10} {:>10} {:>9} {:>9}",
-                    "STARTED", "FUNCTION", "VER", "OUTCOME", "STATUS", "GUEST MS", "FUEL", "IN", "OUT"
+                    "{:<27} {:<16} {:>4} {:<12} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                    "STARTED",
+                    "FUNCTION",
+                    "VER",
+                    "OUTCOME",
+                    "STATUS",
+                    "GUEST MS",
+                    "FUEL",
+                    "NN CPU MS",
+                    "GPU MS",
+                    "IN",
+                    "OUT"
                 );
                 for r in v["records"].as_array().into_iter().flatten() {
                     let m = &r["meters"];
                     out.push_str(&format!(
-                        "\n{:<27} {:<16} {:>4} {:<12} {:>6} {:>10} {:>10} {:>9} {:>9}",
+                        "\n{:<27} {:<16} {:>4} {:<12} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
                         r["started_at"].as_str().unwrap_or_default(),
                         r["function"].as_str().unwrap_or_default(),
                         r["version"].to_string(),
@@ -475,6 +485,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         r["status"].to_string(),
                         m["guest_ms"].as_str().unwrap_or_default(),
                         m["fuel"].as_str().unwrap_or_default(),
+                        m["nn_cpu_ms"].as_str().unwrap_or_default(),
+                        m["nn_gpu_ms"].as_str().unwrap_or_default(),
                         m["bytes_in"].as_str().unwrap_or_default(),
                         m["bytes_out"].as_str().unwrap_or_default(),
                     ));
