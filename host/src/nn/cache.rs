@@ -45,6 +45,9 @@ pub struct Graphs {
     state: Mutex<State>,
     cap_bytes: u64,
     pool: Arc<Semaphore>,
+    /// Slots for calls that wait on the GPU: they hold no CPU while they wait, so they do not
+    /// take the CPU pool's slots from other tenants' computes.
+    gpu_pool: Arc<Semaphore>,
     /// Seconds spent loading graphs (for the load-time histogram).
     pub on_load: Box<dyn Fn(Duration) + Send + Sync>,
     /// Last compute time per loaded model (by address), to pick inline or pooled runs.
@@ -53,6 +56,9 @@ pub struct Graphs {
     /// it; in-process users such as benchmarks may leave it off).
     pub prober: Option<Arc<super::probe::Prober>>,
 }
+
+/// GPU computes (waiting on the device) at once, apart from the CPU pool.
+pub const GPU_CALLS: usize = 64;
 
 /// Computes measured at or under this run inline instead of on the blocking pool.
 pub const INLINE_MAX: Duration = Duration::from_micros(200);
@@ -67,6 +73,7 @@ impl Graphs {
             state: Mutex::new(State { entries: HashMap::new(), tick: 0, stats: CacheStats::default() }),
             cap_bytes,
             pool: Arc::new(Semaphore::new(threads.max(1))),
+            gpu_pool: Arc::new(Semaphore::new(GPU_CALLS)),
             on_load: Box::new(|_| {}),
             costs: Mutex::new(HashMap::new()),
             prober: None,
@@ -108,14 +115,17 @@ impl Graphs {
                     ));
                 }
                 let gpu = self.gpu().cloned().ok_or_else(|| {
-                    NnError::new(
-                        ErrorCode::UnsupportedOperation,
-                        "this server has no GPU (GET /v1/devices lists its devices)",
-                    )
+                    let why = if self.gpu_budget.is_none() {
+                        "this server runs without its GPU engine (nn.gpu = \"off\")"
+                    } else {
+                        "this server has no GPU (GET /v1/devices lists its devices)"
+                    };
+                    NnError::new(ErrorCode::UnsupportedOperation, why)
                 })?;
                 return Ok(gpu);
             }
-            "auto" | "" => match self.gpu() {
+            // `auto` never waits for discovery: until the GPU is found, it is the CPU.
+            "auto" | "" => match self.gpu_if_discovered() {
                 Some(gpu) if gpu_granted && gpu.is_hardware() => return Ok(gpu.clone()),
                 _ => cpu(),
             },
@@ -128,6 +138,27 @@ impl Graphs {
                 format!("no engine `{name}` on this server (engines: {})", self.engine_names().join(", ")),
             )
         })
+    }
+
+    /// Loads `digest` on the engine of `selector` (see [`Graphs::select`]). When `auto` chose
+    /// the GPU and the GPU engine cannot load the model, the best CPU engine loads it instead:
+    /// `auto` never makes a model that runs on the CPU fail.
+    pub async fn load_selected(
+        &self,
+        digest: &str,
+        selector: &str,
+        gpu_granted: bool,
+        bytes: impl Fn() -> Result<Vec<u8>, NnError> + Send + Sync + Clone + 'static,
+    ) -> Result<(Arc<dyn LoadedModel>, Duration), NnError> {
+        let engine = self.select(selector, gpu_granted)?;
+        let chose_gpu = matches!(selector, "auto" | "") && engine.name() == "wgpu";
+        match self.get_or_load(digest, engine, bytes.clone()).await {
+            Err(e) if chose_gpu => {
+                tracing::info!(digest, error = %e, "the GPU engine cannot load this model; auto runs it on the CPU");
+                self.get_or_load(digest, self.select("cpu", false)?, bytes).await
+            }
+            other => other,
+        }
     }
 
     /// Names of the engines this server has.
@@ -222,7 +253,8 @@ impl Graphs {
             let (outputs, placement) = model.run_placed(inputs)?;
             (outputs, placement, started.elapsed())
         } else {
-            self.compute(move || {
+            let pool = if model.runs_inline() { &self.pool } else { &self.gpu_pool };
+            Self::compute_on(pool, move || {
                 let started = Instant::now();
                 model.run_placed(inputs).map(|(out, placement)| (out, placement, started.elapsed()))
             })
@@ -239,8 +271,15 @@ impl Graphs {
         &self,
         f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
     ) -> Result<R, NnError> {
-        let permit = self
-            .pool
+        Self::compute_on(&self.pool, f).await
+    }
+
+    /// Runs `f` on a blocking thread once `pool` has a free slot.
+    async fn compute_on<R: Send + 'static>(
+        pool: &Arc<Semaphore>,
+        f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
+    ) -> Result<R, NnError> {
+        let permit = pool
             .clone()
             .acquire_owned()
             .await

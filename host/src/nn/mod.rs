@@ -202,6 +202,10 @@ pub struct Placement {
     pub cpu_nodes: u32,
     pub gpu_nodes: u32,
     pub gpu_time: std::time::Duration,
+    /// Host time the compute itself spent, when the engine measures it (time blocked on a
+    /// device, behind other callers' work too, is neither CPU nor this call's GPU time).
+    /// `None`: the whole compute is CPU time.
+    pub cpu_time: Option<std::time::Duration>,
 }
 
 /// Inference spent by one call: host time (loads, CPU nodes, transfers), GPU time, and the
@@ -217,10 +221,11 @@ pub struct NnUsage {
 impl NnUsage {
     /// Adds one compute of wall time `took` that ran as `placed`.
     pub fn add(&mut self, took: std::time::Duration, placed: Placement) {
-        self.cpu += took.saturating_sub(placed.gpu_time);
-        self.gpu += placed.gpu_time;
-        self.cpu_nodes += placed.cpu_nodes;
-        self.gpu_nodes += placed.gpu_nodes;
+        let gpu = placed.gpu_time.min(took);
+        self.cpu += placed.cpu_time.map_or(took.saturating_sub(gpu), |cpu| cpu.min(took));
+        self.gpu += gpu;
+        self.cpu_nodes = self.cpu_nodes.saturating_add(placed.cpu_nodes);
+        self.gpu_nodes = self.gpu_nodes.saturating_add(placed.gpu_nodes);
     }
 
     /// Microseconds of (CPU, GPU) time, as metered.

@@ -42,6 +42,12 @@ impl ModelManifest {
         if !valid_name(&m.name) {
             return Err(format!("invalid model manifest: name `{}` must match ^[a-z0-9][a-z0-9._-]{{0,127}}$", m.name));
         }
+        if !matches!(m.engine.as_str(), "auto" | "tract" | "onnxruntime" | "wgpu") {
+            return Err(format!(
+                "invalid model manifest: no engine `{}` (engine is auto, tract, onnxruntime or wgpu)",
+                m.engine
+            ));
+        }
         if !matches!(m.device.as_str(), "auto" | "cpu" | "gpu") {
             return Err(format!("invalid model manifest: device `{}` must be auto, cpu or gpu", m.device));
         }
@@ -139,7 +145,8 @@ impl ModelStore {
         gpu_allowed: bool,
     ) -> Result<ModelVersion, ApiError> {
         let manifest = ModelManifest::parse(manifest_text).map_err(ApiError::BadRequest)?;
-        let engine = self.graphs.select(&selector(&manifest.engine, &manifest.device), gpu_allowed).map_err(|e| {
+        let selected = selector(&manifest.engine, &manifest.device);
+        let engine = self.graphs.select(&selected, gpu_allowed).map_err(|e| {
             ApiError::BadRequest(match e.code {
                 ErrorCode::Security => {
                     format!("device `{}`: the tenant's plan does not allow the GPU", manifest.device)
@@ -154,8 +161,9 @@ impl ModelStore {
             )));
         }
         let digest = digest_of(&bytes);
-        let data = bytes.to_vec();
-        let (model, _) = self.graphs.get_or_load(&digest, engine.clone(), move || Ok(data)).await.map_err(|e| {
+        let data = bytes.clone();
+        let load = self.graphs.load_selected(&digest, &selected, gpu_allowed, move || Ok(data.to_vec()));
+        let (model, _) = load.await.map_err(|e| {
             ApiError::BadRequest(match e.code {
                 ErrorCode::InvalidEncoding => e.message,
                 _ => format!("the {} engine cannot run this model: {}", engine.name(), e.message),
@@ -258,10 +266,9 @@ impl ModelStore {
         version: &ModelVersion,
         gpu_allowed: bool,
     ) -> Result<(Arc<dyn crate::nn::LoadedModel>, std::time::Duration), crate::nn::NnError> {
-        let engine = self.graphs.select(&selector(&version.engine, &version.device), gpu_allowed)?;
         let (blobs, digest) = (self.blobs.clone(), version.digest.clone());
         self.graphs
-            .get_or_load(&version.digest, engine, move || {
+            .load_selected(&version.digest, &selector(&version.engine, &version.device), gpu_allowed, move || {
                 blobs.get(&digest).map_err(|e| crate::nn::NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))
             })
             .await

@@ -107,22 +107,19 @@ impl InstanceState {
             Ok(a) => a,
             Err(e) => return self.nn_err(e),
         };
-        let engine = match access.graphs.select(engine, access.gpu) {
-            Ok(e) => e,
-            Err(e) => {
-                if e.code == ErrorCode::Security {
-                    self.deny("gpu", &digest, &e.message);
-                }
-                return self.nn_err(e);
+        if let Err(e) = access.graphs.select(engine, access.gpu) {
+            if e.code == ErrorCode::Security {
+                self.deny("gpu", &digest, &e.message);
             }
-        };
+            return self.nn_err(e);
+        }
         let source = access.source.clone();
-        let d = digest.clone();
-        let read = move || match bytes {
-            Some(b) => Ok(b),
+        let (d, bytes) = (digest.clone(), bytes.map(Arc::new));
+        let read = move || match &bytes {
+            Some(b) => Ok(b.to_vec()),
             None => source.read(&d).map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}"))),
         };
-        match access.graphs.get_or_load(&digest, engine, read).await {
+        match access.graphs.load_selected(&digest, engine, access.gpu, read).await {
             Ok((model, took)) => {
                 self.nn.usage.cpu += took;
                 Ok(Ok(self.table.push(Graph(model))?))

@@ -88,12 +88,12 @@ impl Served {
     }
 
     /// Triton's platform name: the engine a model runs on, or a WebAssembly function.
-    fn platform(&self, app: &App) -> &'static str {
+    fn platform(&self, app: &App, tenant: &str) -> &'static str {
         match self {
             Served::Predictor { .. } => "infercell_wasm",
             Served::Model { version, .. } => {
                 let selector = crate::registry::models::selector(&version.engine, &version.device);
-                match app.registry.models.graphs().engine(&selector).map(|e| e.name()) {
+                match app.registry.models.graphs().select(&selector, plan_allows_gpu(app, tenant)).map(|e| e.name()) {
                     Ok("onnxruntime") => "onnxruntime_onnx",
                     Ok("wgpu") => "infercell_wgpu_onnx",
                     _ => "tract_onnx",
@@ -175,11 +175,12 @@ pub async fn model_metadata(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (name, version) = params(&p);
-    let served = resolve(&app, tenant_of(&principal)?, name, version).await?;
+    let tenant = tenant_of(&principal)?;
+    let served = resolve(&app, tenant, name, version).await?;
     Ok(Json(json!({
         "name": name,
         "versions": served.versions().iter().map(u32::to_string).collect::<Vec<_>>(),
-        "platform": served.platform(&app),
+        "platform": served.platform(&app, tenant),
         "inputs": tensor_metadata(served.inputs()),
         "outputs": tensor_metadata(served.outputs()),
     }))
@@ -210,14 +211,15 @@ pub async fn model_config(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (name, version) = params(&p);
-    let served = resolve(&app, tenant_of(&principal)?, name, version).await?;
+    let tenant = tenant_of(&principal)?;
+    let served = resolve(&app, tenant, name, version).await?;
     let config = |infos: &[TensorInfo]| -> Vec<Value> {
         infos
             .iter()
             .map(|t| json!({ "name": t.name, "data_type": oip::config_type(&t.datatype), "dims": t.shape }))
             .collect()
     };
-    let platform = served.platform(&app);
+    let platform = served.platform(&app, tenant);
     let (digest, device) = match &served {
         Served::Model { version, .. } => (version.digest.clone(), version.device.clone()),
         Served::Predictor { deployment, .. } => (deployment.digest.clone(), "cpu".to_string()),
@@ -533,6 +535,13 @@ pub async fn infer(
     // Admitted before the body is read and parsed: parsing a large JSON tensor costs memory,
     // so it counts against the tenant's concurrency like the call itself. A malformed request
     // still runs nothing and is not billed.
+    // A GPU model needs a plan that allows the GPU, and a GPU: refused before admission, not billed.
+    if let Served::Model { version, .. } = &served {
+        let selected = crate::registry::models::selector(&version.engine, &version.device);
+        if selected == "wgpu" {
+            app.registry.models.graphs().select(&selected, plan_allows_gpu(&app, &tenant)).map_err(nn_error)?;
+        }
+    }
     let (admission, plan) = admit(&app, &tenant).await?;
     let limit = app.config.server.max_request_bytes as usize;
     let body = axum::body::to_bytes(req.into_body(), limit)

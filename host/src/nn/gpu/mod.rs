@@ -624,6 +624,7 @@ impl GpuModel {
     }
 
     fn run_once(&self, ordered: &[HostTensor]) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
+        let started = std::time::Instant::now();
         let state = self.state()?;
         let (plan, fed) = state.plans.get(ordered, &self.why, |pinned| {
             let model = declutter(pin(&self.model, ordered, pinned)?)?;
@@ -643,7 +644,13 @@ impl GpuModel {
             .zip(outputs)
             .map(|(info, value)| Ok((info.name.clone(), from_tract(&value)?)))
             .collect::<Result<_, NnError>>()?;
-        Ok((outputs, Placement { cpu_nodes: plan.cpu_nodes, gpu_nodes: plan.gpu_nodes, gpu_time: stats.gpu_time }))
+        let placement = Placement {
+            cpu_nodes: plan.cpu_nodes,
+            gpu_nodes: plan.gpu_nodes,
+            gpu_time: stats.gpu_time,
+            cpu_time: Some(started.elapsed().saturating_sub(stats.waited)),
+        };
+        Ok((outputs, placement))
     }
 }
 

@@ -94,7 +94,10 @@ const MAX_TIMED_SEGMENTS: u32 = 2048;
 /// What one run did on each device.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunStats {
+    /// The run's kernels, from timestamps; else from submit to completion.
     pub gpu_time: Duration,
+    /// Time spent blocked on the device (the run's own work and any queued before it).
+    pub waited: Duration,
 }
 
 pub struct Plan {
@@ -620,8 +623,10 @@ impl Plan {
                 let mut enc = encoder.take().unwrap_or_else(new_encoder);
                 enc.resolve_query_set(&t.set, 0..count, &t.resolve.buffer, 0);
                 enc.copy_buffer_to_buffer(&t.resolve.buffer, 0, &t.readback.buffer, 0, u64::from(count) * 8);
+                let started = Instant::now();
                 let index = gpu.queue.submit([enc.finish()]);
                 let data = gpu.read(index, &[(&t.readback.buffer, u64::from(count) * 8)])?;
+                waited += started.elapsed();
                 let ticks: Vec<u64> =
                     data[0].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
                 let total: u64 = ticks.chunks_exact(2).map(|p| p[1].saturating_sub(p[0])).sum();
@@ -632,13 +637,14 @@ impl Plan {
             let index = gpu.queue.submit([enc.finish()]);
             gpu.read(index, &[])?;
             gpu_time += started.elapsed();
+            waited += started.elapsed();
         }
         let outputs = self
             .outputs
             .iter()
             .map(|v| cpu[*v].clone().ok_or_else(|| internal("an output is missing")))
             .collect::<Result<_, _>>()?;
-        Ok((outputs, RunStats { gpu_time }))
+        Ok((outputs, RunStats { gpu_time, waited }))
     }
 
     /// Drops the idle arenas (runs in flight keep theirs).
