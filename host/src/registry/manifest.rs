@@ -168,6 +168,25 @@ impl Manifest {
         Ok(Limits { memory_bytes: memory, timeout, fuel })
     }
 
+    /// The limits of a version stored under a bigger plan than its tenant's now: each clamped
+    /// to the current plan's maximum (a grant the plan no longer allows is withheld where it is
+    /// used, not here).
+    pub fn limits_clamped(&self, plan: &Plan) -> Limits {
+        let memory = self.limits.memory.as_deref().and_then(|t| parse_size(t).ok()).unwrap_or(plan.default_memory);
+        let timeout =
+            self.limits.timeout.as_deref().and_then(|t| parse_duration(t).ok()).unwrap_or(plan.default_timeout);
+        let fuel = match (self.limits.fuel, plan.max_fuel) {
+            (Some(asked), Some(max)) => Some(asked.min(max)),
+            (Some(asked), None) => Some(asked),
+            (None, max) => max,
+        };
+        Limits {
+            memory_bytes: memory.clamp(1 << 16, plan.max_memory),
+            timeout: timeout.clamp(Duration::from_millis(1), plan.max_timeout),
+            fuel,
+        }
+    }
+
     /// The `config` table as the ordered pairs the guest sees.
     pub fn config_pairs(&self) -> Vec<(String, String)> {
         self.capabilities.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -200,6 +219,20 @@ config = { labels = "0,1,2,3,4,5,6,7,8,9" }
         let limits = m.limits("free", &config.plans["free"]).expect("within plan");
         assert_eq!(limits.memory_bytes, 64 << 20);
         assert_eq!(limits.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_version_over_the_current_plan_keeps_its_limits_clamped() {
+        let config = Config::embedded();
+        let m = Manifest::parse(
+            "name = \"g\"\n[limits]\nmemory = \"32MiB\"\ntimeout = \"90s\"\n[capabilities]\ngpu = true\n",
+        )
+        .expect("parses");
+        let free = &config.plans["free"];
+        assert!(m.limits("free", free).is_err(), "gpu is not on free");
+        let limits = m.limits_clamped(free);
+        assert_eq!(limits.memory_bytes, 32 << 20, "within free's maximum: kept");
+        assert_eq!(limits.timeout, free.max_timeout, "over free's maximum: clamped");
     }
 
     #[test]

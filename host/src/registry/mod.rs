@@ -460,11 +460,7 @@ impl Registry {
         let manifest: Manifest = serde_json::from_str(&manifest).map_err(anyhow::Error::from)?;
         let plan_cfg = self.config.plans.get(&plan).ok_or_else(|| anyhow::anyhow!("unknown plan {plan}"))?;
         // A version stored under a bigger plan is clamped to the tenant's current plan.
-        let limits = manifest.limits(&plan, plan_cfg).unwrap_or(Limits {
-            memory_bytes: plan_cfg.default_memory,
-            timeout: plan_cfg.default_timeout,
-            fuel: plan_cfg.max_fuel,
-        });
+        let limits = manifest.limits(&plan, plan_cfg).unwrap_or_else(|_| manifest.limits_clamped(plan_cfg));
         let (runtime, blobs, d) = (self.runtime.clone(), self.blobs.clone(), digest.clone());
         let prepared = tokio::task::spawn_blocking(move || runtime.prepare_stored(&d, || blobs.get(&d)))
             .await
