@@ -621,6 +621,70 @@ fn tiled_kernels_match_tract_on_awkward_shapes() {
         shared_indices,
         vec![("short", vec![50, 4]), ("long", vec![700, 4])],
     ));
+    // Epilogues: a convolution's residual add and ReLU, a matrix product's bias and ReLU, run
+    // inside the host dispatch.
+    let step = |op: &str, inputs: &[&str], out: &str| pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|i| (*i).into()).collect(),
+        output: vec![out.into()],
+        ..Default::default()
+    };
+    let residual = onnx_model(
+        vec![
+            pb::NodeProto { attribute: vec![attr_ints("pads", &[1, 1, 1, 1])], ..step("Conv", &["x", "w", "b"], "c") },
+            step("Add", &["r", "c"], "s"),
+            step("Relu", &["s"], "y"),
+        ],
+        &[("x", &[1, 24, 10, 12]), ("r", &[1, 32, 10, 12])],
+        vec![
+            pb::TensorProto {
+                name: "w".into(),
+                dims: vec![32, 24, 3, 3],
+                data_type: 1,
+                float_data: values(32 * 24 * 9, 5),
+                ..Default::default()
+            },
+            pb::TensorProto {
+                name: "b".into(),
+                dims: vec![32],
+                data_type: 1,
+                float_data: values(32, 6),
+                ..Default::default()
+            },
+        ],
+    );
+    let dense = onnx_model(
+        vec![step("MatMul", &["a", "w"], "m"), step("Add", &["m", "bias"], "s"), step("Relu", &["s"], "y")],
+        &[("a", &[5, 40])],
+        vec![
+            pb::TensorProto {
+                name: "w".into(),
+                dims: vec![40, 70],
+                data_type: 1,
+                float_data: values(40 * 70, 7),
+                ..Default::default()
+            },
+            pb::TensorProto {
+                name: "bias".into(),
+                dims: vec![70],
+                data_type: 1,
+                float_data: values(70, 8),
+                ..Default::default()
+            },
+        ],
+    );
+    for (what, onnx) in [("convolution, residual add, ReLU", &residual), ("matrix product, bias, ReLU", &dense)] {
+        let checked = infercell::nn::gpu::check(onnx, Some(&gpu)).unwrap();
+        let fused =
+            checked.nodes.iter().filter(|n| n.why.as_deref().is_some_and(|w| w.starts_with("fused into"))).count();
+        assert_eq!(fused, 2, "{what}: {:?}", checked.nodes);
+    }
+    cases.push((
+        "convolution, residual add, ReLU",
+        residual,
+        vec![("x", vec![1, 24, 10, 12]), ("r", vec![1, 32, 10, 12])],
+    ));
+    cases.push(("matrix product, bias, ReLU", dense, vec![("a", vec![5, 40])]));
     for (what, onnx, inputs) in cases {
         let feed = || -> Vec<(String, HostTensor)> {
             inputs

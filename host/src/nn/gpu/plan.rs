@@ -25,7 +25,7 @@ pub struct NodePlacement {
     pub op: String,
     /// `gpu` or `cpu`.
     pub device: &'static str,
-    /// Why a node runs on the CPU.
+    /// Why a node runs on the CPU, or which node's GPU dispatch it runs in (`fused into X`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
 }
@@ -63,6 +63,8 @@ pub struct WeightSpec {
 enum Bind {
     Value(usize),
     Weight(usize),
+    /// The dispatch's own parameter buffer, standing in for an unused binding.
+    Params,
 }
 
 enum Step {
@@ -155,6 +157,9 @@ impl Plan {
             let output = model.outlet_fact(OutletId::new(id, 0)).map_err(internal)?;
             capable.insert(id, kernels::lower(node, &inputs, output));
         }
+        // Epilogues: a matrix product or convolution whose only reader adds a value to it (a
+        // bias, a residual) and/or applies ReLU does that in its own dispatch.
+        let (fused_into, extra_of) = fuse(&model, &order, &mut capable)?;
         for &id in &order {
             let node = model.node(id);
             let home = if node.op_is::<tract_onnx::tract_core::ops::source::TypedSource>() {
@@ -182,9 +187,11 @@ impl Plan {
                 };
                 let (device, why) = match decided {
                     Ok(l) => {
+                        let why = matches!(l, Lowered::Fused)
+                            .then(|| format!("fused into {}", model.node(fused_into[&id]).name));
                         lowered.insert(id, l);
                         gpu_nodes += 1;
-                        ("gpu", None)
+                        ("gpu", why)
                     }
                     Err(why) => {
                         cpu_nodes += 1;
@@ -201,6 +208,7 @@ impl Plan {
                 let index = values.len();
                 let root = match lowered.get(&id) {
                     Some(Lowered::Alias) => values[outlet_values[&node.inputs[0]]].root,
+                    Some(Lowered::Fused) => values[outlet_values[&OutletId::new(fused_into[&id], 0)]].root,
                     _ => index,
                 };
                 values.push(Value { shape, home, root, indices: None });
@@ -218,6 +226,7 @@ impl Plan {
             let node = model.node(id);
             match lowered.get(&id) {
                 Some(Lowered::Alias) => on_gpu[value_of(&node.inputs[0])] = true,
+                Some(Lowered::Fused) => {}
                 Some(Lowered::Dispatches(dispatches)) => {
                     for d in dispatches {
                         for operand in &d.operands {
@@ -233,6 +242,11 @@ impl Plan {
                                     .ok_or_else(|| internal("a gather axis is not concrete"))?
                                         as usize;
                                     values[v].indices = Some(values[v].indices.map_or(len, |l| l.min(len)));
+                                }
+                                Operand::Extra => {
+                                    if let Some(extra) = extra_of.get(&id) {
+                                        on_gpu[value_of(extra)] = true;
+                                    }
                                 }
                                 Operand::Output => {}
                             }
@@ -281,7 +295,7 @@ impl Plan {
                 continue;
             }
             match lowered.get(&id) {
-                Some(Lowered::Alias) => {}
+                Some(Lowered::Alias | Lowered::Fused) => {}
                 Some(Lowered::Dispatches(dispatches)) => {
                     let out = value_of(&OutletId::new(id, 0));
                     for d in dispatches {
@@ -291,6 +305,7 @@ impl Plan {
                             .map(|o| match o {
                                 Operand::Input(k) | Operand::Indices(k) => bind(value_of(&node.inputs[*k])),
                                 Operand::Output => Bind::Value(out),
+                                Operand::Extra => extra_of.get(&id).map_or(Bind::Params, |o| bind(value_of(o))),
                             })
                             .collect();
                         steps.push(Step::Dispatch { kernel: d.kernel, binds, params: params.len(), groups: d.groups });
@@ -456,6 +471,7 @@ impl Plan {
                         .map(|b| match b {
                             Bind::Value(v) => &slots[self.slot(*v)].buffer,
                             Bind::Weight(w) => &weights[*w].buffer,
+                            Bind::Params => &self.params[*params],
                         })
                         .collect();
                     buffers.push(&self.params[*params]);
@@ -666,6 +682,91 @@ impl Plan {
                 .map(|s| if let Step::Download { value } = s { self.value_bytes(*value).max(4) } else { 0 })
                 .sum::<u64>()
     }
+}
+
+/// Finds the epilogues (see [`kernels::Epilogue`]): rewrites each host dispatch's epilogue
+/// parameters, marks the nodes it absorbs `Fused`, and returns absorbed node -> host node and
+/// host node -> the outlet its epilogue adds.
+#[allow(clippy::type_complexity)]
+fn fuse(
+    model: &TypedModel,
+    order: &[usize],
+    capable: &mut HashMap<usize, Result<Lowered, String>>,
+) -> Result<(HashMap<usize, usize>, HashMap<usize, OutletId>), NnError> {
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
+    use tract_onnx::tract_core::ops::konst::Const;
+    let position: HashMap<usize, usize> = order.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let outputs: Vec<OutletId> = model.output_outlets().map_err(internal)?.to_vec();
+    let shape = |o: OutletId| model.outlet_fact(o).ok().and_then(|f| kernels::concrete(f).ok());
+    // The one node reading `id`'s only output (not a model output), and the inlet slot it reads.
+    let only_reader = |id: usize| -> Option<(usize, usize)> {
+        let node = model.node(id);
+        let successors = &node.outputs.first()?.successors;
+        (node.outputs.len() == 1 && successors.len() == 1 && !outputs.contains(&OutletId::new(id, 0)))
+            .then(|| (successors[0].node, successors[0].slot))
+    };
+    let binary = |capable: &HashMap<usize, Result<Lowered, String>>, id: usize, name: &str| {
+        model.node(id).op_as::<TypedBinOp>().is_some_and(|b| b.0.name() == name)
+            && matches!(capable.get(&id), Some(Ok(Lowered::Dispatches(_))))
+    };
+    let zero = |o: OutletId| {
+        model.node(o.node).op_as::<Const>().is_some_and(|k| {
+            k.val()
+                .cast_to::<f32>()
+                .ok()
+                .and_then(|t| t.to_plain_array_view::<f32>().ok().map(|v| v.iter().all(|x| *x == 0.0)))
+                .unwrap_or(false)
+        })
+    };
+    let (mut fused_into, mut extra_of) = (HashMap::new(), HashMap::new());
+    for &id in order {
+        let Some(Ok(Lowered::Dispatches(dispatches))) = capable.get(&id) else { continue };
+        if dispatches.len() != 1 || !dispatches[0].takes_epilogue() {
+            continue;
+        }
+        let Some(out_shape) = shape(OutletId::new(id, 0)) else { continue };
+        let mut epilogue = kernels::Epilogue::default();
+        let mut last = id;
+        if let Some((add, slot)) = only_reader(last)
+            && binary(capable, add, "Add")
+            && shape(OutletId::new(add, 0)).as_ref() == Some(&out_shape)
+        {
+            let other = model.node(add).inputs[1 - slot.min(1)];
+            // Made before the host runs: a constant or an input (uploaded first), or an earlier
+            // node's value.
+            let ready = model.node(other.node).op_is::<Const>()
+                || model.node(other.node).op_is::<tract_onnx::tract_core::ops::source::TypedSource>()
+                || position.get(&other.node).is_some_and(|p| *p < position[&id]);
+            let strides = shape(other).and_then(|s| kernels::Epilogue::strides_over(&s, &out_shape));
+            if ready && let Some(strides) = strides {
+                epilogue.add = Some(strides);
+                extra_of.insert(id, other);
+                fused_into.insert(add, id);
+                last = add;
+            }
+        }
+        if let Some((max, slot)) = only_reader(last)
+            && binary(capable, max, "Max")
+            && shape(OutletId::new(max, 0)).as_ref() == Some(&out_shape)
+            && zero(model.node(max).inputs[1 - slot.min(1)])
+        {
+            epilogue.relu = true;
+            fused_into.insert(max, id);
+        }
+        if epilogue.add.is_none() && !epilogue.relu {
+            continue;
+        }
+        if let Some(Ok(Lowered::Dispatches(dispatches))) = capable.get_mut(&id) {
+            let params = &mut dispatches[0].params;
+            let tail = epilogue.params(&out_shape).map_err(internal)?;
+            let at = params.len() - tail.len();
+            params[at..].copy_from_slice(&tail);
+        }
+    }
+    for absorbed in fused_into.keys() {
+        capable.insert(*absorbed, Ok(Lowered::Fused));
+    }
+    Ok((fused_into, extra_of))
 }
 
 /// The bytes a value is uploaded as: FP32 as is; indices checked against the shortest axis any

@@ -5,13 +5,38 @@
 // input on the fly (zero in the padding). Tiles as in matmul.wgsl: 64 output channels x 64
 // output positions per workgroup, 4x4 per invocation, r stepped 16 at a time.
 // p: [n_out, N, C, O, groups, D, H, W, OD, OH, OW, KD, KH, KW,
-//     stride[3], dilation[3], pad_before[3], bias_stride]
+//     stride[3], dilation[3], pad_before[3], bias_stride, epilogue (at 24)]
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> p: array<u32>;
+@group(0) @binding(4) var<storage, read> extra: array<f32>;
+@group(0) @binding(5) var<storage, read> p: array<u32>;
+
+const E: u32 = 24u;
+
+// Epilogue, fused from the nodes that followed this one (see plan.rs): at parameter E,
+// [flags (1: add `extra`, 2: ReLU), shape[6], extra_strides[6]]. `extra` is read at the
+// output's own position, with stride 0 along the axes it is broadcast on.
+fn epilogue(v: f32, i: u32) -> f32 {
+    let flags = p[E];
+    var r = v;
+    if ((flags & 1u) != 0u) {
+        var rest = i;
+        var at = 0u;
+        for (var d = 5; d >= 0; d--) {
+            let size = p[E + 1u + u32(d)];
+            at += (rest % size) * p[E + 7u + u32(d)];
+            rest = rest / size;
+        }
+        r += extra[at];
+    }
+    if ((flags & 2u) != 0u) {
+        r = max(r, 0.0);
+    }
+    return r;
+}
 
 var<workgroup> tile_w: array<f32, 1024>;
 var<workgroup> tile_x: array<f32, 1024>;
@@ -103,7 +128,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         for (var j = 0u; j < 4u; j++) {
             let q = q0 + lid.x * 4u + j;
             if (q < q_len) {
-                y[(n * o_len + channel) * q_len + q] = acc[i * 4u + j] + b;
+                let at = (n * o_len + channel) * q_len + q;
+                y[at] = epilogue(acc[i * 4u + j] + b, at);
             }
         }
     }

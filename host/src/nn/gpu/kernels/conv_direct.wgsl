@@ -2,13 +2,38 @@
 // explicit padding; 1-D and 2-D convolutions run as 3-D ones with unit leading axes.
 // One invocation per output element.
 // p: [n_out, N, C, O, groups, D, H, W, OD, OH, OW, KD, KH, KW,
-//     stride[3], dilation[3], pad_before[3], bias_stride]
+//     stride[3], dilation[3], pad_before[3], bias_stride, epilogue (at 24)]
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> p: array<u32>;
+@group(0) @binding(4) var<storage, read> extra: array<f32>;
+@group(0) @binding(5) var<storage, read> p: array<u32>;
+
+const E: u32 = 24u;
+
+// Epilogue, fused from the nodes that followed this one (see plan.rs): at parameter E,
+// [flags (1: add `extra`, 2: ReLU), shape[6], extra_strides[6]]. `extra` is read at the
+// output's own position, with stride 0 along the axes it is broadcast on.
+fn epilogue(v: f32, i: u32) -> f32 {
+    let flags = p[E];
+    var r = v;
+    if ((flags & 1u) != 0u) {
+        var rest = i;
+        var at = 0u;
+        for (var d = 5; d >= 0; d--) {
+            let size = p[E + 1u + u32(d)];
+            at += (rest % size) * p[E + 7u + u32(d)];
+            rest = rest / size;
+        }
+        r += extra[at];
+    }
+    if ((flags & 2u) != 0u) {
+        r = max(r, 0.0);
+    }
+    return r;
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
@@ -59,5 +84,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             }
         }
     }
-    y[i] = acc;
+    y[i] = epilogue(acc, i);
 }

@@ -4,12 +4,37 @@
 // splits over up to three batch axes, each with its own stride in A, B and C (0 where an input
 // is broadcast).
 // p: [M, N, K, batch1, batch2,
-//     a_batch[3], a_m, a_k, b_batch[3], b_k, b_n, c_batch[3], c_m, c_n]
+//     a_batch[3], a_m, a_k, b_batch[3], b_k, b_n, c_batch[3], c_m, c_n, epilogue (at 20)]
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<storage, read> p: array<u32>;
+@group(0) @binding(3) var<storage, read> extra: array<f32>;
+@group(0) @binding(4) var<storage, read> p: array<u32>;
+
+const E: u32 = 20u;
+
+// Epilogue, fused from the nodes that followed this one (see plan.rs): at parameter E,
+// [flags (1: add `extra`, 2: ReLU), shape[6], extra_strides[6]]. `extra` is read at the
+// output's own position, with stride 0 along the axes it is broadcast on.
+fn epilogue(v: f32, i: u32) -> f32 {
+    let flags = p[E];
+    var r = v;
+    if ((flags & 1u) != 0u) {
+        var rest = i;
+        var at = 0u;
+        for (var d = 5; d >= 0; d--) {
+            let size = p[E + 1u + u32(d)];
+            at += (rest % size) * p[E + 7u + u32(d)];
+            rest = rest / size;
+        }
+        r += extra[at];
+    }
+    if ((flags & 2u) != 0u) {
+        r = max(r, 0.0);
+    }
+    return r;
+}
 
 // [k][m] and [k][n], 16 x 64 each.
 var<workgroup> tile_a: array<f32, 1024>;
@@ -72,7 +97,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x * 4u + j;
             if (row < m_len && col < n_len) {
-                c[c_base + row * p[18] + col * p[19]] = acc[i * 4u + j];
+                let at = c_base + row * p[18] + col * p[19];
+                c[at] = epilogue(acc[i * 4u + j], at);
             }
         }
     }

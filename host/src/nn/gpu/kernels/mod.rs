@@ -98,6 +98,49 @@ pub enum Operand {
     Indices(usize),
     /// The node's output.
     Output,
+    /// The value a fused epilogue adds (see [`Epilogue`]); without one, a placeholder.
+    Extra,
+}
+
+/// Work fused into a matrix product's or a convolution's output (the nodes after it, which
+/// then run inside its dispatch): adding a value broadcast to the output's shape (a bias, a
+/// residual), then ReLU.
+#[derive(Clone, Debug, Default)]
+pub struct Epilogue {
+    /// Strides of the added value over the output's shape (0 where broadcast), if any.
+    pub add: Option<Vec<usize>>,
+    pub relu: bool,
+}
+
+impl Epilogue {
+    /// The epilogue's parameters for an output of `shape`: flags, shape, strides.
+    pub fn params(&self, shape: &[usize]) -> Result<Vec<u32>, String> {
+        let flags = u32::from(self.add.is_some()) | (u32::from(self.relu) << 1);
+        let mut params = vec![flags];
+        params.extend(padded(shape, 1)?);
+        params.extend(padded(self.add.as_deref().unwrap_or(&[]), 0)?);
+        Ok(params)
+    }
+
+    /// Strides of a value of `shape` read over `out` (`None` when it does not broadcast to it).
+    pub fn strides_over(shape: &[usize], out: &[usize]) -> Option<Vec<usize>> {
+        if shape.len() > out.len() {
+            return None;
+        }
+        let full: Vec<usize> = std::iter::repeat_n(1, out.len() - shape.len()).chain(shape.iter().copied()).collect();
+        if full.iter().zip(out).any(|(s, o)| *s != *o && *s != 1) {
+            return None;
+        }
+        let natural = strides(&full);
+        Some((0..out.len()).map(|d| if full[d] == 1 && out[d] != 1 { 0 } else { natural[d] }).collect())
+    }
+}
+
+impl Dispatch {
+    /// Whether this dispatch can take an epilogue.
+    pub fn takes_epilogue(&self) -> bool {
+        self.operands.contains(&Operand::Extra)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -114,6 +157,8 @@ pub enum Lowered {
     /// The output is input 0's buffer under another shape (same elements, same order).
     Alias,
     Dispatches(Vec<Dispatch>),
+    /// Runs inside an earlier node's dispatch (an epilogue); its output is that node's buffer.
+    Fused,
 }
 
 /// Most workgroups along one dispatch dimension (WebGPU's default limit).
@@ -593,7 +638,8 @@ fn conv_dispatch(conv: &Conv, shapes: &[Vec<usize>], output: &[usize]) -> Result
         params.extend(group.iter().map(|v| *v as u32));
     }
     params.push(bias_stride);
-    let operands = vec![Operand::Input(0), Operand::Input(1), Operand::Input(2), Operand::Output];
+    params.extend(Epilogue::default().params(output)?);
+    let operands = vec![Operand::Input(0), Operand::Input(1), Operand::Input(2), Operand::Output, Operand::Extra];
     // Enough output channels per group to fill a tile: the tiled implicit matrix product;
     // otherwise (depthwise and thin convolutions) one invocation per output element.
     let per_group = out_channels / conv.group;
@@ -695,8 +741,11 @@ fn matmul(einsum: &EinSum, shapes: &[Vec<usize>], output: &[usize]) -> Result<Di
     params.extend([stride(&m, 2), stride(&n, 2)]);
     Ok(Dispatch {
         kernel: Kernel::MatMul,
-        operands: vec![Operand::Input(0), Operand::Input(1), Operand::Output],
-        params,
+        operands: vec![Operand::Input(0), Operand::Input(1), Operand::Output, Operand::Extra],
+        params: {
+            params.extend(Epilogue::default().params(output)?);
+            params
+        },
         groups: groups.map(|g| g.max(1) as u32),
     })
 }
