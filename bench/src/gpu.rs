@@ -68,12 +68,14 @@ pub async fn run(batches: &[u32], iters: u32) -> Result<()> {
     if let Ok(ort) = std::env::var("ORT_DYLIB_PATH") {
         engines.push(("onnxruntime (cpu)".into(), Arc::new(OnnxRuntime::load(std::path::Path::new(&ort))?)));
     }
-    match Wgpu::discover(u64::MAX / 2) {
-        Some(gpu) => {
-            let name = format!("wgpu ({})", gpu.adapter_name());
-            engines.push((name, Arc::new(gpu)));
+    match (Wgpu::discover(u64::MAX / 2), Wgpu::discover(u64::MAX / 2)) {
+        (Some(fused), Some(unfused)) => {
+            let name = format!("wgpu ({})", fused.adapter_name());
+            engines.push((name.clone(), Arc::new(fused)));
+            // The same engine with one dispatch per node: what epilogue fusion saves.
+            engines.push((format!("{name}, no fusion"), Arc::new(unfused.with_fusion(false))));
         }
-        None => bail!("no GPU adapter: wgpu finds no Vulkan device"),
+        _ => bail!("no GPU adapter: wgpu finds no Vulkan device"),
     }
     if std::env::var_os("BENCH_TRACT").is_some() {
         engines.push(("tract (cpu)".into(), Arc::new(Tract)));

@@ -33,6 +33,7 @@ onnxruntime = ""
 load_memory_bytes = "2GiB"
 gpu = "auto"
 gpu_memory_bytes = "4GiB"
+gpu_fusion = true
 
 [runtime]
 max_instances = 1000
@@ -149,6 +150,8 @@ pub struct NnConfig {
     /// models are evicted to stay under it.
     #[serde(deserialize_with = "de_size")]
     pub gpu_memory_bytes: u64,
+    /// Fuse a matrix product's or convolution's bias, residual and ReLU into its dispatch.
+    pub gpu_fusion: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -42,6 +42,8 @@ pub struct Graphs {
     gpu: std::sync::OnceLock<Option<Arc<super::gpu::Wgpu>>>,
     /// The GPU memory budget, when the GPU is to be used at all.
     gpu_budget: Option<u64>,
+    /// Whether the GPU engine fuses epilogues.
+    gpu_fusion: bool,
     state: Mutex<State>,
     cap_bytes: u64,
     pool: Arc<Semaphore>,
@@ -70,6 +72,7 @@ impl Graphs {
             engines,
             gpu: std::sync::OnceLock::new(),
             gpu_budget: None,
+            gpu_fusion: true,
             state: Mutex::new(State { entries: HashMap::new(), tick: 0, stats: CacheStats::default() }),
             cap_bytes,
             pool: Arc::new(Semaphore::new(threads.max(1))),
@@ -81,13 +84,18 @@ impl Graphs {
     }
 
     /// Uses a GPU when wgpu finds one, with this much GPU memory.
-    pub fn enable_gpu(&mut self, budget_bytes: u64) {
+    pub fn enable_gpu(&mut self, budget_bytes: u64, fusion: bool) {
         self.gpu_budget = Some(budget_bytes);
+        self.gpu_fusion = fusion;
     }
 
     /// The GPU engine: the first call looks for an adapter (about 0.2 s).
     pub fn gpu(&self) -> Option<&Arc<super::gpu::Wgpu>> {
-        self.gpu.get_or_init(|| self.gpu_budget.and_then(super::gpu::Wgpu::discover).map(Arc::new)).as_ref()
+        self.gpu
+            .get_or_init(|| {
+                self.gpu_budget.and_then(super::gpu::Wgpu::discover).map(|g| Arc::new(g.with_fusion(self.gpu_fusion)))
+            })
+            .as_ref()
     }
 
     /// The GPU engine if it was looked for and found (never starts discovery).

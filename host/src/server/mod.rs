@@ -98,7 +98,7 @@ impl App {
         let mut graphs = Graphs::new(engines(&config.nn.onnxruntime), config.nn.graph_cache_bytes, threads);
         graphs.prober = prober(&config);
         if config.nn.gpu == "auto" {
-            graphs.enable_gpu(config.nn.gpu_memory_bytes);
+            graphs.enable_gpu(config.nn.gpu_memory_bytes, config.nn.gpu_fusion);
         }
         let metrics = Metrics::new();
         let load_time = metrics.graph_load.clone();

@@ -47,6 +47,8 @@ struct Shared {
     /// Models evicted to make room, and devices made again after a loss.
     evictions: AtomicU64,
     recreated: AtomicU64,
+    /// Whether plans fuse epilogues into matrix products and convolutions.
+    fusion: AtomicBool,
 }
 
 /// The GPU engine's counters, for metrics.
@@ -109,8 +111,16 @@ impl Wgpu {
             clock: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             recreated: AtomicU64::new(0),
+            fusion: AtomicBool::new(true),
         });
         Some(Self { shared })
+    }
+
+    /// Turns epilogue fusion on or off for plans made from now on (`nn.gpu_fusion`; on by
+    /// default). Off, every node has its own dispatch: for comparing the two on a real GPU.
+    pub fn with_fusion(self, on: bool) -> Self {
+        self.shared.fusion.store(on, Ordering::SeqCst);
+        self
     }
 
     /// The adapter's name (`NVIDIA H200`, `llvmpipe (LLVM 15.0.6, 256 bits)`).
@@ -172,6 +182,7 @@ pub fn check(onnx: &[u8], gpu: Option<&Wgpu>) -> Result<Check, NnError> {
             HostTensor::new(dims, ty, vec![0; len])
         })
         .collect::<Result<_, _>>()?;
+    let fusion = gpu.is_some_and(|g| g.shared.fusion.load(Ordering::SeqCst));
     let gpu = gpu.map(|g| g.shared.gpu()).transpose()?;
     let mut last = None;
     for p in PINS {
@@ -186,7 +197,7 @@ pub fn check(onnx: &[u8], gpu: Option<&Wgpu>) -> Result<Check, NnError> {
         let assumed_zero =
             parsed.inputs.iter().zip(&pinned).filter(|(_, p)| **p).map(|(info, _)| info.name.clone()).collect();
         let nodes = match &gpu {
-            Some(gpu) => Plan::build(gpu, typed)?.placement,
+            Some(gpu) => Plan::build(gpu, typed, fusion)?.placement,
             None => typed
                 .eval_order()
                 .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?
@@ -628,7 +639,7 @@ impl GpuModel {
         let state = self.state()?;
         let (plan, fed) = state.plans.get(ordered, &self.why, |pinned| {
             let model = declutter(pin(&self.model, ordered, pinned)?)?;
-            Plan::build(&state.gpu, model).map(Arc::new)
+            Plan::build(&state.gpu, model, self.shared.fusion.load(Ordering::SeqCst)).map(Arc::new)
         })?;
         let need = plan.weight_bytes() + plan.arena_bytes();
         if need > self.shared.budget.cap {

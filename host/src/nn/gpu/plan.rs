@@ -129,8 +129,9 @@ fn internal(e: impl std::fmt::Display) -> NnError {
 }
 
 impl Plan {
-    /// Places `model` (decluttered, concrete shapes) on `gpu` and the CPU.
-    pub fn build(gpu: &Gpu, model: TypedModel) -> Result<Plan, NnError> {
+    /// Places `model` (decluttered, concrete shapes) on `gpu` and the CPU, fusing epilogues
+    /// when `fusion` is on.
+    pub fn build(gpu: &Gpu, model: TypedModel, fusion: bool) -> Result<Plan, NnError> {
         let mut order = model.eval_order().map_err(internal)?;
         // Inputs no output depends on are still fed.
         for input in model.input_outlets().map_err(internal)?.iter().rev() {
@@ -159,7 +160,7 @@ impl Plan {
         }
         // Epilogues: a matrix product or convolution whose only reader adds a value to it (a
         // bias, a residual) and/or applies ReLU does that in its own dispatch.
-        let (fused_into, extra_of) = fuse(&model, &order, &mut capable)?;
+        let (fused_into, extra_of) = if fusion { fuse(&model, &order, &mut capable)? } else { Default::default() };
         for &id in &order {
             let node = model.node(id);
             let home = if node.op_is::<tract_onnx::tract_core::ops::source::TypedSource>() {

@@ -113,12 +113,26 @@ pub struct Epilogue {
 }
 
 impl Epilogue {
-    /// The epilogue's parameters for an output of `shape`: flags, shape, strides.
+    /// The epilogue's parameters for an output of `shape`: flags, the added value's layout
+    /// (its own shape, a vector along one axis, or any broadcast) with that axis' length and
+    /// the elements after it, then shape and strides for the general case.
     pub fn params(&self, shape: &[usize]) -> Result<Vec<u32>, String> {
         let flags = u32::from(self.add.is_some()) | (u32::from(self.relu) << 1);
-        let mut params = vec![flags];
+        let strides_of_add = self.add.as_deref().unwrap_or(&[]);
+        let natural = strides(shape);
+        let along: Vec<usize> = (0..strides_of_add.len()).filter(|d| strides_of_add[*d] != 0).collect();
+        let (layout, len, inner) = if strides_of_add == natural.as_slice() {
+            (1, 0, 0)
+        } else if let [axis] = along.as_slice()
+            && strides_of_add[*axis] == 1
+        {
+            (2, u32_of(shape[*axis])?, u32_of(shape[axis + 1..].iter().product())?)
+        } else {
+            (0, 0, 0)
+        };
+        let mut params = vec![flags, layout, len, inner.max(1)];
         params.extend(padded(shape, 1)?);
-        params.extend(padded(self.add.as_deref().unwrap_or(&[]), 0)?);
+        params.extend(padded(strides_of_add, 0)?);
         Ok(params)
     }
 
