@@ -738,9 +738,9 @@ fn fuse(
             let ready = model.node(other.node).op_is::<Const>()
                 || model.node(other.node).op_is::<tract_onnx::tract_core::ops::source::TypedSource>()
                 || position.get(&other.node).is_some_and(|p| *p < position[&id]);
-            let strides = shape(other).and_then(|s| kernels::Epilogue::strides_over(&s, &out_shape));
-            if ready && let Some(strides) = strides {
-                epilogue.add = Some(strides);
+            let layout = shape(other).and_then(|s| kernels::Epilogue::layout(&s, &out_shape));
+            if ready && let Some(layout) = layout {
+                epilogue.add = Some(layout);
                 extra_of.insert(id, other);
                 fused_into.insert(add, id);
                 last = add;
@@ -759,7 +759,7 @@ fn fuse(
         }
         if let Some(Ok(Lowered::Dispatches(dispatches))) = capable.get_mut(&id) {
             let params = &mut dispatches[0].params;
-            let tail = epilogue.params(&out_shape).map_err(internal)?;
+            let tail = epilogue.params();
             let at = params.len() - tail.len();
             params[at..].copy_from_slice(&tail);
         }

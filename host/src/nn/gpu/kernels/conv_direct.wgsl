@@ -14,9 +14,9 @@
 const E: u32 = 24u;
 
 // Epilogue, fused from the nodes that followed this one (see plan.rs): at parameter E,
-// [flags (1: add `extra`, 2: ReLU), layout of `extra` (0: any broadcast, 1: the output's own
-// shape, 2: a vector along one axis), that axis' length, the elements after it, shape[6],
-// extra_strides[6]]. `extra` is read at the output element's position.
+// [flags (1: add `extra`, 2: ReLU), layout of `extra` (1: the output's own shape, 2: a vector
+// along one axis), that axis' length, the elements after it]. `extra` is read at the output
+// element's position.
 fn epilogue(v: f32, i: u32) -> f32 {
     let flags = p[E];
     var r = v;
@@ -24,14 +24,6 @@ fn epilogue(v: f32, i: u32) -> f32 {
         var at = i;
         if (p[E + 1u] == 2u) {
             at = (i / p[E + 3u]) % p[E + 2u];
-        } else if (p[E + 1u] == 0u) {
-            var rest = i;
-            at = 0u;
-            for (var d = 5; d >= 0; d--) {
-                let size = p[E + 4u + u32(d)];
-                at += (rest % size) * p[E + 10u + u32(d)];
-                rest = rest / size;
-            }
         }
         r += extra[at];
     }

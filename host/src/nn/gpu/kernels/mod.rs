@@ -103,50 +103,55 @@ pub enum Operand {
 }
 
 /// Work fused into a matrix product's or a convolution's output (the nodes after it, which
-/// then run inside its dispatch): adding a value broadcast to the output's shape (a bias, a
-/// residual), then ReLU.
+/// then run inside its dispatch): adding a value of the output's shape (a residual) or a vector
+/// along one of its axes (a bias), then ReLU.
 #[derive(Clone, Debug, Default)]
 pub struct Epilogue {
-    /// Strides of the added value over the output's shape (0 where broadcast), if any.
-    pub add: Option<Vec<usize>>,
+    /// How the added value is laid out over the output, if there is one.
+    pub add: Option<AddLayout>,
     pub relu: bool,
 }
 
+/// The layout of a value an epilogue adds, over the output's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddLayout {
+    /// The output's own shape: element i.
+    Same,
+    /// A vector along one axis of `len` positions with `inner` elements after it: element
+    /// (i / inner) % len.
+    Along { len: u32, inner: u32 },
+}
+
 impl Epilogue {
-    /// The epilogue's parameters for an output of `shape`: flags, the added value's layout
-    /// (its own shape, a vector along one axis, or any broadcast) with that axis' length and
-    /// the elements after it, then shape and strides for the general case.
-    pub fn params(&self, shape: &[usize]) -> Result<Vec<u32>, String> {
+    /// The epilogue's parameters: [flags (1: add, 2: ReLU), layout (1: same, 2: along),
+    /// len, inner].
+    pub fn params(&self) -> Vec<u32> {
         let flags = u32::from(self.add.is_some()) | (u32::from(self.relu) << 1);
-        let strides_of_add = self.add.as_deref().unwrap_or(&[]);
-        let natural = strides(shape);
-        let along: Vec<usize> = (0..strides_of_add.len()).filter(|d| strides_of_add[*d] != 0).collect();
-        let (layout, len, inner) = if strides_of_add == natural.as_slice() {
-            (1, 0, 0)
-        } else if let [axis] = along.as_slice()
-            && strides_of_add[*axis] == 1
-        {
-            (2, u32_of(shape[*axis])?, u32_of(shape[axis + 1..].iter().product())?)
-        } else {
-            (0, 0, 0)
-        };
-        let mut params = vec![flags, layout, len, inner.max(1)];
-        params.extend(padded(shape, 1)?);
-        params.extend(padded(strides_of_add, 0)?);
-        Ok(params)
+        match self.add {
+            Some(AddLayout::Along { len, inner }) => vec![flags, 2, len, inner.max(1)],
+            Some(AddLayout::Same) => vec![flags, 1, 0, 1],
+            None => vec![flags, 0, 0, 1],
+        }
     }
 
-    /// Strides of a value of `shape` read over `out` (`None` when it does not broadcast to it).
-    pub fn strides_over(shape: &[usize], out: &[usize]) -> Option<Vec<usize>> {
+    /// How a value of `shape` lies over an output of shape `out`, when it is one of the layouts
+    /// an epilogue reads (other broadcasts stay separate nodes).
+    pub fn layout(shape: &[usize], out: &[usize]) -> Option<AddLayout> {
         if shape.len() > out.len() {
             return None;
         }
         let full: Vec<usize> = std::iter::repeat_n(1, out.len() - shape.len()).chain(shape.iter().copied()).collect();
-        if full.iter().zip(out).any(|(s, o)| *s != *o && *s != 1) {
-            return None;
+        if full == out {
+            return Some(AddLayout::Same);
         }
-        let natural = strides(&full);
-        Some((0..out.len()).map(|d| if full[d] == 1 && out[d] != 1 { 0 } else { natural[d] }).collect())
+        let along: Vec<usize> = (0..out.len()).filter(|d| full[*d] != 1).collect();
+        match along.as_slice() {
+            [axis] if full[*axis] == out[*axis] => Some(AddLayout::Along {
+                len: u32::try_from(out[*axis]).ok()?,
+                inner: u32::try_from(out[axis + 1..].iter().product::<usize>()).ok()?,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -652,7 +657,7 @@ fn conv_dispatch(conv: &Conv, shapes: &[Vec<usize>], output: &[usize]) -> Result
         params.extend(group.iter().map(|v| *v as u32));
     }
     params.push(bias_stride);
-    params.extend(Epilogue::default().params(output)?);
+    params.extend(Epilogue::default().params());
     let operands = vec![Operand::Input(0), Operand::Input(1), Operand::Input(2), Operand::Output, Operand::Extra];
     // Enough output channels per group to fill a tile: the tiled implicit matrix product;
     // otherwise (depthwise and thin convolutions) one invocation per output element.
@@ -757,7 +762,7 @@ fn matmul(einsum: &EinSum, shapes: &[Vec<usize>], output: &[usize]) -> Result<Di
         kernel: Kernel::MatMul,
         operands: vec![Operand::Input(0), Operand::Input(1), Operand::Output, Operand::Extra],
         params: {
-            params.extend(Epilogue::default().params(output)?);
+            params.extend(Epilogue::default().params());
             params
         },
         groups: groups.map(|g| g.max(1) as u32),
