@@ -641,9 +641,8 @@ impl GpuModel {
             let model = declutter(pin(&self.model, ordered, pinned)?)?;
             Plan::build(&state.gpu, model, self.shared.fusion.load(Ordering::SeqCst)).map(Arc::new)
         })?;
-        let need = plan.weight_bytes() + plan.arena_bytes();
-        if need > self.shared.budget.cap {
-            return Err(too_large(need, self.shared.budget.cap));
+        if plan.need_bytes > self.shared.budget.cap {
+            return Err(too_large(plan.need_bytes, self.shared.budget.cap));
         }
         let weights = self.weights(&state, &plan)?;
         let values: Vec<TValue> =

@@ -121,6 +121,8 @@ pub struct Plan {
     pub placement: Vec<NodePlacement>,
     pub gpu_nodes: u32,
     pub cpu_nodes: u32,
+    /// GPU memory one run needs: the weights and one arena's buffers.
+    pub need_bytes: u64,
     arenas: Mutex<Vec<Arena>>,
 }
 
@@ -398,7 +400,12 @@ impl Plan {
             }
             in_segment = dispatch;
         }
+        let weight_bytes: u64 = weights.iter().map(|w| (w.tensor.len() as u64 * 4).max(4)).sum();
+        let staging_bytes: u64 =
+            steps.iter().map(|s| if let Step::Download { value } = s { bytes_of(*value) } else { 0 }).sum();
+        let need_bytes = weight_bytes + slot_bytes.iter().sum::<u64>() + staging_bytes;
         Ok(Plan {
+            need_bytes,
             model,
             values,
             outlet_values,
@@ -667,21 +674,6 @@ impl Plan {
     /// Drops the idle arenas (runs in flight keep theirs).
     pub fn arenas_clear(&self) {
         self.arenas.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    /// Bytes of GPU memory this plan's weights take.
-    pub fn weight_bytes(&self) -> u64 {
-        self.weights.iter().map(|w| (w.tensor.len() as u64 * 4).max(4)).sum()
-    }
-
-    /// Bytes of GPU memory one run of this plan holds (weights not included).
-    pub fn arena_bytes(&self) -> u64 {
-        self.slot_bytes.iter().sum::<u64>()
-            + self
-                .steps
-                .iter()
-                .map(|s| if let Step::Download { value } = s { self.value_bytes(*value).max(4) } else { 0 })
-                .sum::<u64>()
     }
 }
 

@@ -8,16 +8,6 @@
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> p: array<u32>;
 
-fn pow_(x: f32, e: f32) -> f32 {
-    if (x >= 0.0 || e != floor(e)) {
-        if (x == 0.0 && e == 0.0) { return 1.0; }
-        return pow(x, e);
-    }
-    let m = pow(-x, e);
-    if (abs(e % 2.0) == 1.0) { return -m; }
-    return m;
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = gid.x + gid.y * groups.x * 256u;

@@ -65,13 +65,15 @@ impl Kernel {
         }
     }
 
+    /// The shader's WGSL: its own file after the shared helpers it calls (WGSL has no
+    /// includes, and module-scope declarations may come in any order).
     pub fn source(self) -> &'static str {
         match self {
-            Kernel::Unary => include_str!("unary.wgsl"),
-            Kernel::Binary => include_str!("binary.wgsl"),
-            Kernel::MatMul => include_str!("matmul.wgsl"),
-            Kernel::Conv => include_str!("conv.wgsl"),
-            Kernel::ConvDirect => include_str!("conv_direct.wgsl"),
+            Kernel::Unary => concat!(include_str!("pow.wgsl"), include_str!("unary.wgsl")),
+            Kernel::Binary => concat!(include_str!("pow.wgsl"), include_str!("binary.wgsl")),
+            Kernel::MatMul => concat!(include_str!("epilogue.wgsl"), include_str!("matmul.wgsl")),
+            Kernel::Conv => concat!(include_str!("epilogue.wgsl"), include_str!("conv.wgsl")),
+            Kernel::ConvDirect => concat!(include_str!("epilogue.wgsl"), include_str!("conv_direct.wgsl")),
             Kernel::Pool => include_str!("pool.wgsl"),
             Kernel::Reduce => include_str!("reduce.wgsl"),
             Kernel::Rows => include_str!("rows.wgsl"),

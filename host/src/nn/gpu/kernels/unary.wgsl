@@ -22,17 +22,6 @@ fn sigmoid_(v: f32) -> f32 {
     return 1.0 / (1.0 + exp(-v));
 }
 
-// x^e for any sign of x when e is an integer (WGSL's pow is undefined for x < 0).
-fn pow_(b: f32, e: f32) -> f32 {
-    if (b >= 0.0 || e != floor(e)) {
-        if (b == 0.0 && e == 0.0) { return 1.0; }
-        return pow(b, e);
-    }
-    let m = pow(-b, e);
-    if (abs(e % 2.0) == 1.0) { return -m; }
-    return m;
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = gid.x + gid.y * groups.x * 256u;
