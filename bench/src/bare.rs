@@ -1,12 +1,12 @@
-//! The baseline: what a user would write with bare wasmtime. Same engine settings as
-//! infercell's runtime (pooling allocator, epoch interruption, fuel, async), a fresh store
-//! per call, no platform around it.
+//! The baseline: what a user would write with bare wasmtime. The engine settings are
+//! infercell's runtime's own (`runtime::engine_config`: pooling allocator, epoch interruption,
+//! fuel), a fresh store per call, no platform around it.
 
 use std::sync::Arc;
 
 use anyhow::Result;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 mod bindings {
@@ -39,23 +39,8 @@ pub struct Bare {
 
 impl Bare {
     pub fn new(component_bytes: &[u8]) -> Result<Arc<Self>> {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(1000)
-            .total_core_instances(8000)
-            .total_memories(2000)
-            .total_tables(8000)
-            .max_memory_size(512 << 20)
-            .max_memories_per_component(4)
-            .max_tables_per_component(8)
-            .max_core_instances_per_component(32)
-            .max_component_instance_size(1 << 20)
-            .max_core_instance_size(1 << 20)
-            .decommit_batch_size(32);
-        let mut cfg = Config::new();
-        cfg.wasm_component_model(true)
-            .epoch_interruption(true)
-            .consume_fuel(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // The runtime's own engine configuration, so the twin cannot drift from it.
+        let cfg = infercell::runtime::engine_config(&infercell::runtime::RuntimeConfig::default());
         let engine = Engine::new(&cfg)?;
         let ticker = engine.clone();
         std::thread::spawn(move || {

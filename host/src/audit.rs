@@ -8,8 +8,7 @@
 use rusqlite::params;
 use serde::Serialize;
 
-use crate::db::{self, Db};
-use crate::error::ApiError;
+use crate::db::Db;
 
 /// One audit entry.
 #[derive(Debug, Clone, Serialize)]
@@ -44,7 +43,7 @@ impl Audit {
     /// Appends an entry (its `seq` and `time` are assigned here). A failure to write is logged,
     /// never hidden: the action itself already happened.
     pub async fn record(&self, mut entry: Entry) {
-        entry.time = db::now();
+        entry.time = crate::clock::now_rfc3339();
         let result = self
             .db
             .call(move |conn| {
@@ -70,10 +69,9 @@ impl Audit {
     }
 
     /// Entries after `after` (all tenants when `tenant` is None), oldest first, at most `limit`.
-    pub async fn list(&self, tenant: Option<&str>, after: i64, limit: u32) -> Result<Vec<Entry>, ApiError> {
+    pub async fn list(&self, tenant: Option<&str>, after: i64, limit: u32) -> anyhow::Result<Vec<Entry>> {
         let tenant = tenant.map(str::to_string);
-        Ok(self
-            .db
+        self.db
             .call(move |conn| {
                 let mut stmt = conn.prepare(
                     "SELECT seq, time, actor, tenant, action, target, outcome, detail FROM audit
@@ -93,7 +91,7 @@ impl Audit {
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
-            .await?)
+            .await
     }
 }
 

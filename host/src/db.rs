@@ -200,13 +200,8 @@ pub async fn soft_delete(db: &Db, table: &'static str, tenant: &str, name: &str)
     db.call(move |conn| {
         Ok(conn.execute(
             &format!("UPDATE {table} SET deleted_at = ?3 WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL"),
-            rusqlite::params![t, n, now()],
+            rusqlite::params![t, n, crate::clock::now_rfc3339()],
         )? as u32)
     })
     .await
-}
-
-/// The current time as RFC 3339 (UTC), the format of every timestamp column.
-pub fn now() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }

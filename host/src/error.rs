@@ -70,8 +70,15 @@ impl IntoResponse for ApiError {
         let message = self.to_string();
         let mut response =
             (status, [(header::CONTENT_TYPE, "application/json")], error_body(&message, "")).into_response();
-        if let ApiError::TooManyRequests { retry_after_secs, .. } = &self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        match &self {
+            ApiError::TooManyRequests { retry_after_secs, .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            // No capacity now (instance slots, GPU memory): worth retrying shortly.
+            ApiError::Unavailable(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            _ => {}
         }
         response.extensions_mut().insert(ErrorMessage(message));
         response
@@ -81,4 +88,75 @@ impl IntoResponse for ApiError {
 /// The JSON body of an error.
 pub fn error_body(message: &str, request_id: &str) -> String {
     serde_json::json!({ "error": message, "request_id": request_id }).to_string()
+}
+
+impl From<crate::runtime::InvokeError> for ApiError {
+    fn from(e: crate::runtime::InvokeError) -> Self {
+        use crate::runtime::{GuestError, InvokeError};
+        match e {
+            InvokeError::Guest(GuestError::BadRequest(m)) => ApiError::BadRequest(m),
+            InvokeError::Guest(GuestError::NotFound(m)) => ApiError::NotFound(m),
+            InvokeError::Guest(GuestError::Internal(m)) => ApiError::Function(m),
+            e @ InvokeError::Timeout(_) => ApiError::GatewayTimeout(e.to_string()),
+            e @ InvokeError::Busy(_) => ApiError::Unavailable(e.to_string()),
+            e @ InvokeError::WrongWorld(_) => ApiError::BadRequest(e.to_string()),
+            e => ApiError::Function(e.to_string()),
+        }
+    }
+}
+
+/// A model's error: the caller's mistakes are 400s, an engine without room now is a 503.
+impl From<crate::nn::NnError> for ApiError {
+    fn from(e: crate::nn::NnError) -> Self {
+        use crate::nn::{ErrorCode, NnRefusal};
+        if let Some(NnRefusal::Busy { .. }) = e.refusal {
+            return ApiError::Unavailable(e.message);
+        }
+        match e.code {
+            ErrorCode::InvalidArgument | ErrorCode::InvalidEncoding | ErrorCode::UnsupportedOperation => {
+                ApiError::BadRequest(e.message)
+            }
+            ErrorCode::NotFound => ApiError::NotFound(e.message),
+            ErrorCode::TooLarge => ApiError::PayloadTooLarge(e.message),
+            ErrorCode::Timeout => ApiError::GatewayTimeout(e.message),
+            ErrorCode::Security => ApiError::Forbidden(e.message),
+            _ => ApiError::Internal(anyhow::anyhow!(e.message)),
+        }
+    }
+}
+
+impl From<crate::invocation::Failure> for ApiError {
+    fn from(f: crate::invocation::Failure) -> Self {
+        use crate::invocation::Failure;
+        match f {
+            Failure::Invoke(e) => e.into(),
+            Failure::Nn(e) => e.into(),
+            Failure::InvalidOutput(m) => ApiError::Function(m),
+        }
+    }
+}
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        use crate::registry::RegistryError;
+        match e {
+            RegistryError::Invalid(m) => ApiError::BadRequest(m),
+            e @ (RegistryError::NotFound { .. } | RegistryError::NoVersion { .. }) => ApiError::NotFound(e.to_string()),
+            RegistryError::Conflict(m) => ApiError::Conflict(m),
+            RegistryError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            RegistryError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<crate::tenants::TenantError> for ApiError {
+    fn from(e: crate::tenants::TenantError) -> Self {
+        use crate::tenants::TenantError;
+        match e {
+            TenantError::Forbidden(m) => ApiError::Forbidden(m),
+            e @ TenantError::NoKey { .. } => ApiError::NotFound(e.to_string()),
+            e @ TenantError::Exists { .. } => ApiError::Conflict(e.to_string()),
+            TenantError::Internal(e) => ApiError::Internal(e),
+        }
+    }
 }

@@ -7,11 +7,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::metering::Outcome;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InvocationLabels {
     pub tenant: String,
     pub function: String,
-    /// ok, guest_error, trap, timeout, memory_limit, fuel_limit, busy.
+    /// ok, guest_error, trap, timeout, memory_limit, fuel_limit, error.
     pub outcome: String,
 }
 
@@ -31,7 +33,7 @@ pub struct DenialLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     pub tenant: String,
-    /// rate, concurrency, budget, busy.
+    /// rate, concurrency, budget, busy (no instance slot), gpu_busy (no GPU memory now).
     pub reason: String,
 }
 
@@ -39,9 +41,6 @@ pub struct RefusedLabels {
 pub struct UploadLabels {
     pub outcome: String,
 }
-
-/// Outcomes of an invocation, the `outcome` label of `infercell_invocations_total`.
-pub const OUTCOMES: [&str; 6] = ["ok", "guest_error", "trap", "timeout", "memory_limit", "fuel_limit"];
 
 /// The metric handles of one function, resolved once per deployed version so that a call
 /// neither allocates label strings nor hashes them.
@@ -53,9 +52,9 @@ pub struct FunctionMetrics {
 }
 
 impl FunctionMetrics {
-    /// The counter of `outcome` (one of [`OUTCOMES`]).
-    pub fn outcome(&self, outcome: &str) -> Option<&Counter> {
-        OUTCOMES.iter().position(|o| *o == outcome).map(|i| &self.outcomes[i])
+    /// The counter of `outcome`.
+    pub fn outcome(&self, outcome: Outcome) -> &Counter {
+        &self.outcomes[Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)]
     }
 }
 
@@ -181,14 +180,14 @@ impl Metrics {
         let labels = FunctionLabels { tenant: tenant.to_string(), function: function.to_string() };
         FunctionMetrics {
             duration: self.invocation_duration.get_or_create(&labels).clone(),
-            outcomes: OUTCOMES
+            outcomes: Outcome::ALL
                 .iter()
                 .map(|o| {
                     self.invocations
                         .get_or_create(&InvocationLabels {
                             tenant: tenant.to_string(),
                             function: function.to_string(),
-                            outcome: o.to_string(),
+                            outcome: o.as_str().to_string(),
                         })
                         .clone()
                 })
@@ -198,7 +197,7 @@ impl Metrics {
     }
 
     /// Brings the graph-cache series up to date with the cache's own counters (at scrape time).
-    pub fn observe_graph_cache(&self, stats: crate::nn::cache::CacheStats) {
+    pub fn observe_graph_cache(&self, stats: crate::nn::graphs::CacheStats) {
         self.graph_hits.inc_by(stats.hits.saturating_sub(self.graph_hits.get()));
         self.graph_misses.inc_by(stats.misses.saturating_sub(self.graph_misses.get()));
         self.graph_evictions.inc_by(stats.evictions.saturating_sub(self.graph_evictions.get()));

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use infercell::nn::{ElemType, ErrorCode, HostTensor, NnError, Placement};
+use infercell::nn::{ElemType, ErrorCode, HostTensor, NnError};
 use infercell::runtime::nn::ModelSource;
 use infercell::server::App;
 use serde_json::Value;
@@ -60,8 +60,8 @@ pub const GPU_KNOWN_REFUSALS: &[&str] =
 
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// Passed, having run as placed.
-    Pass(Placement),
+    /// Passed, having run as metered (nodes per device).
+    Pass(infercell::nn::NnUsage),
     /// The engine refused the model or the inputs with a clear error.
     Refused(NnError),
     /// The engine computed something else than expected: never acceptable.
@@ -137,10 +137,12 @@ pub async fn run_case(app: &App, tenant: &str, dir: &std::path::Path, name: &str
         Err(e) => return Outcome::Refused(e),
     };
     let inputs = case["inputs"].as_array().unwrap().iter().map(tensor).collect();
-    let (outputs, placed) = match graphs.run_model(model, inputs).await {
-        Ok((outputs, _, placed)) => (outputs, placed),
+    let meter = std::sync::Arc::new(infercell::nn::NnMeter::default());
+    let outputs = match graphs.run_model(model, inputs, &meter).await {
+        Ok(outputs) => outputs,
         Err(e) => return Outcome::Refused(e),
     };
+    let placed = meter.usage();
     for expected in case["outputs"].as_array().unwrap() {
         let Some((_, got)) = outputs.iter().find(|(n, _)| n == expected["name"].as_str().unwrap()) else {
             return Outcome::Wrong(format!("no output `{}`", expected["name"]));
@@ -152,7 +154,7 @@ pub async fn run_case(app: &App, tenant: &str, dir: &std::path::Path, name: &str
     Outcome::Pass(placed)
 }
 
-/// The directory of the cases, or `None` (skip) when it was not made; under `CI=true` it must be.
+/// The directory of the cases, or `None` (skip) when it was not made; under `CI=true` or `scripts/test.sh` it must be.
 pub fn cases_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("INFERCELL_CONFORMANCE_DIR")
         .map(PathBuf::from)
@@ -160,9 +162,8 @@ pub fn cases_dir() -> Option<PathBuf> {
     if dir.join("index.json").is_file() {
         return Some(dir);
     }
-    assert_ne!(
-        std::env::var("CI").as_deref(),
-        Ok("true"),
+    assert!(
+        !crate::strict(),
         "{} is missing: scripts/make-models.sh writes it (scripts/test.sh runs it)",
         dir.display()
     );

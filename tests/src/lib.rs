@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub mod conformance;
+pub mod onnx;
 
 pub use reqwest::blocking::{Client, Response};
 pub use serde_json::{Value, json};
@@ -80,7 +81,8 @@ impl Server {
             child: None,
             _tmp: Some(tmp),
             config: config.map(str::to_string),
-            http: Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            // A transport timeout far past any call's own: a slow machine fails an assertion, not a socket.
+            http: Client::builder().timeout(Duration::from_secs(300)).build().unwrap(),
         };
         server.spawn();
         server
@@ -314,15 +316,14 @@ pub fn digits_expected() -> Value {
 
 /// `samples/moderate-image/`, where `scripts/make-models.sh` puts open_nsfw (not committed: 23 MB),
 /// its test photos and ONNX Runtime's reference outputs. Locally a test that needs them skips
-/// when they are missing; under `CI=true` it fails, since scripts/test.sh makes them first.
+/// when they are missing; under `CI=true` or `scripts/test.sh` ([`strict`]) it fails, since scripts/test.sh makes them first.
 pub fn moderate_image_dir() -> Option<PathBuf> {
     let dir = repo_root().join("samples/moderate-image");
     if dir.join("open-nsfw.onnx").is_file() && dir.join("expected.json").is_file() {
         return Some(dir);
     }
-    assert_ne!(
-        std::env::var("CI").as_deref(),
-        Ok("true"),
+    assert!(
+        !strict(),
         "samples/moderate-image/open-nsfw.onnx is missing: scripts/make-models.sh must run first (scripts/test.sh does it)"
     );
     eprintln!("skipping: samples/moderate-image/open-nsfw.onnx is missing (run scripts/make-models.sh)");
@@ -339,4 +340,37 @@ impl Server {
         assert_eq!(status, 201, "creating a {role} key: {v}");
         (v["id"].as_str().unwrap().to_string(), v["api_key"].as_str().unwrap().to_string())
     }
+}
+
+/// Waits until `done()` holds, polling; fails naming `what` after a minute. Tests wait on
+/// observable state this way, never on a sleep that guesses how fast the machine is.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a test whose dependency is missing must fail instead of skipping: under CI
+/// (`CI=true`) and under `scripts/test.sh` (`INFERCELL_STRICT_TESTS=1`), which installs every
+/// dependency first, so the suite a contributor runs is the suite CI runs.
+pub fn strict() -> bool {
+    std::env::var("CI").as_deref() == Ok("true") || std::env::var("INFERCELL_STRICT_TESTS").as_deref() == Ok("1")
+}
+
+/// The GPU engine with a budget of `budget` bytes, or `None` (skip) without an adapter; under
+/// [`strict`] an adapter must be found.
+pub fn gpu_engine(budget: u64) -> Option<infercell::nn::gpu::Wgpu> {
+    let found = infercell::nn::gpu::Wgpu::discover(budget);
+    if found.is_none() {
+        assert!(!strict(), "scripts/test.sh installs lavapipe: a GPU adapter must be found");
+        eprintln!("skipping: no Vulkan adapter (apt-get install mesa-vulkan-drivers)");
+    }
+    found
+}
+
+/// The FP32 values of a host tensor.
+pub fn floats(t: &infercell::nn::HostTensor) -> Vec<f64> {
+    t.data.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap()))).collect()
 }

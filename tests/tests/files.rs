@@ -7,7 +7,7 @@
 use infercell_tests::*;
 
 const READER: &str =
-    "name = \"reader\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n[capabilities]\nfiles = [\"labels.txt\"]\n";
+    "name = \"reader\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\n[capabilities]\nfiles = [\"labels.txt\"]\n";
 
 fn put(server: &Server, key: &str, name: &str, body: &str) -> Response {
     server.http.put(format!("{}/v1/files/{name}", server.url)).bearer_auth(key).body(body.to_string()).send().unwrap()

@@ -1,32 +1,21 @@
 //! The GPU (issue 7): devices, the wgpu engine's kernels against the ONNX node tests, models
 //! pushed with `--device gpu` served over `/v2` and from functions, placement, GPU metering,
-//! the `gpu` grant, GPU memory admission and device-loss recovery.
+//! the `gpu` grant, GPU memory admission and device-loss recovery. The tiled kernels against
+//! tract are in `gpu_kernels.rs`.
 //!
-//! CI installs Mesa's software Vulkan (lavapipe, `mesa-vulkan-drivers`, from `.ci/run`), so a
-//! GPU adapter must exist there (`CI=true`); elsewhere every test skips with a message when
-//! wgpu finds no adapter.
+//! `scripts/test.sh` installs Mesa's software Vulkan (lavapipe, `mesa-vulkan-drivers`), so a
+//! GPU adapter must exist under it and under CI ([`strict`]); run alone (`cargo test`), every
+//! test skips with a message when wgpu finds no adapter.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use infercell::config::Config;
-use infercell::nn::gpu::Wgpu;
 use infercell::nn::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel};
 use infercell::server::App;
 use infercell_tests::conformance::{GPU_ATOL, GPU_KNOWN_REFUSALS, GPU_OPS, Outcome, cases, cases_dir, run_case};
 use infercell_tests::*;
-use tract_onnx::pb;
-
-/// The GPU engine with a budget of `budget` bytes, or `None` (skip) without an adapter.
-fn engine(budget: u64) -> Option<Wgpu> {
-    let found = Wgpu::discover(budget);
-    if found.is_none() {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs lavapipe: a GPU adapter must be found");
-        eprintln!("skipping: no Vulkan adapter (apt-get install mesa-vulkan-drivers)");
-    }
-    found
-}
 
 /// Digits case `i` of samples/digits/expected.json: the input tensor and ONNX Runtime's output.
 fn digits_case(i: usize) -> (Vec<(String, HostTensor)>, Vec<f64>) {
@@ -45,10 +34,6 @@ fn digits_case(i: usize) -> (Vec<(String, HostTensor)>, Vec<f64>) {
 /// Whether the `infercell-usage` header value has exactly this `meter=value` pair.
 fn has_pair(usage: &str, pair: &str) -> bool {
     usage.split(", ").any(|kv| kv == pair)
-}
-
-fn floats(t: &HostTensor) -> Vec<f64> {
-    t.data.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap()))).collect()
 }
 
 fn assert_close(got: &[f64], want: &[f64]) {
@@ -77,7 +62,7 @@ fn devices_lists_the_cpu_and_the_gpus() {
     assert!(cpu["memory"].as_u64().unwrap() > 0 && cpu["cores"].as_u64().unwrap() > 0, "{cpu}");
     let gpus: Vec<&Value> = devices.iter().filter(|d| d["kind"] == "gpu").collect();
     if gpus.is_empty() {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs lavapipe: a GPU adapter must be found");
+        assert!(!strict(), "CI installs lavapipe: a GPU adapter must be found");
         eprintln!("skipping the GPU checks: no Vulkan adapter (apt-get install mesa-vulkan-drivers)");
         return;
     }
@@ -97,7 +82,7 @@ fn devices_lists_the_cpu_and_the_gpus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onnx_node_tests_of_the_kernel_ops_pass_on_the_gpu() {
     let Some(dir) = cases_dir() else { return };
-    if engine(1 << 30).is_none() {
+    if gpu_engine(1 << 30).is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -141,7 +126,7 @@ async fn onnx_node_tests_of_the_kernel_ops_pass_on_the_gpu() {
 /// cannot push one.
 #[test]
 fn digits_pushed_to_the_gpu_serve_v2_and_bill_gpu_time() {
-    if engine(1 << 30).is_none() {
+    if gpu_engine(1 << 30).is_none() {
         return;
     }
     let server = Server::start();
@@ -226,7 +211,7 @@ fn digits_pushed_to_the_gpu_serve_v2_and_bill_gpu_time() {
 #[test]
 fn moderate_image_runs_resnet50_on_the_gpu() {
     let Some(dir) = moderate_image_dir() else { return };
-    if engine(1 << 30).is_none() {
+    if gpu_engine(1 << 30).is_none() {
         return;
     }
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
@@ -271,7 +256,7 @@ fn moderate_image_runs_resnet50_on_the_gpu() {
 /// the next call, with 403; its CPU models still serve.
 #[test]
 fn a_plan_without_the_gpu_stops_gpu_models() {
-    if engine(1 << 30).is_none() {
+    if gpu_engine(1 << 30).is_none() {
         return;
     }
     let mut server = Server::start();
@@ -299,7 +284,7 @@ fn a_plan_without_the_gpu_stops_gpu_models() {
 /// naming the setting; the server goes on serving.
 #[test]
 fn a_model_over_the_gpu_budget_is_too_large() {
-    if engine(1 << 30).is_none() {
+    if gpu_engine(1 << 30).is_none() {
         return;
     }
     let server = Server::start_with_config(Some("[nn]\ngpu_memory_bytes = \"4KiB\"\n"));
@@ -309,13 +294,16 @@ fn a_model_over_the_gpu_budget_is_too_large() {
     let msg = expect_error(server.post("/v2/models/digits/infer", Some(&key), body.to_string()), 413);
     assert!(msg.contains("nn.gpu_memory_bytes"), "{msg}");
     assert_eq!(server.get("/v2/health/ready", None).status(), 200);
+    // The engine refused the work: nothing is billed.
+    let usage: Value = server.get("/v1/usage", Some(&key)).json().unwrap();
+    assert_eq!(usage["records"], json!([]), "a refusal is not billed");
 }
 
 /// A function granted the GPU runs a GPU model and is billed for it; the same function without
 /// the grant is refused at the model, and the refusal is counted.
 #[test]
 fn functions_need_the_gpu_grant_for_gpu_models() {
-    if engine(1 << 30).is_none() {
+    if gpu_engine(1 << 30).is_none() {
         return;
     }
     let server = Server::start();
@@ -353,7 +341,7 @@ fn functions_need_the_gpu_grant_for_gpu_models() {
 /// with it (which reads the bytes: garbage is `invalid-encoding`, as on the CPU).
 #[test]
 fn execution_target_gpu_needs_the_grant() {
-    if engine(1 << 30).is_none() {
+    if gpu_engine(1 << 30).is_none() {
         return;
     }
     let server = Server::start();
@@ -372,7 +360,7 @@ fn execution_target_gpu_needs_the_grant() {
 /// `infercell model check` lists every node and where it runs.
 #[test]
 fn model_check_lists_every_node_and_its_device() {
-    if engine(1 << 30).is_none() {
+    if gpu_engine(1 << 30).is_none() {
         return;
     }
     let out = std::process::Command::new(binary())
@@ -420,12 +408,12 @@ fn model_check_lists_every_node_and_its_device() {
 /// that can never fit is refused with `too-large`, not a crash.
 #[test]
 fn gpu_memory_is_admitted_against_the_budget() {
-    let Some(probe) = engine(1 << 30) else { return };
+    let Some(probe) = gpu_engine(1 << 30) else { return };
     let measured = probe.load(&digits_model()).unwrap();
     run_digits(&measured, 0);
     // Room for one copy of the model, not two.
     let budget = probe.memory().0 * 3 / 2;
-    let gpu = engine(budget).unwrap();
+    let gpu = gpu_engine(budget).unwrap();
     let first = gpu.load(&digits_model()).unwrap();
     let second = gpu.load(&digits_model()).unwrap();
     run_digits(&first, 0);
@@ -439,7 +427,7 @@ fn gpu_memory_is_admitted_against_the_budget() {
     let (used, _) = gpu.memory();
     assert!(used <= budget, "{used} bytes in use, over the {budget}-byte budget");
 
-    let tiny = engine(4 << 10).unwrap();
+    let tiny = gpu_engine(4 << 10).unwrap();
     let model = tiny.load(&digits_model()).unwrap();
     let err = model.run_placed(digits_case(0).0).unwrap_err();
     assert_eq!(err.code, ErrorCode::TooLarge, "{err}");
@@ -447,271 +435,10 @@ fn gpu_memory_is_admitted_against_the_budget() {
     assert_eq!(tiny.memory().0, 0, "nothing stays allocated after a refusal");
 }
 
-/// An ONNX model of one `node` over float inputs `inputs` (name, shape) and float initializers
-/// (name, shape, values), with output `y`.
-fn one_node_model(
-    node: pb::NodeProto,
-    inputs: &[(&str, &[i64])],
-    initializers: &[(&str, &[i64], Vec<f32>)],
-) -> Vec<u8> {
-    let initializers = initializers
-        .iter()
-        .map(|(name, dims, values)| pb::TensorProto {
-            name: (*name).into(),
-            dims: dims.to_vec(),
-            data_type: 1,
-            float_data: values.clone(),
-            ..Default::default()
-        })
-        .collect();
-    onnx_model(vec![node], inputs, initializers)
-}
-
-/// An ONNX model of `nodes` over float inputs `inputs` (name, shape), with output `y`.
-fn onnx_model(nodes: Vec<pb::NodeProto>, inputs: &[(&str, &[i64])], initializers: Vec<pb::TensorProto>) -> Vec<u8> {
-    use prost::Message as _;
-    let value_info = |name: &str, dims: &[i64]| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| pb::tensor_shape_proto::Dimension {
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let graph = pb::GraphProto {
-        name: "g".into(),
-        node: nodes,
-        input: inputs.iter().map(|(n, d)| value_info(n, d)).collect(),
-        output: vec![pb::ValueInfoProto { name: "y".into(), ..Default::default() }],
-        initializer: initializers,
-        ..Default::default()
-    };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
-        graph: Some(graph),
-        ..Default::default()
-    };
-    model.encode_to_vec()
-}
-
-fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: 7, ints: ints.to_vec(), ..Default::default() }
-}
-
-fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: 2, i, ..Default::default() }
-}
-
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % 2000) as f32 / 1000.0 - 1.0
-        })
-        .collect()
-}
-
-/// Input names and shapes of a model.
-type Inputs = Vec<(&'static str, Vec<u32>)>;
-
-/// The tiled kernels (matrix products and convolutions as implicit matrix products, 64x64 tiles)
-/// on shapes that are not multiples of the tile, with groups, strides, dilations, padding and
-/// transposed operands, agree with tract on the CPU.
-#[test]
-fn tiled_kernels_match_tract_on_awkward_shapes() {
-    let Some(gpu) = engine(1 << 30) else { return };
-    let node = |op: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>| pb::NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|i| (*i).into()).collect(),
-        output: vec!["y".into()],
-        attribute,
-        ..Default::default()
-    };
-    let cases: Vec<(&str, Vec<u8>, Inputs)> = vec![
-        (
-            "grouped, strided, dilated, padded 3x3 convolution",
-            one_node_model(
-                node(
-                    "Conv",
-                    &["x", "w", "b"],
-                    vec![
-                        attr_ints("strides", &[2, 1]),
-                        attr_ints("pads", &[1, 2, 1, 2]),
-                        attr_ints("dilations", &[1, 2]),
-                        attr_int("group", 2),
-                    ],
-                ),
-                &[("x", &[2, 32, 17, 19])],
-                &[("w", &[80, 16, 3, 3], values(80 * 16 * 9, 1)), ("b", &[80], values(80, 2))],
-            ),
-            vec![("x", vec![2, 32, 17, 19])],
-        ),
-        (
-            "1x1 convolution (an einsum)",
-            one_node_model(
-                node("Conv", &["x", "w"], vec![]),
-                &[("x", &[1, 96, 9, 11])],
-                &[("w", &[70, 96, 1, 1], values(70 * 96, 3))],
-            ),
-            vec![("x", vec![1, 96, 9, 11])],
-        ),
-        (
-            "batched matrix product",
-            one_node_model(node("MatMul", &["a", "b"], vec![]), &[("a", &[3, 70, 130]), ("b", &[130, 90])], &[]),
-            vec![("a", vec![3, 70, 130]), ("b", vec![130, 90])],
-        ),
-        (
-            "Gemm with a transposed operand",
-            one_node_model(
-                node("Gemm", &["a", "b"], vec![attr_int("transB", 1)]),
-                &[("a", &[33, 77]), ("b", &[65, 77])],
-                &[],
-            ),
-            vec![("a", vec![33, 77]), ("b", vec![65, 77])],
-        ),
-    ];
-    // One index tensor, with negative indices, read by gathers over axes of different lengths:
-    // each counts from its own end.
-    let gather = |data: &str, out: &str| pb::NodeProto {
-        op_type: "Gather".into(),
-        input: vec![data.into(), "indices".into()],
-        output: vec![out.into()],
-        ..Default::default()
-    };
-    let shared_indices = onnx_model(
-        vec![
-            gather("short", "a"),
-            gather("long", "b"),
-            pb::NodeProto {
-                op_type: "Concat".into(),
-                input: vec!["a".into(), "b".into()],
-                output: vec!["y".into()],
-                attribute: vec![attr_int("axis", 0)],
-                ..Default::default()
-            },
-        ],
-        &[("short", &[50, 4]), ("long", &[700, 4])],
-        vec![pb::TensorProto {
-            name: "indices".into(),
-            dims: vec![3],
-            data_type: 7,
-            int64_data: vec![-1, -2, 3],
-            ..Default::default()
-        }],
-    );
-    let mut cases = cases;
-    cases.push((
-        "gathers sharing negative indices",
-        shared_indices,
-        vec![("short", vec![50, 4]), ("long", vec![700, 4])],
-    ));
-    // Epilogues: a convolution's residual add and ReLU, a matrix product's bias and ReLU, run
-    // inside the host dispatch.
-    let step = |op: &str, inputs: &[&str], out: &str| pb::NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|i| (*i).into()).collect(),
-        output: vec![out.into()],
-        ..Default::default()
-    };
-    let residual = onnx_model(
-        vec![
-            pb::NodeProto { attribute: vec![attr_ints("pads", &[1, 1, 1, 1])], ..step("Conv", &["x", "w", "b"], "c") },
-            step("Add", &["r", "c"], "s"),
-            step("Relu", &["s"], "y"),
-        ],
-        &[("x", &[1, 24, 10, 12]), ("r", &[1, 32, 10, 12])],
-        vec![
-            pb::TensorProto {
-                name: "w".into(),
-                dims: vec![32, 24, 3, 3],
-                data_type: 1,
-                float_data: values(32 * 24 * 9, 5),
-                ..Default::default()
-            },
-            pb::TensorProto {
-                name: "b".into(),
-                dims: vec![32],
-                data_type: 1,
-                float_data: values(32, 6),
-                ..Default::default()
-            },
-        ],
-    );
-    let dense = onnx_model(
-        vec![step("MatMul", &["a", "w"], "m"), step("Add", &["m", "bias"], "s"), step("Relu", &["s"], "y")],
-        &[("a", &[5, 40])],
-        vec![
-            pb::TensorProto {
-                name: "w".into(),
-                dims: vec![40, 70],
-                data_type: 1,
-                float_data: values(40 * 70, 7),
-                ..Default::default()
-            },
-            pb::TensorProto {
-                name: "bias".into(),
-                dims: vec![70],
-                data_type: 1,
-                float_data: values(70, 8),
-                ..Default::default()
-            },
-        ],
-    );
-    for (what, onnx) in [("convolution, residual add, ReLU", &residual), ("matrix product, bias, ReLU", &dense)] {
-        let checked = infercell::nn::gpu::check(onnx, Some(&gpu)).unwrap();
-        let fused =
-            checked.nodes.iter().filter(|n| n.why.as_deref().is_some_and(|w| w.starts_with("fused into"))).count();
-        assert_eq!(fused, 2, "{what}: {:?}", checked.nodes);
-    }
-    cases.push((
-        "convolution, residual add, ReLU",
-        residual,
-        vec![("x", vec![1, 24, 10, 12]), ("r", vec![1, 32, 10, 12])],
-    ));
-    cases.push(("matrix product, bias, ReLU", dense, vec![("a", vec![5, 40])]));
-    for (what, onnx, inputs) in cases {
-        let feed = || -> Vec<(String, HostTensor)> {
-            inputs
-                .iter()
-                .enumerate()
-                .map(|(i, (name, dims))| {
-                    let n = dims.iter().product::<u32>() as usize;
-                    let data = values(n, 10 + i as u64).iter().flat_map(|v| v.to_le_bytes()).collect();
-                    (name.to_string(), HostTensor::new(dims.clone(), ElemType::F32, data).unwrap())
-                })
-                .collect()
-        };
-        let on_gpu = gpu.load(&onnx).unwrap().run_placed(feed()).unwrap();
-        assert!(on_gpu.1.gpu_nodes > 0 && on_gpu.1.cpu_nodes == 0, "{what}: {:?}", on_gpu.1);
-        let on_cpu = infercell::nn::tract::Tract.load(&onnx).unwrap().run(feed()).unwrap();
-        let (got, want) = (floats(&on_gpu.0[0].1), floats(&on_cpu[0].1));
-        assert_eq!(on_gpu.0[0].1.dims, on_cpu[0].1.dims, "{what}");
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-4 + 1e-4 * w.abs(), "{what}: [{i}] {g} on the GPU, {w} on tract");
-        }
-    }
-}
-
 /// A lost device (a driver reset) is recreated on the next call, and the model re-uploaded.
 #[test]
 fn a_lost_device_is_recreated() {
-    let Some(gpu) = engine(1 << 30) else { return };
+    let Some(gpu) = gpu_engine(1 << 30) else { return };
     let model = gpu.load(&digits_model()).unwrap();
     let placed = run_digits(&model, 0);
     assert_eq!((placed.gpu_nodes, placed.cpu_nodes), (6, 0));

@@ -115,7 +115,7 @@ fn wasi_nn_misuse_is_an_error_value_not_a_crash() {
     let key = server.tenant("acme", "free");
     server.push_digits(&key);
     let manifest =
-        "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n[capabilities]\nmodels = [\"digits\"]\n";
+        "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\n[capabilities]\nmodels = [\"digits\"]\n";
     assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
     for (probe, expected) in [
         ("digits", "ok: loaded"),
@@ -222,14 +222,13 @@ fn cli_pushes_and_lists_models() {
 }
 
 /// Whether ONNX Runtime is installed (`ORT_DYLIB_PATH`, which the server inherits). Locally a
-/// test that needs it skips without it; under `CI=true` it fails, since CI installs it.
+/// test that needs it skips without it; under `CI=true` or `scripts/test.sh` it fails, since both install it.
 fn onnxruntime_present() -> bool {
     if std::env::var("ORT_DYLIB_PATH").is_ok_and(|p| !p.is_empty()) {
         return true;
     }
-    assert_ne!(
-        std::env::var("CI").as_deref(),
-        Ok("true"),
+    assert!(
+        !strict(),
         "ORT_DYLIB_PATH is not set: scripts/install-onnxruntime.sh must run first (scripts/test.sh does it)"
     );
     eprintln!("skipping: ORT_DYLIB_PATH is not set (export ORT_DYLIB_PATH=\"$(scripts/install-onnxruntime.sh)\")");
@@ -290,7 +289,7 @@ fn onnxruntime_refuses_misuse_as_tract_does() {
     let on_ort = tenant_with_digits_on(&server, "onnx", "onnxruntime");
     let on_tract = tenant_with_digits_on(&server, "tract", "tract");
     let manifest =
-        "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n[capabilities]\nmodels = [\"digits\"]\n";
+        "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\n[capabilities]\nmodels = [\"digits\"]\n";
     for key in [&on_ort, &on_tract] {
         assert_eq!(server.upload(key, manifest, component("hostile")).status(), 201);
     }
@@ -315,7 +314,11 @@ fn tenant_with_moderate_image(server: &Server, dir: &std::path::Path, tenant: &s
     let onnx = std::fs::read(dir.join("open-nsfw.onnx")).unwrap();
     let resp = server.push_model(&key, &format!("name = \"open-nsfw\"\nengine = \"{engine}\"\n"), onnx);
     assert_eq!(resp.status(), 201, "pushing open-nsfw on {engine}: {}", resp.text().unwrap());
-    server.deploy(&key, "moderate-image");
+    // A ResNet-50 in a debug build on a loaded machine: the call is not about time.
+    let manifest = std::fs::read_to_string(function_dir("moderate-image").join("function.toml")).unwrap();
+    let manifest = manifest.replace("timeout = \"10s\"", "timeout = \"30s\"");
+    let resp = server.upload(&key, &manifest, component("moderate-image"));
+    assert_eq!(resp.status(), 201, "deploying moderate-image: {}", resp.text().unwrap());
     key
 }
 

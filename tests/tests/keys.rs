@@ -258,12 +258,13 @@ fn an_expired_key_is_refused() {
     let server = Server::start();
     let owner = server.tenant("acme", "free");
     server.deploy(&owner, "echo");
-    let soon = time_in(2);
+    // Whole seconds: it expires 5 to 6 s from now, time enough for the first call on any machine.
+    let soon = time_in(6);
     let resp = server.post("/v1/keys", Some(&owner), json!({ "role": "invoker", "expires_at": soon }).to_string());
     assert_eq!(resp.status(), 201);
     let key = resp.json::<Value>().unwrap()["api_key"].as_str().unwrap().to_string();
     assert_eq!(server.invoke(&key, "acme/echo", "hi").status(), 200);
-    std::thread::sleep(std::time::Duration::from_millis(3100));
+    wait_until("the key expires", || server.invoke(&key, "acme/echo", "hi").status() == 401);
     expect_error(server.invoke(&key, "acme/echo", "hi"), 401);
 }
 
@@ -314,7 +315,7 @@ fn the_audit_log_records_management_actions_and_denials() {
     expect_error(server.post("/v1/tenants", Some(&owner), json!({ "name": "mine" }).to_string()), 403);
     assert_eq!(server.delete(&format!("/v1/keys/{invoker_id}"), &owner).status(), 204);
     // A guest reaching for a model it was not granted: a denial, audited.
-    let manifest = "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n";
+    let manifest = "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\n";
     assert_eq!(server.upload(&owner, manifest, component("hostile")).status(), 201);
     let probe = server.invoke(&owner, "acme/hostile/nn/other", "").text().unwrap();
     assert!(probe.starts_with("error ErrorCode::NotFound"), "{probe}");

@@ -45,7 +45,7 @@ fn only_granted_hosts_are_reached() {
     assert_eq!(got, "status 200: hello from upstream");
     assert_eq!(allowed_hits.load(Ordering::SeqCst), 1);
 
-    for target in [format!("127.0.0.1:{other}/x"), format!("localhost:{allowed}/x"), "example.com/".to_string()] {
+    for target in [format!("127.0.0.1:{other}/x"), format!("localhost:{allowed}/x"), "example.invalid/".to_string()] {
         let got = server.invoke(&key, &format!("acme/fetch?to={target}"), "").text().unwrap();
         assert_eq!(got, "error: ErrorCode::HttpRequestDenied", "{target}");
     }
@@ -59,8 +59,8 @@ fn only_granted_hosts_are_reached() {
     assert_eq!(server.metric("infercell_denials_total{tenant=\"acme\",capability=\"allowed_hosts\"}"), 3.0);
     let logs = server.get("/v1/functions/fetch/logs", Some(&key)).text().unwrap();
     assert!(
-        logs.contains("denied: allowed_hosts `example.com:443`")
-            || logs.contains("denied: allowed_hosts `example.com:80`"),
+        logs.contains("denied: allowed_hosts `example.invalid:443`")
+            || logs.contains("denied: allowed_hosts `example.invalid:80`"),
         "{logs}"
     );
 }

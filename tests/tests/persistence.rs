@@ -1,8 +1,6 @@
 //! Everything acknowledged survives a clean restart and a `kill -9`; SIGTERM drains calls.
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use infercell_tests::*;
 
 #[test]
@@ -70,9 +68,9 @@ fn sigterm_drains_in_flight_calls() {
         let resp = reqwest::blocking::Client::new().post(url).bearer_auth(k).send().unwrap();
         resp.status().as_u16()
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the call is running", || server.metric("infercell_active_instances") >= 1.0);
     server.terminate();
-    // The in-flight call still gets its answer (the loop's 504 after its 1 s timeout).
+    // The in-flight call still gets its answer (the loop's 504 after its timeout).
     assert_eq!(call.join().unwrap(), 504);
     assert!(server.wait().success());
 }

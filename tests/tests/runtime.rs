@@ -15,7 +15,8 @@ fn runtime(config: RuntimeConfig) -> (Runtime, tempfile::TempDir) {
 }
 
 fn limits() -> Limits {
-    Limits { memory_bytes: 16 << 20, timeout: Duration::from_secs(2), fuel: None }
+    // Not about time: generous on any machine (200 calls share one thread in one case).
+    Limits { memory_bytes: 16 << 20, timeout: Duration::from_secs(30), fuel: None }
 }
 
 fn request(path: &str, body: &str) -> GuestRequest {
@@ -59,7 +60,8 @@ async fn a_full_instance_pool_is_reported_as_busy_not_a_crash() {
     let (rt, _tmp) = runtime(RuntimeConfig { max_instances: 2, ..RuntimeConfig::default() });
     let rt = Arc::new(rt);
     let hostile = Arc::new(rt.prepare_new("sha256:hostile", &component("hostile")).unwrap());
-    let slow = Limits { timeout: Duration::from_millis(1500), ..limits() };
+    // Long enough that both are still running when the third call comes, on any machine.
+    let slow = Limits { timeout: Duration::from_secs(10), ..limits() };
     let mut loops = Vec::new();
     for _ in 0..2 {
         let (rt, hostile, slow) = (rt.clone(), hostile.clone(), slow.clone());
@@ -67,7 +69,12 @@ async fn a_full_instance_pool_is_reported_as_busy_not_a_crash() {
             async move { rt.invoke(&hostile, &slow, &Grants::default(), request("/loop", "")).await },
         ));
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Once both loops hold their slots (observed, not guessed), a third call finds none.
+    let started = std::time::Instant::now();
+    while rt.live_instances() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the loops never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let outcome = rt.invoke(&hostile, &limits(), &Grants::default(), request("/ok", "")).await;
     assert!(matches!(outcome.result, Err(InvokeError::Busy(_))), "{:?}", outcome.result);
     for l in loops {

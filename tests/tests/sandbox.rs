@@ -2,8 +2,6 @@
 //! code with a clear message, the next call works, and other tenants are not affected.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
-
 use infercell_tests::*;
 
 fn setup() -> (Server, String) {
@@ -37,25 +35,23 @@ fn an_infinite_loop_times_out_with_504_and_others_keep_running() {
     let (server, key) = setup();
     let other = server.tenant("other", "free");
     server.deploy(&other, "echo");
+    // Long enough that another tenant is answered while it runs, on any machine.
+    let spin = "name = \"spin\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\n";
+    assert_eq!(server.upload(&key, spin, component("hostile")).status(), 201);
 
-    let url = format!("{}/fn/acme/hostile/loop", server.url);
+    let url = format!("{}/fn/acme/spin/loop", server.url);
     let k = key.clone();
-    let started = Instant::now();
     let looping = std::thread::spawn(move || {
         let resp = reqwest::blocking::Client::new().post(url).bearer_auth(k).send().unwrap();
         (resp.status().as_u16(), resp.text().unwrap())
     });
-    // While the loop burns its second, another tenant's calls are answered promptly.
-    std::thread::sleep(Duration::from_millis(100));
-    for _ in 0..5 {
-        let t = Instant::now();
-        assert_eq!(server.invoke(&other, "other/echo", "alive").text().unwrap(), "alive");
-        assert!(t.elapsed() < Duration::from_millis(900), "echo waited for the loop: {:?}", t.elapsed());
-    }
+    wait_until("the loop is running", || server.metric("infercell_active_instances") >= 1.0);
+    // While the loop burns its seconds, another tenant's call is answered.
+    assert_eq!(server.invoke(&other, "other/echo", "alive").text().unwrap(), "alive");
+    assert!(!looping.is_finished(), "echo was answered only after the loop ended");
     let (status, body) = looping.join().unwrap();
     assert_eq!(status, 504, "{body}");
-    assert!(body.contains("timed out after 1s"), "{body}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(body.contains("timed out after 5s"), "{body}");
     assert_still_works(&server, &key);
 }
 
@@ -129,9 +125,8 @@ fn a_fuel_limit_stops_a_busy_guest() {
     let key = server.tenant("acme", "free");
     let manifest = "name = \"hostile\"\n[limits]\ntimeout = \"5s\"\nfuel = 5000000\n";
     assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
-    let started = Instant::now();
+    // Fuel, not the clock, stops it: the message names the fuel limit.
     let msg = expect_error(server.invoke(&key, "acme/hostile/loop", ""), 500);
     assert!(msg.contains("fuel limit of 5000000"), "{msg}");
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(server.invoke(&key, "acme/hostile/ok", "").status(), 200);
 }

@@ -6,12 +6,14 @@
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Value, json};
 
-use super::{METERS, Meters};
+use super::{Kind, METERS, Meters};
 use crate::config::Prices;
 
-/// One line: a function's use of one meter.
+/// One line: a function's or a model's use of one meter.
 #[derive(Debug, Clone)]
 pub struct Line {
+    pub kind: Kind,
+    /// The function's or the model's name.
     pub function: String,
     pub meter: &'static str,
     pub quantity: Decimal,
@@ -19,9 +21,10 @@ pub struct Line {
     pub amount: Decimal,
 }
 
-/// Per-function summary.
+/// Per-function (or per-model) summary.
 #[derive(Debug, Clone)]
 pub struct FunctionCost {
+    pub kind: Kind,
     pub function: String,
     pub invocations: i64,
     pub cost: Decimal,
@@ -55,21 +58,22 @@ impl Bill {
         currency: &str,
         from: String,
         to: String,
-        totals: &[(String, Meters)],
+        totals: &[((Kind, String), Meters)],
         prices: &Prices,
     ) -> Self {
         let mut lines = Vec::new();
         let mut functions = Vec::new();
-        for (function, meters) in totals {
+        for ((kind, function), meters) in totals {
+            let kind = *kind;
             let mut cost = Decimal::ZERO;
             for meter in METERS {
                 let quantity = meters.quantity(meter);
                 let unit_price = prices.of(meter);
                 let amount = quantity * unit_price;
                 cost += amount;
-                lines.push(Line { function: function.clone(), meter, quantity, unit_price, amount });
+                lines.push(Line { kind, function: function.clone(), meter, quantity, unit_price, amount });
             }
-            functions.push(FunctionCost { function: function.clone(), invocations: meters.invocations, cost });
+            functions.push(FunctionCost { kind, function: function.clone(), invocations: meters.invocations, cost });
         }
         let total: Decimal = lines.iter().map(|l| l.amount).sum();
         let total_due =
@@ -85,6 +89,7 @@ impl Bill {
             "from": self.from,
             "to": self.to,
             "lines": self.lines.iter().map(|l| json!({
+                "kind": l.kind.as_str(),
                 "function": l.function,
                 "meter": l.meter,
                 "quantity": dec(l.quantity),
@@ -92,6 +97,7 @@ impl Bill {
                 "amount": dec(l.amount),
             })).collect::<Vec<_>>(),
             "functions": self.functions.iter().map(|f| json!({
+                "kind": f.kind.as_str(),
                 "function": f.function,
                 "invocations": f.invocations,
                 "cost": dec(f.cost),
@@ -102,17 +108,19 @@ impl Bill {
         })
     }
 
-    /// `function,meter,quantity,unit_price,amount`, one row per line.
+    /// `function,meter,quantity,unit_price,amount,kind`, one row per line (`kind` was added
+    /// last, so scripts reading the first five columns by position keep working).
     pub fn to_csv(&self) -> String {
-        let mut out = String::from("function,meter,quantity,unit_price,amount\n");
+        let mut out = String::from("function,meter,quantity,unit_price,amount,kind\n");
         for l in &self.lines {
             out.push_str(&format!(
-                "{},{},{},{},{}\n",
+                "{},{},{},{},{},{}\n",
                 l.function,
                 l.meter,
                 dec(l.quantity),
                 dec(l.unit_price),
-                dec(l.amount)
+                dec(l.amount),
+                l.kind.as_str()
             ));
         }
         out
@@ -142,7 +150,8 @@ mod tests {
     fn amounts_are_exact_and_only_the_total_due_is_rounded() {
         let prices = Config::embedded().plans["free"].prices.clone();
         let echo = Meters { invocations: 3, guest_us: 2_500, bytes_in: 10, bytes_out: 10, ..Meters::default() };
-        let bill = Bill::new("acme", "USD", "a".into(), "b".into(), &[("echo".into(), echo)], &prices);
+        let bill =
+            Bill::new("acme", "USD", "a".into(), "b".into(), &[((Kind::Function, "echo".into()), echo)], &prices);
         assert_eq!(bill.lines.len(), METERS.len());
         let inv = bill.lines.iter().find(|l| l.meter == "invocations").expect("line");
         assert_eq!(dec(inv.amount), "0.0000006");
@@ -154,7 +163,9 @@ mod tests {
         assert_eq!(bill.to_json()["total_due"], "0.00");
         let csv = bill.to_csv();
         assert!(
-            csv.starts_with("function,meter,quantity,unit_price,amount\necho,invocations,3,0.0000002,0.0000006\n"),
+            csv.starts_with(
+                "function,meter,quantity,unit_price,amount,kind\necho,invocations,3,0.0000002,0.0000006,function\n"
+            ),
             "{csv}"
         );
     }
@@ -164,10 +175,10 @@ mod tests {
         let mut prices = Config::embedded().plans["free"].prices.clone();
         prices.invocations = Decimal::new(5, 3); // 0.005 each
         let one = Meters { invocations: 1, ..Meters::default() };
-        let bill = Bill::new("t", "USD", "a".into(), "b".into(), &[("f".into(), one)], &prices);
+        let bill = Bill::new("t", "USD", "a".into(), "b".into(), &[((Kind::Function, "f".into()), one)], &prices);
         assert_eq!(bill.to_json()["total_due"], "0.00"); // 0.005 -> 0.00 (half to even)
         let three = Meters { invocations: 3, ..Meters::default() };
-        let bill = Bill::new("t", "USD", "a".into(), "b".into(), &[("f".into(), three)], &prices);
+        let bill = Bill::new("t", "USD", "a".into(), "b".into(), &[((Kind::Function, "f".into()), three)], &prices);
         assert_eq!(bill.to_json()["total_due"], "0.02"); // 0.015 -> 0.02
         assert_eq!(Bill::new("t", "JPY", "a".into(), "b".into(), &[], &prices).to_json()["total_due"], "0");
     }

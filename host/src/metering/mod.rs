@@ -13,26 +13,25 @@
 
 pub mod billing;
 pub mod quota;
+mod record;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 
 use anyhow::Context as _;
 use rusqlite::{Connection, params};
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
 use tokio::sync::oneshot;
+
+pub use crate::clock::{now_us, rfc3339_us};
+use record::month_key;
+pub use record::{Kind, METERS, Meters, Outcome, UsageRecord, month_bounds};
 
 use crate::config::Prices;
 use crate::db::Db;
 
 /// How long the writer gathers records under load before committing them as one batch.
 const GATHER: std::time::Duration = std::time::Duration::from_micros(500);
-
-/// Every meter, in report order.
-pub const METERS: [&str; 8] =
-    ["invocations", "guest_ms", "fuel", "memory_gib_s", "nn_cpu_ms", "nn_gpu_ms", "bytes_in", "bytes_out"];
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -67,163 +66,33 @@ ALTER TABLE usage ADD COLUMN nn_gpu_nodes INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
-/// The meters of one call, or the sums over many.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Meters {
-    pub invocations: i64,
-    /// Time in the sandbox, excluding host inference.
-    pub guest_us: i64,
-    /// Guest instructions.
-    pub fuel: i64,
-    /// Peak linear memory in 64 KiB pages, times the call's duration in microseconds.
-    pub memory_page_us: i64,
-    pub nn_cpu_us: i64,
-    pub nn_gpu_us: i64,
-    pub bytes_in: i64,
-    pub bytes_out: i64,
-}
-
-/// GiB-seconds per page-microsecond: 2^-14 GiB per 64 KiB page, 10^-6 s per us. Exact.
-fn gib_s_per_page_us() -> Decimal {
-    Decimal::from_i128_with_scale(6_103_515_625, 20)
-}
-
-impl Meters {
-    /// The billable quantity of `meter`: milliseconds with microsecond precision, GiB-seconds
-    /// to 12 decimals, counts.
-    pub fn quantity(&self, meter: &str) -> Decimal {
-        match meter {
-            "invocations" => Decimal::from(self.invocations),
-            "guest_ms" => Decimal::new(self.guest_us, 3),
-            "fuel" => Decimal::from(self.fuel),
-            // Rounded (half to even) to 10^-12 GiB-s so that quantity x unit price stays within
-            // rust_decimal's 28 digits and every amount is exact.
-            "memory_gib_s" => (Decimal::from(self.memory_page_us) * gib_s_per_page_us())
-                .round_dp_with_strategy(12, rust_decimal::RoundingStrategy::MidpointNearestEven),
-            "nn_cpu_ms" => Decimal::new(self.nn_cpu_us, 3),
-            "nn_gpu_ms" => Decimal::new(self.nn_gpu_us, 3),
-            "bytes_in" => Decimal::from(self.bytes_in),
-            "bytes_out" => Decimal::from(self.bytes_out),
-            _ => Decimal::ZERO,
-        }
-    }
-
-    /// Sum over all meters of quantity x unit price (exact).
-    pub fn cost(&self, prices: &Prices) -> Decimal {
-        METERS.iter().map(|m| self.quantity(m) * prices.of(m)).sum()
-    }
-
-    /// The eight meter columns of a row, in [`METERS`] order, starting at column `first`.
-    fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
-        Ok(Self {
-            invocations: r.get(first)?,
-            guest_us: r.get(first + 1)?,
-            fuel: r.get(first + 2)?,
-            memory_page_us: r.get(first + 3)?,
-            nn_cpu_us: r.get(first + 4)?,
-            nn_gpu_us: r.get(first + 5)?,
-            bytes_in: r.get(first + 6)?,
-            bytes_out: r.get(first + 7)?,
-        })
-    }
-
-    /// `meter=quantity` pairs, as in the `infercell-usage` header (formatted from the integers;
-    /// this is on every call's path).
-    pub fn header_pairs(&self) -> String {
-        let ms = |us: i64| {
-            if us % 1000 == 0 {
-                format!("{}", us / 1000)
-            } else {
-                format!("{}.{:03}", us / 1000, us % 1000).trim_end_matches('0').to_string()
-            }
-        };
-        format!(
-            "invocations={}, guest_ms={}, fuel={}, memory_gib_s={}, nn_cpu_ms={}, nn_gpu_ms={}, bytes_in={}, bytes_out={}",
-            self.invocations,
-            ms(self.guest_us),
-            self.fuel,
-            self.quantity("memory_gib_s").normalize(),
-            ms(self.nn_cpu_us),
-            ms(self.nn_gpu_us),
-            self.bytes_in,
-            self.bytes_out
-        )
-    }
-}
-
-/// One admitted invocation, as stored and reported.
-#[derive(Debug, Clone)]
-pub struct UsageRecord {
-    pub request_id: String,
-    pub tenant: String,
-    /// `function` (or `model` for /v2 calls).
-    pub kind: &'static str,
-    pub function: String,
-    pub version: u32,
-    pub started_us: i64,
-    pub ended_us: i64,
-    /// ok, guest_error, trap, timeout, memory_limit, fuel_limit.
-    pub outcome: &'static str,
-    pub status: u16,
-    pub meters: Meters,
-    /// Model nodes its inference ran on the CPU and on the GPU.
-    pub nn_cpu_nodes: u32,
-    pub nn_gpu_nodes: u32,
-}
-
-impl UsageRecord {
-    /// `nn_cpu_nodes=N, nn_gpu_nodes=M`, as in the `infercell-usage` header.
-    pub fn node_pairs(&self) -> String {
-        format!("nn_cpu_nodes={}, nn_gpu_nodes={}", self.nn_cpu_nodes, self.nn_gpu_nodes)
-    }
-
-    pub fn to_json(&self) -> Value {
-        let mut meters = serde_json::Map::new();
-        for m in METERS {
-            meters.insert(m.to_string(), Value::String(self.meters.quantity(m).normalize().to_string()));
-        }
-        json!({
-            "request_id": self.request_id,
-            "tenant": self.tenant,
-            "kind": self.kind,
-            "function": self.function,
-            "version": self.version,
-            "started_at": rfc3339_us(self.started_us),
-            "ended_at": rfc3339_us(self.ended_us),
-            "outcome": self.outcome,
-            "status": self.status,
-            "meters": meters,
-            "nn_nodes": { "cpu": self.nn_cpu_nodes, "gpu": self.nn_gpu_nodes },
-        })
-    }
-}
-
-/// Microseconds since the epoch as RFC 3339 with microseconds.
-pub fn rfc3339_us(us: i64) -> String {
-    let t =
-        time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"))
-        .unwrap_or_default()
-}
-
-/// Now, in microseconds since the epoch.
-pub fn now_us() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
-}
-
 struct Pending {
     record: UsageRecord,
+    /// The record's cost at the tenant's prices, when the tenant has a budget.
+    cost: Option<Decimal>,
     done: oneshot::Sender<Result<(), String>>,
 }
+
+/// What the writer thread does: commit records, or answer a tenant's month-to-date spend.
+enum Job {
+    Commit(Pending),
+    Spend { tenant: String, prices: Box<Prices>, now_us: i64, done: oneshot::Sender<Result<Decimal, String>> },
+}
+
+/// Month-to-date spend per tenant: (month key, amount). Written only by the writer thread,
+/// after each commit and after each sum it makes; read by admission on every budgeted call.
+type Spend = std::sync::Arc<std::sync::Mutex<HashMap<String, (i32, Decimal)>>>;
 
 /// The usage store: the group-commit writer and a read connection for reports.
 pub struct Metering {
     enabled: bool,
-    tx: std::sync::mpsc::Sender<Pending>,
+    tx: std::sync::mpsc::Sender<Job>,
     reader: Db,
-    /// Month-to-date spend per tenant: (month key, amount), for budgets.
-    spend: Mutex<HashMap<String, (i32, Decimal)>>,
+    spend: Spend,
 }
+
+/// Meter sums per (kind, name) over `[from, to)`: what bills and budgets are made of.
+pub type Totals = Vec<((Kind, String), Meters)>;
 
 impl Metering {
     /// Opens `path` (creating and migrating it) and starts the writer thread.
@@ -234,106 +103,61 @@ impl Metering {
         batch_sizes: prometheus_client::metrics::histogram::Histogram,
     ) -> anyhow::Result<Self> {
         let reader = Db::open_with(path, MIGRATIONS, "NORMAL")?;
-        let mut conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Unbounded, but each sender waits for its own commit, so the queue never holds more
         // than the calls in flight.
-        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
-        let sizes = batch_sizes;
-        std::thread::Builder::new().name("infercell-usage".into()).spawn(move || {
-            // Under load (the last batch had company), gather for a moment before committing:
-            // one wake-up and one transaction then serve every call that finished meanwhile.
-            // A lone call commits at once, so an idle server adds no latency.
-            let mut busy = false;
-            while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                if busy {
-                    std::thread::sleep(GATHER);
-                }
-                while batch.len() < 4096 {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
-                busy = batch.len() > 1;
-                sizes.observe(batch.len() as f64);
-                let result = write_batch(&mut conn, &batch).map_err(|e| format!("{e:#}"));
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, records = batch.len(), "usage commit failed");
-                }
-                for p in batch {
-                    let _ = p.done.send(result.clone());
-                }
-            }
-        })?;
-        Ok(Self { enabled, tx, reader, spend: Mutex::new(HashMap::new()) })
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spend = Spend::default();
+        let published = spend.clone();
+        std::thread::Builder::new()
+            .name("infercell-usage".into())
+            .spawn(move || writer(conn, rx, batch_sizes, published))?;
+        Ok(Self { enabled, tx, reader, spend })
     }
 
-    /// Commits `record` (returns once it is durable) and, when the tenant has a budget
-    /// (`prices` given), adds its cost to the tenant's month-to-date spend.
+    /// Commits `record` and returns once it is committed. When the tenant has a budget
+    /// (`prices` given), its cost joins the tenant's month-to-date spend in the same step.
     pub async fn record(&self, record: UsageRecord, prices: Option<&Prices>) -> anyhow::Result<()> {
         if !self.enabled {
             return Ok(());
         }
-        let cost = prices.map(|p| record.meters.cost(p)).unwrap_or_default();
-        let (month, tenant) = (month_key(record.started_us), record.tenant.clone());
+        let cost = prices.map(|p| record.meters.cost(p));
         let (done, wait) = oneshot::channel();
-        self.tx.send(Pending { record, done }).map_err(|_| anyhow::anyhow!("usage writer stopped"))?;
+        self.tx
+            .send(Job::Commit(Pending { record, cost, done }))
+            .map_err(|_| anyhow::anyhow!("usage writer stopped"))?;
         wait.await.map_err(|_| anyhow::anyhow!("usage writer stopped"))?.map_err(anyhow::Error::msg)?;
-        if let Ok(mut spend) = self.spend.lock()
-            && let Some((m, amount)) = spend.get_mut(&tenant)
-            && *m == month
-        {
-            *amount += cost;
-        }
         Ok(())
     }
 
-    /// The tenant's spend this calendar month (UTC) at `prices`.
+    /// The tenant's spend this calendar month (UTC) at `prices`: every record committed
+    /// before this question, exactly once (the writer thread owns both the commits and the
+    /// running sums, so no commit can slip between a sum and its cache).
     pub async fn month_to_date(&self, tenant: &str, prices: &Prices) -> anyhow::Result<Decimal> {
-        let now = now_us();
-        let month = month_key(now);
-        if let Some((m, amount)) = self.spend.lock().ok().and_then(|s| s.get(tenant).cloned())
-            && m == month
+        if !self.enabled {
+            return Ok(Decimal::ZERO);
+        }
+        // The hot path: the writer's published sum, which holds every commit it has made.
+        let month = month_key(now_us());
+        if let Some((m, amount)) = self.spend.lock().unwrap_or_else(|e| e.into_inner()).get(tenant)
+            && *m == month
         {
-            return Ok(amount);
+            return Ok(*amount);
         }
-        let (from, to) = month_bounds(now);
-        let totals = self.totals(tenant, from, to, None).await?;
-        let amount: Decimal = totals.iter().map(|(_, m)| m.cost(prices)).sum();
-        if let Ok(mut spend) = self.spend.lock() {
-            spend.insert(tenant.to_string(), (month, amount));
-        }
-        Ok(amount)
+        // Not summed yet this month: the writer sums it, between two of its commits.
+        let (done, wait) = oneshot::channel();
+        let job = Job::Spend { tenant: tenant.to_string(), prices: Box::new(prices.clone()), now_us: now_us(), done };
+        self.tx.send(job).map_err(|_| anyhow::anyhow!("usage writer stopped"))?;
+        wait.await.map_err(|_| anyhow::anyhow!("usage writer stopped"))?.map_err(anyhow::Error::msg)
     }
 
-    /// Meter sums per function over `[from, to)` (microseconds), optionally one function only.
-    pub async fn totals(
-        &self,
-        tenant: &str,
-        from: i64,
-        to: i64,
-        function: Option<String>,
-    ) -> anyhow::Result<Vec<(String, Meters)>> {
+    /// Meter sums per (kind, name) over `[from, to)` (microseconds), optionally of one name only.
+    pub async fn totals(&self, tenant: &str, from: i64, to: i64, function: Option<String>) -> anyhow::Result<Totals> {
         let tenant = tenant.to_string();
-        self.reader
-            .call(move |conn| {
-                let mut stmt = conn.prepare(
-                    "SELECT function, SUM(invocations), SUM(guest_us), SUM(fuel), SUM(memory_page_us),
-                            SUM(nn_cpu_us), SUM(nn_gpu_us), SUM(bytes_in), SUM(bytes_out)
-                     FROM usage WHERE tenant = ?1 AND started_us >= ?2 AND started_us < ?3
-                       AND (?4 IS NULL OR function = ?4)
-                     GROUP BY function ORDER BY function",
-                )?;
-                let rows = stmt.query_map(params![tenant, from, to, function], |r| {
-                    Ok((r.get::<_, String>(0)?, Meters::from_row(r, 1)?))
-                })?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await
+        self.reader.call(move |conn| Ok(totals(conn, &tenant, from, to, function.as_deref())?)).await
     }
 
     /// Raw records over `[from, to)`, oldest first, after `cursor` (`started_us:request_id`).
@@ -366,12 +190,12 @@ impl Metering {
                         Ok(UsageRecord {
                             request_id: r.get(0)?,
                             tenant: r.get(1)?,
-                            kind: if kind == "model" { "model" } else { "function" },
+                            kind: Kind::parse(&kind),
                             function: r.get(3)?,
                             version: r.get(4)?,
                             started_us: r.get(5)?,
                             ended_us: r.get(6)?,
-                            outcome: outcome_str(&outcome),
+                            outcome: Outcome::parse(&outcome),
                             status: r.get(8)?,
                             meters: Meters::from_row(r, 9)?,
                             nn_cpu_nodes: r.get(17)?,
@@ -384,16 +208,94 @@ impl Metering {
     }
 }
 
-fn outcome_str(s: &str) -> &'static str {
-    match s {
-        "ok" => "ok",
-        "guest_error" => "guest_error",
-        "trap" => "trap",
-        "timeout" => "timeout",
-        "memory_limit" => "memory_limit",
-        "fuel_limit" => "fuel_limit",
-        _ => "other",
+/// The writer thread: commits queued records in batches (group commit) and keeps each
+/// tenant's month-to-date spend.
+fn writer(
+    mut conn: Connection,
+    rx: std::sync::mpsc::Receiver<Job>,
+    sizes: prometheus_client::metrics::histogram::Histogram,
+    spend: Spend,
+) {
+    // Under load (the last batch had company), gather for a moment before committing: one
+    // wake-up and one transaction then serve every call that finished meanwhile. A lone call
+    // commits at once, so an idle server adds no latency.
+    let mut busy = false;
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut questions = Vec::new();
+        match first {
+            Job::Commit(p) => batch.push(p),
+            Job::Spend { .. } => questions.push(first),
+        }
+        if !batch.is_empty() {
+            if busy {
+                std::thread::sleep(GATHER);
+            }
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(Job::Commit(p)) => batch.push(p),
+                    Ok(question) => questions.push(question),
+                    Err(_) => break,
+                }
+            }
+            busy = batch.len() > 1;
+            sizes.observe(batch.len() as f64);
+            let result = write_batch(&mut conn, &batch).map_err(|e| format!("{e:#}"));
+            match &result {
+                Ok(()) => {
+                    let mut spend = spend.lock().unwrap_or_else(|e| e.into_inner());
+                    for p in &batch {
+                        if let (Some(cost), Some((month, amount))) = (p.cost, spend.get_mut(&p.record.tenant))
+                            && *month == month_key(p.record.started_us)
+                        {
+                            *amount += cost;
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, records = batch.len(), "usage commit failed"),
+            }
+            for p in batch {
+                let _ = p.done.send(result.clone());
+            }
+        }
+        for question in questions {
+            if let Job::Spend { tenant, prices, now_us, done } = question {
+                let month = month_key(now_us);
+                let known = spend.lock().unwrap_or_else(|e| e.into_inner()).get(&tenant).copied();
+                let answer = match known {
+                    Some((m, amount)) if m == month => Ok(amount),
+                    _ => {
+                        let (from, to) = month_bounds(now_us);
+                        totals(&conn, &tenant, from, to, None)
+                            .map(|t| t.iter().map(|(_, m)| m.cost(&prices)).sum::<Decimal>())
+                            .map_err(|e| format!("{e:#}"))
+                            .inspect(|amount| {
+                                spend
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(tenant.clone(), (month, *amount));
+                            })
+                    }
+                };
+                let _ = done.send(answer);
+            }
+        }
     }
+}
+
+/// Meter sums per (kind, name) of `tenant` over `[from, to)`, optionally of one name only.
+fn totals(conn: &Connection, tenant: &str, from: i64, to: i64, function: Option<&str>) -> rusqlite::Result<Totals> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, function, SUM(invocations), SUM(guest_us), SUM(fuel), SUM(memory_page_us),
+                SUM(nn_cpu_us), SUM(nn_gpu_us), SUM(bytes_in), SUM(bytes_out)
+         FROM usage WHERE tenant = ?1 AND started_us >= ?2 AND started_us < ?3
+           AND (?4 IS NULL OR function = ?4)
+         GROUP BY function, kind ORDER BY function, kind",
+    )?;
+    let rows = stmt.query_map(params![tenant, from, to, function], |r| {
+        Ok(((Kind::parse(&r.get::<_, String>(0)?), r.get::<_, String>(1)?), Meters::from_row(r, 2)?))
+    })?;
+    rows.collect()
 }
 
 fn write_batch(conn: &mut Connection, batch: &[Pending]) -> anyhow::Result<()> {
@@ -411,12 +313,12 @@ fn write_batch(conn: &mut Connection, batch: &[Pending]) -> anyhow::Result<()> {
             stmt.execute(params![
                 r.request_id,
                 r.tenant,
-                r.kind,
+                r.kind.as_str(),
                 r.function,
                 r.version,
                 r.started_us,
                 r.ended_us,
-                r.outcome,
+                r.outcome.as_str(),
                 r.status,
                 m.invocations,
                 m.guest_us,
@@ -433,77 +335,6 @@ fn write_batch(conn: &mut Connection, batch: &[Pending]) -> anyhow::Result<()> {
     }
     tx.commit()?;
     Ok(())
-}
-
-/// `year * 12 + month` of a timestamp (UTC).
-fn month_key(us: i64) -> i32 {
-    let t =
-        time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.year() * 12 + t.month() as i32
-}
-
-/// The calendar month (UTC) containing `us`, as `[start, end)` in microseconds.
-pub fn month_bounds(us: i64) -> (i64, i64) {
-    let t =
-        time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let start = time::Date::from_calendar_date(t.year(), t.month(), 1).unwrap_or(time::Date::MIN);
-    let (ny, nm) = if t.month() == time::Month::December {
-        (t.year() + 1, time::Month::January)
-    } else {
-        (t.year(), t.month().next())
-    };
-    let end = time::Date::from_calendar_date(ny, nm, 1).unwrap_or(time::Date::MAX);
-    let to_us = |d: time::Date| (d.midnight().assume_utc().unix_timestamp_nanos() / 1000) as i64;
-    (to_us(start), to_us(end))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantities_are_exact() {
-        let m = Meters {
-            invocations: 3,
-            guest_us: 1234,
-            fuel: 99,
-            memory_page_us: 16_384 * 1_000_000,
-            nn_cpu_us: 1,
-            nn_gpu_us: 0,
-            bytes_in: 5,
-            bytes_out: 7,
-        };
-        assert_eq!(m.quantity("guest_ms").to_string(), "1.234");
-        assert_eq!(m.quantity("nn_cpu_ms").to_string(), "0.001");
-        // 16384 pages (1 GiB) for one second.
-        assert_eq!(m.quantity("memory_gib_s").normalize().to_string(), "1");
-        let one_page_us = Meters { memory_page_us: 1, ..Meters::default() };
-        assert_eq!(one_page_us.quantity("memory_gib_s").to_string(), "0.000000000061");
-    }
-
-    #[test]
-    fn header_pairs_match_the_quantities() {
-        let m = Meters {
-            invocations: 1,
-            guest_us: 1_230,
-            fuel: 5,
-            memory_page_us: 16_384,
-            nn_cpu_us: 2_000,
-            ..Meters::default()
-        };
-        let header = m.header_pairs();
-        for meter in METERS {
-            assert!(header.contains(&format!("{meter}={}", m.quantity(meter).normalize())), "{meter} in {header}");
-        }
-    }
-
-    #[test]
-    fn month_bounds_cover_the_month() {
-        // 2026-12-15T00:00:00Z
-        let (from, to) = month_bounds(1_797_292_800_000_000);
-        assert_eq!(rfc3339_us(from), "2026-12-01T00:00:00.000000Z");
-        assert_eq!(rfc3339_us(to), "2027-01-01T00:00:00.000000Z");
-    }
 }
 
 #[cfg(test)]
@@ -544,12 +375,12 @@ mod fold_tests {
                 let record = UsageRecord {
                     request_id: format!("{round}-{i}"),
                     tenant: if rng.random_bool(0.8) { tenant.clone() } else { "someone-else".into() },
-                    kind: "function",
+                    kind: if rng.random_bool(0.5) { Kind::Function } else { Kind::Model },
                     function: ["a", "b", "c"][rng.random_range(0..3)].to_string(),
                     version: 1,
                     started_us,
                     ended_us: started_us + 10,
-                    outcome: "ok",
+                    outcome: Outcome::Ok,
                     status: 200,
                     meters: Meters {
                         invocations: 1,
@@ -572,9 +403,10 @@ mod fold_tests {
             let bill = Bill::new(&tenant, "USD", String::new(), String::new(), &totals, &prices);
 
             // The independent fold: sum each function's raw integer meters in range, then price.
-            let mut fold: std::collections::BTreeMap<String, Meters> = Default::default();
+            // Keyed (name, kind): the bill's order, so that the exact sums add up in the same order.
+            let mut fold: std::collections::BTreeMap<(String, Kind), Meters> = Default::default();
             for r in raw.iter().filter(|r| r.tenant == tenant && r.started_us >= from && r.started_us < to) {
-                let m = fold.entry(r.function.clone()).or_default();
+                let m = fold.entry((r.function.clone(), r.kind)).or_default();
                 m.invocations += r.meters.invocations;
                 m.guest_us += r.meters.guest_us;
                 m.fuel += r.meters.fuel;
@@ -586,12 +418,12 @@ mod fold_tests {
             }
             let mut expected_total = Decimal::ZERO;
             let mut expected_lines = 0;
-            for (function, m) in &fold {
+            for ((function, kind), m) in &fold {
                 for meter in METERS {
                     let line = bill
                         .lines
                         .iter()
-                        .find(|l| &l.function == function && l.meter == meter)
+                        .find(|l| l.kind == *kind && &l.function == function && l.meter == meter)
                         .expect("a line per function and meter");
                     assert_eq!(line.quantity, m.quantity(meter));
                     assert_eq!(line.amount, m.quantity(meter) * prices.of(meter), "{function} {meter}");

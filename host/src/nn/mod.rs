@@ -5,9 +5,9 @@
 //! [`NnError`]s into the WIT `error` resource. Engines sit behind one small trait so that one
 //! conformance suite can run against each (tract's `test-rt` pattern).
 
-pub mod cache;
 pub mod devices;
 pub mod gpu;
+pub mod graphs;
 pub mod onnxruntime;
 pub mod probe;
 pub mod tract;
@@ -15,7 +15,7 @@ pub mod tract;
 use std::fmt;
 use std::sync::Arc;
 
-pub use cache::Graphs;
+pub use graphs::Graphs;
 
 /// Element type of a host tensor: wasi:nn's seven, and the rest of the Open Inference
 /// Protocol's fixed-size types (models served at `/v2` may take any of them).
@@ -130,11 +130,37 @@ pub enum ErrorCode {
 pub struct NnError {
     pub code: ErrorCode,
     pub message: String,
+    /// Set when the engine refused the work for want of room (nothing useful ran): the caller
+    /// may retry, and a refused `/v2` call is not billed.
+    pub refusal: Option<NnRefusal>,
+}
+
+/// Why an engine refused work it could otherwise do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NnRefusal {
+    /// Its device memory is held by running models now; retry after this many seconds.
+    Busy { retry_after_secs: u64 },
+    /// It needs more device memory at once than the device or its budget has.
+    TooLarge,
 }
 
 impl NnError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), refusal: None }
+    }
+
+    /// No room now (wasi:nn `runtime-error` for the guest): retry shortly.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::RuntimeError,
+            message: message.into(),
+            refusal: Some(NnRefusal::Busy { retry_after_secs: 1 }),
+        }
+    }
+
+    /// Never room enough (wasi:nn `too-large`).
+    pub fn too_large_for_device(message: impl Into<String>) -> Self {
+        Self { code: ErrorCode::TooLarge, message: message.into(), refusal: Some(NnRefusal::TooLarge) }
     }
 }
 
@@ -228,9 +254,82 @@ impl NnUsage {
         self.gpu_nodes = self.gpu_nodes.saturating_add(placed.gpu_nodes);
     }
 
+    /// Adds a graph load of `took`: parsing and optimizing a model is CPU work, whichever
+    /// engine it is for (a GPU model's weights upload with its first compute).
+    pub fn add_load(&mut self, took: std::time::Duration) {
+        self.cpu += took;
+    }
+
     /// Microseconds of (CPU, GPU) time, as metered.
     pub fn micros(&self) -> (i64, i64) {
         (self.cpu.as_micros() as i64, self.gpu.as_micros() as i64)
+    }
+}
+
+/// One call's inference meter, written by the loads and computes themselves.
+///
+/// Why shared and written from the compute thread: a compute cannot be interrupted, so when a
+/// call's deadline cuts it the computation goes on, holding its pool slot, after the call's
+/// future is gone. The compute records its own time here when it ends, and the call waits
+/// for [`NnMeter::settled`] before its usage is committed: the bill holds the engine time the
+/// call really used, also when it timed out.
+#[derive(Debug, Default)]
+pub struct NnMeter {
+    usage: std::sync::Mutex<NnUsage>,
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl NnMeter {
+    /// The meter's total so far.
+    pub fn usage(&self) -> NnUsage {
+        *self.usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one compute of wall time `took` that ran as `placed`.
+    pub fn add(&self, took: std::time::Duration, placed: Placement) {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).add(took, placed);
+    }
+
+    /// Records a graph load.
+    pub fn add_load(&self, took: std::time::Duration) {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).add_load(took);
+    }
+
+    /// Marks a compute as running until the guard drops (on its own thread, when it ends).
+    pub fn running(self: &std::sync::Arc<Self>) -> Running {
+        self.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Running(self.clone())
+    }
+
+    /// Whether no compute of this call is running now.
+    pub fn is_idle(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// Waits until no compute of this call is running.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_idle() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A running compute of a call (see [`NnMeter::running`]).
+#[derive(Debug)]
+pub struct Running(std::sync::Arc<NnMeter>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -263,4 +362,11 @@ pub trait LoadedModel: Send + Sync {
 pub trait Engine: Send + Sync {
     fn name(&self) -> &'static str;
     fn load(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError>;
+}
+
+/// Whether a test whose dependency (ONNX Runtime, a GPU adapter) is missing must fail instead
+/// of skipping: under CI (`CI=true`) and under `scripts/test.sh` (`INFERCELL_STRICT_TESTS=1`).
+#[cfg(test)]
+pub(crate) fn strict_tests() -> bool {
+    std::env::var("CI").as_deref() == Ok("true") || std::env::var("INFERCELL_STRICT_TESTS").as_deref() == Ok("1")
 }

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use cap_std::fs::Dir;
 use sha2::{Digest, Sha256};
 
-use crate::runtime::write_atomic;
+use crate::disk::write_atomic;
 
 pub struct BlobStore {
     dir: Dir,

@@ -18,8 +18,8 @@ use rusqlite::{OptionalExtension as _, params};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::db::{self, Db};
-use crate::error::ApiError;
+use super::RegistryError;
+use crate::db::Db;
 
 /// A stored file, as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -65,16 +65,16 @@ impl FileStore {
     }
 
     /// Stores `bytes` as the tenant's file `name`, replacing it atomically.
-    pub async fn put(&self, tenant: &str, name: &str, bytes: bytes::Bytes) -> Result<FileInfo, ApiError> {
+    pub async fn put(&self, tenant: &str, name: &str, bytes: bytes::Bytes) -> Result<FileInfo, RegistryError> {
         let info = FileInfo {
             name: name.to_string(),
             size: bytes.len() as u64,
             digest: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
-            updated_at: db::now(),
+            updated_at: crate::clock::now_rfc3339(),
         };
         let dir = self.tenant_dir(tenant)?;
         let file_name = name.to_string();
-        tokio::task::spawn_blocking(move || crate::runtime::write_atomic(&dir, &file_name, &bytes))
+        tokio::task::spawn_blocking(move || crate::disk::write_atomic(&dir, &file_name, &bytes))
             .await
             .map_err(|e| anyhow::anyhow!("writing a file failed: {e}"))??;
         let (t, i) = (tenant.to_string(), info.clone());
@@ -92,7 +92,7 @@ impl FileStore {
     }
 
     /// The tenant's files, by name.
-    pub async fn list(&self, tenant: &str) -> Result<Vec<FileInfo>, ApiError> {
+    pub async fn list(&self, tenant: &str) -> Result<Vec<FileInfo>, RegistryError> {
         let t = tenant.to_string();
         Ok(self
             .db
@@ -108,7 +108,7 @@ impl FileStore {
     }
 
     /// Deletes the tenant's file `name`; 404 when there is none.
-    pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), RegistryError> {
         let (t, n) = (tenant.to_string(), name.to_string());
         let existed: Option<String> = self
             .db
@@ -121,7 +121,7 @@ impl FileStore {
             })
             .await?;
         if existed.is_none() {
-            return Err(ApiError::NotFound(format!("no file named `{name}`")));
+            return Err(RegistryError::NotFound { kind: "file", name: name.to_string() });
         }
         if let Ok(dir) = self.tenant_dir(tenant) {
             let _ = dir.remove_file(name);

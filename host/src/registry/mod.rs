@@ -27,7 +27,6 @@ pub use manifest::Manifest;
 use crate::config::Config;
 use crate::config::Plan;
 use crate::db::{self, Db};
-use crate::error::ApiError;
 use crate::nn::Graphs;
 use crate::runtime::nn::NnAccess;
 use crate::runtime::{Grants, Limits, Prepared, Runtime};
@@ -167,7 +166,7 @@ impl Registry {
         limits: Limits,
         manifest: &Manifest,
         plan: &Plan,
-    ) -> Result<Deployment, ApiError> {
+    ) -> Result<Deployment, RegistryError> {
         let view = if manifest.capabilities.files.is_empty() {
             None
         } else {
@@ -217,20 +216,20 @@ impl Registry {
         plan: &str,
         manifest_text: &str,
         component: Bytes,
-    ) -> Result<FunctionVersion, ApiError> {
-        let manifest = Manifest::parse(manifest_text).map_err(ApiError::BadRequest)?;
+    ) -> Result<FunctionVersion, RegistryError> {
+        let manifest = Manifest::parse(manifest_text).map_err(RegistryError::Invalid)?;
         let plan_cfg =
             self.config.plans.get(plan).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has unknown plan {plan}"))?;
-        let limits = manifest.limits(plan, plan_cfg).map_err(ApiError::BadRequest)?;
+        let limits = manifest.limits(plan, plan_cfg).map_err(RegistryError::Invalid)?;
         let digest = digest_of(&component);
 
         let runtime = self.runtime.clone();
         let blobs = self.blobs.clone();
         let d = digest.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            let prepared = runtime.prepare_new(&d, &component).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            blobs.put(&d, &component).map_err(ApiError::Internal)?;
-            Ok::<_, ApiError>((prepared, component.len() as u64))
+            let prepared = runtime.prepare_new(&d, &component).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+            blobs.put(&d, &component).map_err(RegistryError::Internal)?;
+            Ok::<_, RegistryError>((prepared, component.len() as u64))
         })
         .await
         .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
@@ -239,13 +238,13 @@ impl Registry {
         if let Some(import) = prepared.info.imports.iter().find(|i| i.starts_with("wasi:http/outgoing-handler"))
             && manifest.capabilities.allowed_hosts.is_empty()
         {
-            return Err(ApiError::BadRequest(format!(
+            return Err(RegistryError::Invalid(format!(
                 "the component imports `{import}`, which needs the `allowed_hosts` grant: list the hosts it may call under [capabilities]"
             )));
         }
         // `/v2/models/{name}` serves models and tensor functions: one name, one of them.
         if prepared.is_predictor() && !self.models.named(tenant, &manifest.name).await?.is_empty() {
-            return Err(ApiError::Conflict(format!(
+            return Err(RegistryError::Conflict(format!(
                 "a model named `{}` exists: a tensor function (predictor world) needs a name of its own, as both are served at /v2/models/{{name}}",
                 manifest.name
             )));
@@ -257,7 +256,7 @@ impl Registry {
             digest: digest.clone(),
             imports: prepared.info.imports.clone(),
             size,
-            created_at: db::now(),
+            created_at: crate::clock::now_rfc3339(),
             manifest: manifest.clone(),
         };
         let (t, r) = (tenant.to_string(), row.clone());
@@ -302,7 +301,7 @@ impl Registry {
     }
 
     /// The tenant's live functions.
-    pub async fn list(&self, tenant: &str) -> Result<Vec<FunctionSummary>, ApiError> {
+    pub async fn list(&self, tenant: &str) -> Result<Vec<FunctionSummary>, RegistryError> {
         let t = tenant.to_string();
         Ok(self
             .db
@@ -329,7 +328,7 @@ impl Registry {
     }
 
     /// Every live version of one function, oldest first; 404 when there is none.
-    pub async fn versions(&self, tenant: &str, name: &str) -> Result<Vec<FunctionVersion>, ApiError> {
+    pub async fn versions(&self, tenant: &str, name: &str) -> Result<Vec<FunctionVersion>, RegistryError> {
         let (t, n) = (tenant.to_string(), name.to_string());
         let versions = self
             .db
@@ -372,7 +371,7 @@ impl Registry {
     }
 
     /// Deletes every version of a function; returns how many. Version numbers are not reused.
-    pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, RegistryError> {
         let deleted = db::soft_delete(&self.db, "functions", tenant, name).await?;
         if deleted == 0 {
             return Err(not_found(name));
@@ -388,7 +387,12 @@ impl Registry {
     }
 
     /// The deployed version to run for `tenant/name[@version]`, loading it if needed.
-    pub async fn resolve(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<Arc<Deployment>, ApiError> {
+    pub async fn resolve(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<Deployment>, RegistryError> {
         let cached = |version: Option<u32>| -> (Option<u32>, Option<Arc<Deployment>>) {
             let Ok(cache) = self.cache.read() else { return (None, None) };
             let Some(entry) = cache.get(tenant).and_then(|f| f.get(name)) else { return (None, None) };
@@ -417,7 +421,7 @@ impl Registry {
         Ok(deployment)
     }
 
-    async fn latest_from_db(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
+    async fn latest_from_db(&self, tenant: &str, name: &str) -> Result<u32, RegistryError> {
         let generation = self.generation.load(Ordering::SeqCst);
         let (t, n) = (tenant.to_string(), name.to_string());
         let latest: Option<u32> = self
@@ -440,7 +444,7 @@ impl Registry {
         Ok(latest)
     }
 
-    async fn load(&self, tenant: &str, name: &str, version: u32) -> Result<Deployment, ApiError> {
+    async fn load(&self, tenant: &str, name: &str, version: u32) -> Result<Deployment, RegistryError> {
         let (t, n) = (tenant.to_string(), name.to_string());
         let row: Option<(String, String, String)> = self
             .db
@@ -456,7 +460,7 @@ impl Registry {
             })
             .await?;
         let (digest, manifest, plan) =
-            row.ok_or_else(|| ApiError::NotFound(format!("function `{name}` has no version {version}")))?;
+            row.ok_or_else(|| RegistryError::NoVersion { kind: "function", name: name.to_string(), version })?;
         let manifest: Manifest = serde_json::from_str(&manifest).map_err(anyhow::Error::from)?;
         let plan_cfg = self.config.plans.get(&plan).ok_or_else(|| anyhow::anyhow!("unknown plan {plan}"))?;
         // A version stored under a bigger plan is clamped to the tenant's current plan.
@@ -483,6 +487,26 @@ impl Registry {
     }
 }
 
-fn not_found(name: &str) -> ApiError {
-    ApiError::NotFound(format!("no function named `{name}`"))
+fn not_found(name: &str) -> RegistryError {
+    RegistryError::NotFound { kind: "function", name: name.to_string() }
+}
+
+/// What the registry (functions, models, files, secrets) refuses or fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The manifest, component, model or value is not acceptable; the message says why.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no {kind} named `{name}`")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} `{name}` has no version {version}")]
+    NoVersion { kind: &'static str, name: String, version: u32 },
+    /// The name is taken by something it cannot share it with.
+    #[error("{0}")]
+    Conflict(String),
+    /// Over a size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
 }

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use rusqlite::{OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
 
+use super::RegistryError;
 use super::blobs::{BlobStore, digest_of};
 use crate::db::{self, Db};
-use crate::error::ApiError;
 use crate::nn::{ErrorCode, Graphs, TensorInfo};
 use crate::runtime::nn::{BoxFuture, ModelSource};
 use crate::tenants::valid_name;
@@ -113,7 +113,7 @@ impl ModelStore {
 
     /// Every live version of the tenant's model `name`, oldest first (empty if there is none),
     /// from memory after the first lookup.
-    pub async fn named(&self, tenant: &str, name: &str) -> Result<Arc<Vec<ModelVersion>>, ApiError> {
+    pub async fn named(&self, tenant: &str, name: &str) -> Result<Arc<Vec<ModelVersion>>, RegistryError> {
         let key = (tenant.to_string(), name.to_string());
         if let Some(found) = self.named.read().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(found);
@@ -143,11 +143,11 @@ impl ModelStore {
         bytes: Bytes,
         max_bytes: u64,
         gpu_allowed: bool,
-    ) -> Result<ModelVersion, ApiError> {
-        let manifest = ModelManifest::parse(manifest_text).map_err(ApiError::BadRequest)?;
+    ) -> Result<ModelVersion, RegistryError> {
+        let manifest = ModelManifest::parse(manifest_text).map_err(RegistryError::Invalid)?;
         let selected = selector(&manifest.engine, &manifest.device);
         let engine = self.graphs.select(&selected, gpu_allowed).map_err(|e| {
-            ApiError::BadRequest(match e.code {
+            RegistryError::Invalid(match e.code {
                 ErrorCode::Security => {
                     format!("device `{}`: the tenant's plan does not allow the GPU", manifest.device)
                 }
@@ -155,7 +155,7 @@ impl ModelStore {
             })
         })?;
         if bytes.len() as u64 > max_bytes {
-            return Err(ApiError::PayloadTooLarge(format!(
+            return Err(RegistryError::TooLarge(format!(
                 "model of {} bytes is over the plan's limit of {max_bytes} bytes",
                 bytes.len()
             )));
@@ -164,7 +164,7 @@ impl ModelStore {
         let data = bytes.clone();
         let load = self.graphs.load_selected(&digest, &selected, gpu_allowed, move || Ok(data.to_vec()));
         let (model, _) = load.await.map_err(|e| {
-            ApiError::BadRequest(match e.code {
+            RegistryError::Invalid(match e.code {
                 ErrorCode::InvalidEncoding => e.message,
                 _ => format!("the {} engine cannot run this model: {}", engine.name(), e.message),
             })
@@ -182,7 +182,7 @@ impl ModelStore {
             description: manifest.description.clone(),
             inputs: model.inputs().to_vec(),
             outputs: model.outputs().to_vec(),
-            created_at: db::now(),
+            created_at: crate::clock::now_rfc3339(),
         };
         let (t, r) = (tenant.to_string(), row.clone());
         let version = self
@@ -216,7 +216,7 @@ impl ModelStore {
     }
 
     /// Every live version of the tenant's models (all names when `name` is None), oldest first.
-    pub async fn versions(&self, tenant: &str, name: Option<&str>) -> Result<Vec<ModelVersion>, ApiError> {
+    pub async fn versions(&self, tenant: &str, name: Option<&str>) -> Result<Vec<ModelVersion>, RegistryError> {
         let (t, n) = (tenant.to_string(), name.map(str::to_string));
         Ok(self
             .db
@@ -275,11 +275,11 @@ impl ModelStore {
     }
 
     /// Deletes every version of a model; 404 when there is none.
-    pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, RegistryError> {
         let deleted = db::soft_delete(&self.db, "models", tenant, name).await?;
         self.forget(tenant, name);
         if deleted == 0 {
-            return Err(ApiError::NotFound(format!("no model named `{name}`")));
+            return Err(RegistryError::NotFound { kind: "model", name: name.to_string() });
         }
         Ok(deleted)
     }

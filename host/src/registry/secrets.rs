@@ -16,8 +16,8 @@ use rand::RngCore as _;
 use rusqlite::{OptionalExtension as _, params};
 use serde::Serialize;
 
-use crate::db::{self, Db};
-use crate::error::ApiError;
+use super::RegistryError;
+use crate::db::Db;
 
 /// Largest secret value.
 pub const MAX_SECRET_BYTES: usize = 64 << 10;
@@ -53,7 +53,7 @@ impl SecretStore {
                         let mut key = [0u8; 32];
                         rand::rng().fill_bytes(&mut key);
                         let key = hex::encode(key);
-                        crate::tenants::write_private(&path, &key)?;
+                        crate::disk::write_private(&path, &key)?;
                         key
                     }
                 }
@@ -66,12 +66,12 @@ impl SecretStore {
     }
 
     /// Seals and stores `value` as the tenant's secret `name`, replacing it.
-    pub async fn put(&self, tenant: &str, name: &str, value: &[u8]) -> Result<SecretInfo, ApiError> {
+    pub async fn put(&self, tenant: &str, name: &str, value: &[u8]) -> Result<SecretInfo, RegistryError> {
         if value.len() > MAX_SECRET_BYTES {
-            return Err(ApiError::PayloadTooLarge(format!("a secret may hold at most {MAX_SECRET_BYTES} bytes")));
+            return Err(RegistryError::TooLarge(format!("a secret may hold at most {MAX_SECRET_BYTES} bytes")));
         }
         if std::str::from_utf8(value).is_err() {
-            return Err(ApiError::BadRequest("a secret must be UTF-8 text (functions read it as a string)".into()));
+            return Err(RegistryError::Invalid("a secret must be UTF-8 text (functions read it as a string)".into()));
         }
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
@@ -79,7 +79,7 @@ impl SecretStore {
             .cipher
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: value, aad: &associated(tenant, name) })
             .map_err(|_| anyhow::anyhow!("sealing a secret failed"))?;
-        let info = SecretInfo { name: name.to_string(), updated_at: db::now() };
+        let info = SecretInfo { name: name.to_string(), updated_at: crate::clock::now_rfc3339() };
         let (t, i) = (tenant.to_string(), info.clone());
         self.db
             .call(move |conn| {
@@ -95,7 +95,7 @@ impl SecretStore {
     }
 
     /// The names of the tenant's secrets.
-    pub async fn list(&self, tenant: &str) -> Result<Vec<SecretInfo>, ApiError> {
+    pub async fn list(&self, tenant: &str) -> Result<Vec<SecretInfo>, RegistryError> {
         let t = tenant.to_string();
         Ok(self
             .db
@@ -108,20 +108,20 @@ impl SecretStore {
     }
 
     /// Deletes the tenant's secret `name`; 404 when there is none.
-    pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), RegistryError> {
         let (t, n) = (tenant.to_string(), name.to_string());
         let deleted = self
             .db
             .call(move |conn| Ok(conn.execute("DELETE FROM secrets WHERE tenant = ?1 AND name = ?2", params![t, n])?))
             .await?;
         if deleted == 0 {
-            return Err(ApiError::NotFound(format!("no secret named `{name}`")));
+            return Err(RegistryError::NotFound { kind: "secret", name: name.to_string() });
         }
         Ok(())
     }
 
     /// The values of the named secrets that exist, opened: for a function granted them.
-    pub async fn reveal(&self, tenant: &str, names: &[String]) -> Result<Vec<(String, String)>, ApiError> {
+    pub async fn reveal(&self, tenant: &str, names: &[String]) -> Result<Vec<(String, String)>, RegistryError> {
         let mut out = Vec::new();
         for name in names {
             let (t, n) = (tenant.to_string(), name.clone());

@@ -9,7 +9,6 @@
 #![allow(unsafe_code)]
 
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 
 use anyhow::Context as _;
 use cap_std::fs::Dir;
@@ -42,8 +41,8 @@ impl ArtifactCache {
         let bytes = component.serialize().map_err(anyhow::Error::from).context("serializing compiled component")?;
         let (artifact, checksum) = self.names(digest);
         let hash = hex::encode(Sha256::digest(&bytes));
-        write_atomic(&self.dir, &artifact, &bytes)?;
-        write_atomic(&self.dir, &checksum, hash.as_bytes())?;
+        crate::disk::write_atomic(&self.dir, &artifact, &bytes)?;
+        crate::disk::write_atomic(&self.dir, &checksum, hash.as_bytes())?;
         Ok(())
     }
 
@@ -67,17 +66,4 @@ impl ArtifactCache {
             }
         }
     }
-}
-
-/// Writes `name` in `dir` so that it is either absent or complete: temp file, fsync, rename,
-/// fsync of the directory.
-pub fn write_atomic(dir: &Dir, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = format!(".{name}.{}.tmp", uuid::Uuid::now_v7().simple());
-    let mut file = dir.create(&tmp).with_context(|| format!("creating {tmp}"))?;
-    file.write_all(bytes).with_context(|| format!("writing {tmp}"))?;
-    file.sync_all().with_context(|| format!("syncing {tmp}"))?;
-    drop(file);
-    dir.rename(&tmp, dir, name).with_context(|| format!("renaming {tmp} to {name}"))?;
-    dir.open(".").and_then(|d| d.sync_all()).ok();
-    Ok(())
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::Denial;
+use super::Denials;
 
 /// Checks a grant entry's form; the error says what is wrong.
 pub fn check_entry(entry: &str) -> Result<(), String> {
@@ -46,11 +46,12 @@ pub fn is_allowed(allowed: &[String], host: &str, port: u16) -> bool {
     })
 }
 
-/// The per-call `wasi:http` hooks: the grant, and the denials made during the call.
+/// The per-call `wasi:http` hooks: the grant, and where its denials go (the call's list,
+/// shared with its other capabilities).
 #[derive(Default)]
 pub struct HttpGuard {
     pub allowed: Arc<Vec<String>>,
-    pub denials: Vec<Denial>,
+    pub denials: Denials,
 }
 
 type SendResult = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>;
@@ -68,11 +69,11 @@ impl WasiHttpHooks for HttpGuard {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         if !is_allowed(&self.allowed, &host, port) {
-            self.denials.push(Denial {
-                capability: "allowed_hosts",
-                target: format!("{host}:{port}"),
-                reason: "not in the manifest's capabilities.allowed_hosts".into(),
-            });
+            self.denials.push(
+                "allowed_hosts",
+                &format!("{host}:{port}"),
+                "not in the manifest's capabilities.allowed_hosts",
+            );
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         Box::new(async move {

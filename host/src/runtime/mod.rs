@@ -13,20 +13,25 @@
 //! server maps to a status code in one place.
 
 mod artifacts;
+mod config;
 pub mod http;
+mod log;
 pub mod nn;
 mod state;
+mod validate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
-pub use artifacts::{ArtifactCache, write_atomic};
+pub use artifacts::ArtifactCache;
+pub use log::{LogLevel, LogLine};
 use state::InstanceState;
-pub use state::{LogLevel, LogLine};
+pub use validate::{ComponentInfo, InspectReport, ValidateError, grants_needed, inspect};
+use validate::{check_header, describe, is_provided, needs_grant};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -71,44 +76,6 @@ pub use wit_types::Tensor as PredictTensor;
 pub const HANDLER_EXPORT: &str = "infercell:function/incoming-handler@0.1.0";
 /// The export of a tensor function (the `predictor` world), served under `/v2` like a model.
 pub const PREDICT_EXPORT: &str = "infercell:function/predict@0.1.0";
-
-/// Interfaces the platform links for every function, without any grant. Versions are matched
-/// semver-compatibly by the linker (a guest built against WASI 0.2.3 links against 0.2.6).
-const PROVIDED_INTERFACES: &[&str] = &[
-    "infercell:function/types",
-    "infercell:function/log",
-    "infercell:function/config",
-    "wasi:nn/tensor",
-    "wasi:nn/graph",
-    "wasi:nn/inference",
-    "wasi:nn/errors",
-    "wasi:cli/environment",
-    "wasi:cli/exit",
-    "wasi:cli/stdin",
-    "wasi:cli/stdout",
-    "wasi:cli/stderr",
-    "wasi:cli/terminal-input",
-    "wasi:cli/terminal-output",
-    "wasi:cli/terminal-stdin",
-    "wasi:cli/terminal-stdout",
-    "wasi:cli/terminal-stderr",
-    "wasi:clocks/monotonic-clock",
-    "wasi:clocks/wall-clock",
-    "wasi:filesystem/types",
-    "wasi:filesystem/preopens",
-    "wasi:io/error",
-    "wasi:io/poll",
-    "wasi:io/streams",
-    "wasi:random/random",
-    "wasi:random/insecure",
-    "wasi:random/insecure-seed",
-    // Linked for every function, refused per request unless the host is in `allowed_hosts`
-    // (and a component importing the outgoing handler without that grant is refused at upload).
-    "wasi:http/types",
-    "wasi:http/outgoing-handler",
-    // Never `wasi:sockets`: raw network access is not granted to functions (a component that
-    // imports it is refused at upload, naming it).
-];
 
 /// Process-wide settings of the runtime.
 #[derive(Debug, Clone)]
@@ -220,6 +187,24 @@ pub struct Grants {
     pub allowed_hosts: Arc<Vec<String>>,
 }
 
+/// The host calls one call was refused for want of a grant: one list, shared by every
+/// capability of the call (wasi:nn, outbound HTTP), drained once when the call ends.
+#[derive(Debug, Clone, Default)]
+pub struct Denials(Arc<std::sync::Mutex<Vec<Denial>>>);
+
+impl Denials {
+    /// Records a refusal: the server audits it, counts it and writes it to the function's log.
+    pub fn push(&self, capability: &'static str, target: &str, reason: &str) {
+        let denial = Denial { capability, target: target.to_string(), reason: reason.to_string() };
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(denial);
+    }
+
+    /// Every refusal so far, emptying the list.
+    pub fn take(&self) -> Vec<Denial> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// A host call refused for want of a grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -257,36 +242,6 @@ pub struct Outcome<T = GuestResponse> {
     pub logs_dropped: usize,
     /// Host calls refused for want of a grant.
     pub denials: Vec<Denial>,
-}
-
-/// What an uploaded component is, as far as the platform cares.
-#[derive(Debug, Clone)]
-pub struct ComponentInfo {
-    pub imports: Vec<String>,
-    pub exports: Vec<String>,
-}
-
-/// Why an upload is not runnable; each message says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ValidateError {
-    #[error("not a WebAssembly binary (it does not start with \\0asm)")]
-    NotWasm,
-    #[error(
-        "this is a core WebAssembly module, not a component: build it with `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
-    )]
-    CoreModule,
-    #[error("invalid component: {0}")]
-    Invalid(String),
-    #[error(
-        "the component exports neither `{HANDLER_EXPORT}` nor `{PREDICT_EXPORT}`: implement the `handler` or the `predictor` world of wit/function.wit (exports found: {0})"
-    )]
-    NoHandler(String),
-    #[error("the component imports interfaces this platform does not provide: {0}")]
-    UnknownImports(String),
-    #[error("{0}")]
-    NeedsGrant(String),
-    #[error("the component cannot be linked: {0}")]
-    Link(String),
 }
 
 /// A deployed function version, compiled and linked, ready to instantiate per call.
@@ -327,6 +282,24 @@ pub struct Runtime {
     config: RuntimeConfig,
     artifacts: ArtifactCache,
     ticker: EpochTicker,
+    /// Instances alive now (instantiated, not yet dropped): each holds a pooling slot.
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one live instance until dropped.
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Runtime {
@@ -340,20 +313,23 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
-        bindings::infercell::function::log::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
-        bindings::infercell::function::config::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
-        bindings::wasi::nn::tensor::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
-        bindings::wasi::nn::graph::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
-        bindings::wasi::nn::inference::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
-        bindings::wasi::nn::errors::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
+        // Each capability links itself over its own part of the store's state.
+        log::add_to_linker(&mut linker, |s| &mut s.log)?;
+        config::add_to_linker(&mut linker, |s| &mut s.config)?;
+        nn::add_to_linker(&mut linker, |s| nn::NnView { ctx: &mut s.nn, table: &mut s.table })?;
         let artifacts = ArtifactCache::new(artifacts_dir, &engine);
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
-        Ok(Self { engine, linker, config, artifacts, ticker })
+        Ok(Self { engine, linker, config, artifacts, ticker, live: Default::default() })
     }
 
     /// The runtime's settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// How many instances are alive now, each holding one of `max_instances` pooling slots.
+    pub fn live_instances(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Checks that `bytes` is a component this platform can run, compiles it and stores the
@@ -475,11 +451,13 @@ impl Runtime {
             match (&prepared.pre, call) {
                 (Pre::Handler(pre), Call::Handle(req)) => {
                     let instance = pre.instantiate_async(&mut store).await?;
+                    let _live = Live::new(&self.live);
                     let result = instance.infercell_function_incoming_handler().call_handle(&mut store, &req).await?;
                     Ok(result.map(Answer::Response))
                 }
                 (Pre::Predictor(pre), Call::Predict(inputs)) => {
                     let instance = pre.instantiate_async(&mut store).await?;
+                    let _live = Live::new(&self.live);
                     let result = instance.infercell_function_predict().call_predict(&mut store, &inputs).await?;
                     Ok(result.map(Answer::Tensors))
                 }
@@ -489,6 +467,11 @@ impl Runtime {
         };
         let result: Result<wasmtime::Result<Result<Answer, wit_types::Error>>, _> =
             tokio::time::timeout(limits.timeout, run).await;
+        if result.is_err() {
+            // Cut by its deadline: a compute it started cannot be interrupted and goes on; the
+            // call ends (and is billed) once the engine has stopped, with the time it used.
+            store.data().nn.meter.settled().await;
+        }
 
         let fuel_left = store.get_fuel().unwrap_or(fuel_budget);
         let state = store.data_mut();
@@ -496,11 +479,10 @@ impl Runtime {
             wall: started.elapsed(),
             fuel: fuel_budget.saturating_sub(fuel_left),
             peak_memory_bytes: state.limiter.peak(),
-            nn: state.nn.usage,
+            nn: state.nn.meter.usage(),
         };
         let memory_hit = state.limiter.limit_hit();
-        let mut denials = std::mem::take(&mut state.denials);
-        denials.append(&mut state.http.denials);
+        let denials = state.denials.take();
         let (mut logs, logs_dropped) = state.take_logs();
         let result = match result {
             Err(_elapsed) => Err(InvokeError::Timeout(limits.timeout)),
@@ -535,7 +517,9 @@ impl Drop for Runtime {
     }
 }
 
-fn engine_config(config: &RuntimeConfig) -> Config {
+/// The engine settings of every runtime: pooling allocator sized from `config`, epoch
+/// interruption, fuel. Public so the benchmarks' bare-wasmtime twin runs on exactly these.
+pub fn engine_config(config: &RuntimeConfig) -> Config {
     let mut pool = PoolingAllocationConfig::default();
     // A Rust wasip2 component instantiates several core instances (its module plus the
     // canonical-ABI shims), so the core-instance and table pools are sized per component slot:
@@ -562,62 +546,6 @@ fn engine_config(config: &RuntimeConfig) -> Config {
     cfg
 }
 
-/// The grants a component's imports call for, as `inspect` shows them: `(grant, why)`.
-pub fn grants_needed(imports: &[String]) -> Vec<(&'static str, String)> {
-    let mut needed = Vec::new();
-    if imports.iter().any(|i| i.starts_with("wasi:nn/graph")) {
-        needed.push(("models", "wasi:nn: `load-by-name` finds only the models in capabilities.models".to_string()));
-    }
-    if let Some(i) = imports.iter().find(|i| i.starts_with("wasi:http/outgoing-handler")) {
-        needed.push(("allowed_hosts", format!("{i}: outbound HTTP to the hosts listed")));
-    }
-    if let Some(i) = imports.iter().find(|i| i.starts_with("wasi:sockets/")) {
-        needed.push(("(none)", format!("{i}: raw sockets are never granted")));
-    }
-    needed
-}
-
-/// For an import that only a grant could provide, what to say: the interface and the grant.
-fn needs_grant(import: &str) -> Option<String> {
-    if import.starts_with("wasi:sockets/") {
-        Some(format!(
-            "the component imports `{import}`: raw network sockets are never granted to functions; \
-             outbound HTTP through wasi:http/outgoing-handler needs the `allowed_hosts` grant"
-        ))
-    } else {
-        None
-    }
-}
-
-fn check_header(bytes: &[u8]) -> Result<(), ValidateError> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(ValidateError::NotWasm);
-    }
-    // Core modules are version 1, layer 0; components carry layer 1 in bytes 6..8.
-    if bytes[6..8] == [0, 0] {
-        return Err(ValidateError::CoreModule);
-    }
-    Ok(())
-}
-
-fn describe(engine: &Engine, component: &Component) -> ComponentInfo {
-    let ty = component.component_type();
-    let imports = ty
-        .imports(engine)
-        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
-        .map(|(name, _)| name.to_string())
-        .collect();
-    let exports = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
-    ComponentInfo { imports, exports }
-}
-
-/// Whether the linker provides `name` (`ns:pkg/iface@version`), ignoring the version, which the
-/// linker matches semver-compatibly.
-fn is_provided(name: &str) -> bool {
-    let unversioned = name.split('@').next().unwrap_or(name);
-    PROVIDED_INTERFACES.contains(&unversioned)
-}
-
 fn classify_trap(
     err: wasmtime::Error,
     limits: &Limits,
@@ -635,9 +563,8 @@ fn classify_trap(
     if trap == Some(wasmtime::Trap::OutOfFuel) || (fuel_left == 0 && limits.fuel.is_some()) {
         return InvokeError::FuelExhausted(limits.fuel.unwrap_or(0));
     }
-    let message = format!("{err:#}");
-    if message.contains("maximum concurrent") || message.contains("pooling allocator") {
-        return InvokeError::Busy(first_line(&message));
+    if let Some(limit) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return InvokeError::Busy(limit.to_string());
     }
     // The trap itself ("wasm `unreachable` instruction executed") plus, for a Rust panic, the
     // panic message the guest wrote to stderr just before; the backtrace stays in the log.
@@ -651,7 +578,8 @@ fn classify_trap(
     InvokeError::Trap(text)
 }
 
-/// The message of the last Rust panic written to stderr, if any.
+/// The message of the last Rust panic written to stderr, if any: shown to the caller beside
+/// the trap. It decides nothing (the trap is a trap either way); it only reads the guest's words.
 fn panic_message(logs: &[LogLine]) -> Option<String> {
     let start = logs.iter().rposition(|l| l.level == LogLevel::Stderr && l.message.contains("panicked at"))?;
     let mut parts = vec![logs[start].message.trim_start_matches("thread '<unnamed>' ").to_string()];
@@ -663,10 +591,6 @@ fn panic_message(logs: &[LogLine]) -> Option<String> {
             .map(|l| l.message.clone()),
     );
     Some(parts.join(" "))
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).to_string()
 }
 
 /// One thread that advances the engine's epoch every tick; stops when the runtime drops.
@@ -693,54 +617,4 @@ impl EpochTicker {
     fn stop(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_checks_name_the_problem() {
-        assert!(matches!(check_header(b"hello world"), Err(ValidateError::NotWasm)));
-        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(ValidateError::CoreModule)));
-        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
-    }
-
-    #[test]
-    fn provided_interfaces_ignore_versions() {
-        assert!(is_provided("wasi:cli/environment@0.2.3"));
-        assert!(is_provided("infercell:function/log@0.1.0"));
-        assert!(is_provided("wasi:http/outgoing-handler@0.2.0"), "linked; refused per request without a grant");
-        assert!(!is_provided("wasi:sockets/tcp@0.2.0"));
-        assert!(is_provided("wasi:nn/graph@0.2.0-rc-2024-10-28"));
-    }
-}
-
-/// What `infercell inspect` prints about a component file.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct InspectReport {
-    pub imports: Vec<String>,
-    pub exports: Vec<String>,
-    pub unsupported_imports: Vec<String>,
-    /// Why the platform would reject it, if it would.
-    pub problem: Option<String>,
-}
-
-/// Describes a component without a server: compiles it with a plain engine.
-pub fn inspect(bytes: &[u8]) -> anyhow::Result<InspectReport> {
-    check_header(bytes)?;
-    let mut cfg = Config::new();
-    cfg.wasm_component_model(true);
-    let engine = Engine::new(&cfg).map_err(anyhow::Error::from)?;
-    let component = Component::new(&engine, bytes).map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;
-    let info = describe(&engine, &component);
-    let unsupported_imports: Vec<String> = info.imports.iter().filter(|i| !is_provided(i)).cloned().collect();
-    let problem = if !info.exports.iter().any(|e| e == HANDLER_EXPORT || e == PREDICT_EXPORT) {
-        Some(format!("it exports neither `{HANDLER_EXPORT}` nor `{PREDICT_EXPORT}`"))
-    } else if !unsupported_imports.is_empty() {
-        Some(format!("it imports interfaces this platform does not provide: {}", unsupported_imports.join(", ")))
-    } else {
-        None
-    };
-    Ok(InspectReport { imports: info.imports, exports: info.exports, unsupported_imports, problem })
 }

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::Resource;
 
+use wasmtime::component::{HasData, Linker, ResourceTable};
+
+use super::Denials;
 use super::bindings::wasi::nn::{errors, graph, inference, tensor};
-use super::state::InstanceState;
-use crate::nn::{ElemType, ErrorCode, Graphs, HostTensor, LoadedModel, NnError};
+use crate::nn::{ElemType, ErrorCode, Graphs, HostTensor, LoadedModel, NnError, NnMeter};
 
 /// A graph the guest holds.
 pub struct Graph(Arc<dyn LoadedModel>);
@@ -46,9 +48,11 @@ pub struct NnAccess {
 /// Per-call wasi:nn state.
 pub struct NnCtx {
     access: Option<NnAccess>,
+    /// Host calls refused for want of a grant (shared with the call's other capabilities).
+    denials: Denials,
     /// Inference spent during this call: host time (loads and computes, GPU time excluded),
-    /// GPU time, nodes per device.
-    pub usage: crate::nn::NnUsage,
+    /// GPU time, nodes per device; written by the computes themselves (see [`NnMeter`]).
+    pub meter: Arc<NnMeter>,
     /// Bytes of tensors the guest holds on the host; capped at the call's memory limit.
     held_bytes: u64,
     cap_bytes: u64,
@@ -60,20 +64,47 @@ pub struct NnCtx {
 const MAX_TENSORS: u32 = 10_000;
 
 impl NnCtx {
-    pub fn new(access: Option<NnAccess>, cap_bytes: u64) -> Self {
-        Self { access, usage: Default::default(), held_bytes: 0, cap_bytes, tensors: 0 }
+    pub fn new(access: Option<NnAccess>, cap_bytes: u64, denials: Denials) -> Self {
+        Self { access, denials, meter: Default::default(), held_bytes: 0, cap_bytes, tensors: 0 }
     }
+}
+
+/// What the wasi:nn host functions borrow from a store's state: the call's wasi:nn context
+/// and the resource table its tensors, graphs and errors live in (wasmtime-wasi-nn's
+/// `WasiNnView` pattern).
+pub struct NnView<'a> {
+    pub ctx: &'a mut NnCtx,
+    pub table: &'a mut ResourceTable,
+}
+
+/// Marks [`NnView`] as the data wasi:nn's host functions get.
+struct HasNn;
+
+impl HasData for HasNn {
+    type Data<'a> = NnView<'a>;
+}
+
+/// Links the four wasi:nn interfaces, reaching each store's state through `view`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> NnView<'_>,
+) -> wasmtime::Result<()> {
+    tensor::add_to_linker::<T, HasNn>(linker, view)?;
+    graph::add_to_linker::<T, HasNn>(linker, view)?;
+    inference::add_to_linker::<T, HasNn>(linker, view)?;
+    errors::add_to_linker::<T, HasNn>(linker, view)?;
+    Ok(())
 }
 
 type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
 
-impl InstanceState {
+impl NnView<'_> {
     fn nn_err<T>(&mut self, e: NnError) -> NnResult<T> {
         Ok(Err(self.table.push(e)?))
     }
 
     fn access(&mut self) -> Result<NnAccess, NnError> {
-        match self.nn.access.clone() {
+        match self.ctx.access.clone() {
             Some(access) => Ok(access),
             None => {
                 self.deny("wasi-nn", "wasi:nn", "wasi:nn is not available to this function");
@@ -85,20 +116,20 @@ impl InstanceState {
     /// Records a host call refused for want of a grant: the server audits it, counts it and
     /// writes it to the function's log after the call.
     fn deny(&mut self, capability: &'static str, target: &str, why: &str) {
-        self.denials.push(super::Denial { capability, target: target.to_string(), reason: why.to_string() });
+        self.ctx.denials.push(capability, target, why);
     }
 
     fn hold(&mut self, bytes: u64) -> Result<(), NnError> {
-        if self.nn.held_bytes + bytes > self.nn.cap_bytes {
+        if self.ctx.held_bytes + bytes > self.ctx.cap_bytes {
             return Err(NnError::new(
                 ErrorCode::TooLarge,
                 format!(
                     "tensors held on the host would exceed the function's memory limit of {} bytes",
-                    self.nn.cap_bytes
+                    self.ctx.cap_bytes
                 ),
             ));
         }
-        self.nn.held_bytes += bytes;
+        self.ctx.held_bytes += bytes;
         Ok(())
     }
 
@@ -121,7 +152,7 @@ impl InstanceState {
         };
         match access.graphs.load_selected(&digest, engine, access.gpu, read).await {
             Ok((model, took)) => {
-                self.nn.usage.cpu += took;
+                self.ctx.meter.add_load(took);
                 Ok(Ok(self.table.push(Graph(model))?))
             }
             Err(e) => self.nn_err(e),
@@ -143,9 +174,9 @@ fn wit_type(ty: ElemType) -> Option<tensor::TensorType> {
     })
 }
 
-impl tensor::Host for InstanceState {}
+impl tensor::Host for NnView<'_> {}
 
-impl tensor::HostTensor for InstanceState {
+impl tensor::HostTensor for NnView<'_> {
     async fn new(
         &mut self,
         dims: Vec<u32>,
@@ -170,10 +201,10 @@ impl tensor::HostTensor for InstanceState {
         }
         // Empty tensors cost no bytes: their number is capped too, so no guest can grow the
         // host's resource table without bound.
-        if self.nn.tensors >= MAX_TENSORS {
+        if self.ctx.tensors >= MAX_TENSORS {
             return Err(wasmtime::Error::msg(format!("more than {MAX_TENSORS} wasi:nn tensors held at once")));
         }
-        self.nn.tensors += 1;
+        self.ctx.tensors += 1;
         Ok(self.table.push(HostTensor { dims, ty, data })?)
     }
 
@@ -193,13 +224,13 @@ impl tensor::HostTensor for InstanceState {
 
     async fn drop(&mut self, t: Resource<HostTensor>) -> wasmtime::Result<()> {
         let tensor = self.table.delete(t)?;
-        self.nn.tensors = self.nn.tensors.saturating_sub(1);
-        self.nn.held_bytes = self.nn.held_bytes.saturating_sub(tensor.data.len() as u64);
+        self.ctx.tensors = self.ctx.tensors.saturating_sub(1);
+        self.ctx.held_bytes = self.ctx.held_bytes.saturating_sub(tensor.data.len() as u64);
         Ok(())
     }
 }
 
-impl graph::Host for InstanceState {
+impl graph::Host for NnView<'_> {
     async fn load(
         &mut self,
         builders: Vec<Vec<u8>>,
@@ -255,7 +286,7 @@ impl graph::Host for InstanceState {
     }
 }
 
-impl graph::HostGraph for InstanceState {
+impl graph::HostGraph for NnView<'_> {
     async fn init_execution_context(&mut self, g: Resource<Graph>) -> NnResult<Resource<ExecContext>> {
         let model = self.table.get(&g)?.0.clone();
         Ok(Ok(self.table.push(ExecContext(model))?))
@@ -267,9 +298,9 @@ impl graph::HostGraph for InstanceState {
     }
 }
 
-impl inference::Host for InstanceState {}
+impl inference::Host for NnView<'_> {}
 
-impl inference::HostGraphExecutionContext for InstanceState {
+impl inference::HostGraphExecutionContext for NnView<'_> {
     async fn compute(
         &mut self,
         ctx: Resource<ExecContext>,
@@ -288,12 +319,10 @@ impl inference::HostGraphExecutionContext for InstanceState {
                 Err(e) => return self.nn_err(NnError::new(e.code, format!("input `{name}`: {}", e.message))),
             }
         }
-        let result = access.graphs.run_model(model, given).await;
-        let (outputs, took, placed) = match result {
-            Ok(r) => r,
+        let outputs = match access.graphs.run_model(model, given, &self.ctx.meter).await {
+            Ok(outputs) => outputs,
             Err(e) => return self.nn_err(e),
         };
-        self.nn.usage.add(took, placed);
         if let Some((name, t)) = outputs.iter().find(|(_, t)| wit_type(t.ty).is_none()) {
             let message = format!("output `{name}` is {}, which wasi:nn cannot carry", t.ty.oip_name());
             return self.nn_err(NnError::new(ErrorCode::UnsupportedOperation, message));
@@ -304,7 +333,7 @@ impl inference::HostGraphExecutionContext for InstanceState {
         }
         let mut out = Vec::with_capacity(outputs.len());
         for (name, t) in outputs {
-            self.nn.tensors += 1;
+            self.ctx.tensors += 1;
             out.push((name, self.table.push(t)?));
         }
         Ok(Ok(out))
@@ -316,9 +345,9 @@ impl inference::HostGraphExecutionContext for InstanceState {
     }
 }
 
-impl errors::Host for InstanceState {}
+impl errors::Host for NnView<'_> {}
 
-impl errors::HostError for InstanceState {
+impl errors::HostError for NnView<'_> {
     async fn code(&mut self, e: Resource<NnError>) -> wasmtime::Result<errors::ErrorCode> {
         Ok(match self.table.get(&e)?.code {
             ErrorCode::InvalidArgument => errors::ErrorCode::InvalidArgument,

@@ -1,9 +1,9 @@
-//! API keys (`/v1/keys`, role `owner`) and the audit log (`GET /v1/audit`, owners and the admin).
+//! API keys (`/v1/keys`, role `owner`).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -58,7 +58,7 @@ pub async fn create_key(
             let at = parse_time(text).ok_or_else(|| {
                 ApiError::BadRequest(format!("`expires_at` `{text}` is not an RFC 3339 time (2026-12-31T00:00:00Z)"))
             })?;
-            if at <= time::OffsetDateTime::now_utc().unix_timestamp() {
+            if at <= crate::clock::unix_now() {
                 return Err(ApiError::BadRequest(format!("`expires_at` `{text}` is in the past")));
             }
             Some(at)
@@ -94,37 +94,4 @@ pub async fn revoke_key(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.extensions_mut().insert(AuditTarget(format!("{} ({})", info.id, info.role.as_str())));
     Ok(response)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQuery {
-    #[serde(default)]
-    tenant: Option<String>,
-    #[serde(default)]
-    after: Option<i64>,
-    #[serde(default)]
-    limit: Option<u32>,
-}
-
-/// `GET /v1/audit[?after=SEQ&limit=N]`: owners read their tenant's log; the admin reads every
-/// tenant's, or one with `tenant=`. Pages with `after` = the last `seq` seen.
-pub async fn audit_log(
-    State(app): State<Arc<App>>,
-    principal: Principal,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let tenant = if principal.role == Role::Admin {
-        query.tenant
-    } else {
-        if query.tenant.is_some() {
-            return Err(ApiError::Forbidden("only the platform admin key may read another tenant's log".into()));
-        }
-        Some(principal.tenant_with(OWNERS)?.to_string())
-    };
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = app.audit.list(tenant.as_deref(), query.after.unwrap_or(0), limit).await?;
-    let next = (entries.len() as u32 == limit).then(|| entries.last().map(|e| e.seq)).flatten();
-    Ok(Json(json!({ "entries": entries, "next_after": next })).into_response())
 }

@@ -4,17 +4,19 @@
 //! socket; [`serve`] binds it, prints `listening on http://ADDR` and drains in-flight calls on
 //! SIGTERM or Ctrl-C.
 
-mod api;
+mod audit;
 mod auth;
 mod billing;
 mod files;
+mod functions;
 mod invoke;
 mod keys;
 mod models;
-mod oip;
+mod secrets;
+mod tenants;
+mod v2;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -26,163 +28,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 
-use crate::audit::Audit;
-use crate::config::Config;
-use crate::db::Db;
+pub use crate::app::{AdminKeySource, App};
 use crate::error::{ApiError, ErrorMessage, error_body};
-use crate::metering::Metering;
-use crate::metering::quota::Quotas;
-use crate::metrics::Metrics;
-use crate::nn::onnxruntime::OnnxRuntime;
-use crate::nn::tract::Tract;
-use crate::nn::{Engine, Graphs};
-use crate::registry::{BlobStore, Registry};
-use crate::runtime::{Runtime, RuntimeConfig};
-use crate::tenants::Tenants;
 
 /// Header carrying the id of every request.
 pub const REQUEST_ID_HEADER: &str = "infercell-request-id";
 /// Header carrying the meters of an invocation.
-pub const USAGE_HEADER: &str = "infercell-usage";
-
-/// Process-wide state shared by every handler.
-pub struct App {
-    pub config: Arc<Config>,
-    pub tenants: Tenants,
-    pub registry: Registry,
-    pub runtime: Arc<Runtime>,
-    pub metrics: Metrics,
-    pub metering: Metering,
-    pub quotas: Quotas,
-    /// `/v2` inference statistics, since start.
-    pub oip_stats: oip::Stats,
-    pub audit: Audit,
-    /// CPU and GPUs, discovered on first use.
-    pub devices: crate::nn::devices::Devices,
-}
-
-/// Where the admin key came from, for the start-up message.
-pub struct AdminKeySource {
-    pub path: Option<PathBuf>,
-    pub created: bool,
-}
-
-impl App {
-    /// Opens (creating if needed) the data directory and everything in it.
-    pub fn open(
-        config: Config,
-        data_dir: &std::path::Path,
-        admin_key_env: Option<String>,
-    ) -> anyhow::Result<(Arc<Self>, AdminKeySource)> {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let root = cap_std::fs::Dir::open_ambient_dir(data_dir, cap_std::ambient_authority())
-            .with_context(|| format!("opening data dir {}", data_dir.display()))?;
-        for sub in ["blobs", "artifacts"] {
-            root.create_dir_all(sub)?;
-        }
-        let (admin_key, path, created) = crate::tenants::admin_key(data_dir, admin_key_env)?;
-        let db = Db::open(&data_dir.join("infercell.db"))?;
-        let runtime_config = RuntimeConfig {
-            max_instances: config.runtime.max_instances,
-            max_memory_bytes: config.largest_memory(),
-            epoch_tick: config.runtime.epoch_tick,
-            max_log_bytes_per_call: config.runtime.max_log_bytes_per_call as usize,
-        };
-        let runtime = Arc::new(Runtime::new(runtime_config, root.open_dir("artifacts")?)?);
-        let config = Arc::new(config);
-        let tenants = Tenants::load(db.clone(), &admin_key)?;
-        let threads = match config.nn.compute_threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-            n => n,
-        };
-        let mut graphs = Graphs::new(engines(&config.nn.onnxruntime), config.nn.graph_cache_bytes, threads);
-        graphs.prober = prober(&config);
-        if config.nn.gpu == "auto" {
-            graphs.enable_gpu(config.nn.gpu_memory_bytes, config.nn.gpu_fusion);
-        }
-        let metrics = Metrics::new();
-        let load_time = metrics.graph_load.clone();
-        graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
-        let audit = Audit::new(db.clone());
-        let files = crate::registry::files::FileStore::open(db.clone(), data_dir, &root)?;
-        let secrets = crate::registry::secrets::SecretStore::open(
-            db.clone(),
-            data_dir,
-            std::env::var("INFERCELL_SECRETS_KEY").ok(),
-        )?;
-        let graphs = Arc::new(graphs);
-        let registry = Registry::new(
-            db,
-            BlobStore::new(root.open_dir("blobs")?),
-            runtime.clone(),
-            config.clone(),
-            graphs,
-            files,
-            secrets,
-        );
-        let metering = Metering::open(
-            &data_dir.join("usage.db"),
-            config.metering.enabled,
-            config.metering.fsync,
-            metrics.usage_batch_size.clone(),
-        )?;
-        let app = Arc::new(Self {
-            config,
-            tenants,
-            registry,
-            runtime,
-            metrics,
-            metering,
-            quotas: Quotas::default(),
-            oip_stats: oip::Stats::default(),
-            audit,
-            devices: Default::default(),
-        });
-        // Devices are discovered at start, off the callers' path.
-        let discovering = app.clone();
-        std::thread::Builder::new().name("device-discovery".into()).spawn(move || {
-            discovering.devices.list();
-            if let Some(gpu) = discovering.registry.models.graphs().gpu() {
-                tracing::info!(adapter = gpu.adapter_name(), hardware = gpu.is_hardware(), "GPU engine available");
-            }
-        })?;
-        Ok((app, AdminKeySource { path, created }))
-    }
-}
-
-/// The model prober, when this process is the `infercell` binary (in-process users such as the
-/// benchmarks have no `nn-probe` command to call).
-fn prober(config: &Config) -> Option<Arc<crate::nn::probe::Prober>> {
-    let binary = std::env::current_exe().ok().filter(|p| p.file_stem().is_some_and(|s| s == "infercell"))?;
-    let onnxruntime = match config.nn.onnxruntime.as_str() {
-        "" => std::env::var("ORT_DYLIB_PATH").ok().filter(|p| !p.is_empty()).map(PathBuf::from),
-        path => Some(PathBuf::from(path)),
-    };
-    Some(Arc::new(crate::nn::probe::Prober {
-        binary,
-        max_bytes: config.nn.load_memory_bytes,
-        onnxruntime,
-        timeout: std::time::Duration::from_secs(120),
-    }))
-}
-
-/// The inference engines in order of preference for `auto`: ONNX Runtime when its library
-/// (`[nn] onnxruntime`, else `ORT_DYLIB_PATH`) loads, then tract, which is always there.
-fn engines(onnxruntime: &str) -> Vec<Arc<dyn Engine>> {
-    let path = match onnxruntime {
-        "" => std::env::var("ORT_DYLIB_PATH").unwrap_or_default(),
-        path => path.to_string(),
-    };
-    let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
-    if !path.is_empty() {
-        match OnnxRuntime::load(Path::new(&path)) {
-            Ok(ort) => engines.push(Arc::new(ort)),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "ONNX Runtime unavailable; running on tract alone"),
-        }
-    }
-    engines.push(Arc::new(Tract));
-    engines
-}
+pub use crate::invocation::USAGE_HEADER;
 
 /// The id of the current request, set by the middleware for every request.
 #[derive(Debug, Clone)]
@@ -199,13 +51,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(|| async { axum::Json(serde_json::json!({ "ready": true })) }))
         .route("/metrics", get(metrics))
-        .route("/v1/tenants", post(api::create_tenant).get(api::list_tenants))
+        .route("/v1/tenants", post(tenants::create_tenant).get(tenants::list_tenants))
         .route(
             "/v1/functions",
-            post(api::upload_function).layer(DefaultBodyLimit::max(upload_limit)).get(api::list_functions),
+            post(functions::upload_function).layer(DefaultBodyLimit::max(upload_limit)).get(functions::list_functions),
         )
-        .route("/v1/functions/{name}", get(api::get_function).delete(api::delete_function))
-        .route("/v1/functions/{name}/logs", get(api::function_logs))
+        .route("/v1/functions/{name}", get(functions::get_function).delete(functions::delete_function))
+        .route("/v1/functions/{name}/logs", get(functions::function_logs))
         .route(
             "/v1/models",
             post(models::push_model).layer(DefaultBodyLimit::max(upload_limit)).get(models::list_models),
@@ -216,29 +68,29 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/files/{name}",
             axum::routing::put(files::put_file).layer(DefaultBodyLimit::max(upload_limit)).delete(files::delete_file),
         )
-        .route("/v1/secrets", get(files::list_secrets))
-        .route("/v1/secrets/{name}", axum::routing::put(files::put_secret).delete(files::delete_secret))
+        .route("/v1/secrets", get(secrets::list_secrets))
+        .route("/v1/secrets/{name}", axum::routing::put(secrets::put_secret).delete(secrets::delete_secret))
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke_key))
-        .route("/v1/audit", get(keys::audit_log))
+        .route("/v1/audit", get(audit::audit_log))
         .route("/v1/devices", get(devices))
         .route("/v1/usage", get(billing::usage))
         .route("/v1/billing", get(billing::billing))
-        .route("/v2", get(oip::server_metadata))
-        .route("/v2/health/live", get(oip::live))
-        .route("/v2/health/ready", get(oip::ready))
-        .route("/v2/repository/index", post(oip::repository_index))
-        .route("/v2/models/stats", get(oip::all_model_stats))
-        .route("/v2/models/{model}", get(oip::model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(oip::model_metadata))
-        .route("/v2/models/{model}/ready", get(oip::model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(oip::model_ready))
-        .route("/v2/models/{model}/config", get(oip::model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(oip::model_config))
-        .route("/v2/models/{model}/stats", get(oip::model_stats))
-        .route("/v2/models/{model}/versions/{version}/stats", get(oip::model_stats))
-        .route("/v2/models/{model}/infer", post(oip::infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(oip::infer))
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/repository/index", post(v2::repository_index))
+        .route("/v2/models/stats", get(v2::all_model_stats))
+        .route("/v2/models/{model}", get(v2::model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(v2::model_metadata))
+        .route("/v2/models/{model}/ready", get(v2::model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(v2::model_ready))
+        .route("/v2/models/{model}/config", get(v2::model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(v2::model_config))
+        .route("/v2/models/{model}/stats", get(v2::model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(v2::model_stats))
+        .route("/v2/models/{model}/infer", post(v2::infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(v2::infer))
         .route("/fn/{tenant}/{function}", any(invoke::invoke_root))
         .route("/fn/{tenant}/{function}/", any(invoke::invoke_root))
         .route("/fn/{tenant}/{function}/{*rest}", any(invoke::invoke_rest))
@@ -333,7 +185,7 @@ async fn devices(State(app): State<Arc<App>>, _principal: crate::tenants::Princi
     };
     // The adapter the GPU engine runs on also shows the engine's memory budget and use.
     let mut listed = serde_json::to_value(listed).map_err(anyhow::Error::from)?;
-    if let (Some(gpu), Some(devices)) = (app.registry.models.graphs().gpu_if_discovered(), listed.as_array_mut()) {
+    if let (Some(gpu), Some(devices)) = (app.graphs.gpu_if_discovered(), listed.as_array_mut()) {
         let stats = gpu.stats();
         if let Some(serde_json::Value::Object(device)) =
             devices.iter_mut().find(|d| d["kind"] == "gpu" && d["name"] == gpu.adapter_name())
@@ -351,8 +203,8 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
     if app.config.server.metrics_require_key {
         auth::principal_from_headers(&app, &headers)?.require_admin()?;
     }
-    app.metrics.observe_graph_cache(app.registry.models.graphs().stats());
-    if let Some(gpu) = app.registry.models.graphs().gpu_if_discovered() {
+    app.metrics.observe_graph_cache(app.graphs.stats());
+    if let Some(gpu) = app.graphs.gpu_if_discovered() {
         app.metrics.observe_gpu(gpu.stats());
     }
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
@@ -399,7 +251,7 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     tracing::info!(%addr, "listening");
-    let service = hyper_util::service::TowerToHyperService::new(router(app));
+    let service = hyper_util::service::TowerToHyperService::new(router(app.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
@@ -427,6 +279,10 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
     }
     drop(listener);
     graceful.shutdown().await;
+    // Calls whose clients hung up run on without a connection: they end (and are committed)
+    // before the process does.
+    app.calls.close();
+    app.calls.wait().await;
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
-use super::api::read_parts;
+use super::functions::read_parts;
 use super::{App, AuditTarget};
 use crate::error::ApiError;
 use crate::tenants::{Principal, Role};

@@ -15,8 +15,21 @@ use rusqlite::{OptionalExtension as _, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::db::{self, Db};
-use crate::error::ApiError;
+use crate::db::Db;
+
+/// What tenants and keys refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// The key's role or kind may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no key with id `{id}`")]
+    NoKey { id: String },
+    #[error("tenant `{name}` already exists")]
+    Exists { name: String },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
 
 /// What a key may do. Tenant roles are scoped to one tenant; `Admin` manages the platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -63,12 +76,14 @@ pub struct Principal {
 
 impl Principal {
     /// The caller's tenant, with the roles allowed for the action; 403 otherwise.
-    pub fn tenant_with(&self, allowed: &[Role]) -> Result<&str, ApiError> {
+    pub fn tenant_with(&self, allowed: &[Role]) -> Result<&str, TenantError> {
         let Some(tenant) = self.tenant.as_deref() else {
-            return Err(ApiError::Forbidden("the admin key manages the platform; use a tenant's key for this".into()));
+            return Err(TenantError::Forbidden(
+                "the admin key manages the platform; use a tenant's key for this".into(),
+            ));
         };
         if !allowed.contains(&self.role) {
-            return Err(ApiError::Forbidden(format!(
+            return Err(TenantError::Forbidden(format!(
                 "a key with role `{}` may not do this (allowed: {})",
                 self.role.as_str(),
                 allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
@@ -77,11 +92,11 @@ impl Principal {
         Ok(tenant)
     }
 
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    pub fn require_admin(&self) -> Result<(), TenantError> {
         if self.role == Role::Admin {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("only the platform admin key may do this".into()))
+            Err(TenantError::Forbidden("only the platform admin key may do this".into()))
         }
     }
 }
@@ -110,13 +125,7 @@ pub struct KeyInfo {
     pub last_used_at: Option<String>,
 }
 
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn rfc3339(unix: i64) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp(unix).ok()?.format(&time::format_description::well_known::Rfc3339).ok()
-}
+use crate::clock::{rfc3339, unix_now};
 
 /// Parses an RFC 3339 time into Unix seconds.
 pub fn parse_time(text: &str) -> Option<i64> {
@@ -259,14 +268,14 @@ impl Tenants {
         role: Role,
         name: Option<String>,
         expires_at: Option<i64>,
-    ) -> Result<(NewKey, KeyInfo), ApiError> {
+    ) -> Result<(NewKey, KeyInfo), TenantError> {
         let key = generate_key();
         let info = KeyInfo {
             id: key.id.clone(),
             name,
             role,
             prefix: key.prefix.clone(),
-            created_at: db::now(),
+            created_at: crate::clock::now_rfc3339(),
             expires_at: expires_at.and_then(rfc3339),
             last_used_at: None,
         };
@@ -286,7 +295,7 @@ impl Tenants {
     }
 
     /// The tenant's live keys, oldest first.
-    pub async fn list_keys(&self, tenant: &str) -> Result<Vec<KeyInfo>, ApiError> {
+    pub async fn list_keys(&self, tenant: &str) -> Result<Vec<KeyInfo>, TenantError> {
         let t = tenant.to_string();
         let mut keys = self
             .db
@@ -325,15 +334,15 @@ impl Tenants {
 
     /// Revokes one of the tenant's keys; it is refused from this moment on. 404 for an unknown
     /// key or another tenant's.
-    pub async fn revoke_key(&self, tenant: &str, id: &str) -> Result<KeyInfo, ApiError> {
+    pub async fn revoke_key(&self, tenant: &str, id: &str) -> Result<KeyInfo, TenantError> {
         let listed = self.list_keys(tenant).await?;
         let Some(info) = listed.into_iter().find(|k| k.id == id) else {
-            return Err(ApiError::NotFound(format!("no key with id `{id}`")));
+            return Err(TenantError::NoKey { id: id.to_string() });
         };
         if let Ok(mut keys) = self.keys.write() {
             keys.remove(id);
         }
-        let (t, i, now) = (tenant.to_string(), id.to_string(), db::now());
+        let (t, i, now) = (tenant.to_string(), id.to_string(), crate::clock::now_rfc3339());
         self.db
             .call(move |conn| {
                 conn.execute(
@@ -347,9 +356,9 @@ impl Tenants {
     }
 
     /// Creates a tenant and its first owner key.
-    pub async fn create(&self, name: &str, plan: &str) -> Result<(Tenant, NewKey), ApiError> {
+    pub async fn create(&self, name: &str, plan: &str) -> Result<(Tenant, NewKey), TenantError> {
         let key = generate_key();
-        let tenant = Tenant { name: name.to_string(), plan: plan.to_string(), created_at: db::now() };
+        let tenant = Tenant { name: name.to_string(), plan: plan.to_string(), created_at: crate::clock::now_rfc3339() };
         let (t, k) = (tenant.clone(), key.clone());
         let created = self
             .db
@@ -374,7 +383,7 @@ impl Tenants {
             })
             .await?;
         if !created {
-            return Err(ApiError::Conflict(format!("tenant `{name}` already exists")));
+            return Err(TenantError::Exists { name: name.to_string() });
         }
         self.cache_key(&key, name, Role::Owner, None);
         if let Ok(mut plans) = self.plans.write() {
@@ -408,7 +417,7 @@ impl Tenants {
     }
 
     /// One tenant by name.
-    pub async fn get(&self, name: &str) -> Result<Option<Tenant>, ApiError> {
+    pub async fn get(&self, name: &str) -> Result<Option<Tenant>, TenantError> {
         let name = name.to_string();
         Ok(self
             .db
@@ -423,7 +432,7 @@ impl Tenants {
     }
 
     /// Every tenant.
-    pub async fn list(&self) -> Result<Vec<Tenant>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<Tenant>, TenantError> {
         Ok(self
             .db
             .call(|conn| {
@@ -452,25 +461,8 @@ pub fn admin_key(
     let mut secret = [0u8; 24];
     rand::rng().fill_bytes(&mut secret);
     let key = format!("ica_{}", hex::encode(secret));
-    write_private(&path, &key)?;
+    crate::disk::write_private(&path, &key)?;
     Ok((key, Some(path), true))
-}
-
-#[cfg(unix)]
-pub(crate) fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-pub(crate) fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, format!("{contents}\n"))?;
-    Ok(())
 }
 
 /// Validates a tenant, function or model name: `^[a-z0-9][a-z0-9._-]{0,127}$`.

@@ -28,6 +28,7 @@
 //! | `/many-headers` | answers with 10,000 headers |
 //! | `/bad-header` | answers with a header whose name is not a valid HTTP token |
 //! | `/nn/dropped` | computes with a tensor handle it already dropped |
+//! | `/nn/slow` | computes with the model `slow` (seconds of work; the tests push it) |
 //! | `/nn/table` | makes tensors until the host refuses more (resource-table exhaustion) |
 //! | `/raw?model=M&input=I&shape=1,224,224,3` | runs model `M` on the body (f32 little-endian) as input `I`; 200 with the first output's bytes (the benchmarks' pure wasi:nn path) |
 //! | anything else | [`Error::NotFound`] |
@@ -218,6 +219,12 @@ fn nn_probe(what: &str) -> String {
             let graph = Graph::load_by_name("digits")?;
             let out = graph.run(&[("input", &Tensor::from_f32(&[3, 64], &[0.5; 192])?)])?;
             Ok(format!("{:?}", out.get("probabilities")?.dims()))
+        }
+        // A model that computes for seconds (the tests push one named `slow`, input `x` [1, 1]):
+        // the call's timeout cuts it while the engine works.
+        "slow" => {
+            let graph = Graph::load_by_name("slow")?;
+            graph.run(&[("x", &Tensor::from_f32(&[1, 1], &[0.001])?)]).map(|_| "computed".to_owned())
         }
         // A handle used after it was dropped: the host must answer with an error or trap the
         // guest, never touch freed memory.

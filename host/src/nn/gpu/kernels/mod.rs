@@ -7,15 +7,29 @@
 //! answers with dispatches (or an alias, for ops that only rename axes), or with the reason
 //! the node stays on the CPU. The plan turns operands into buffers.
 
+mod copy;
+mod epilogue;
+mod matmul;
+mod reduce;
+mod unary;
+mod window;
+
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::{Gather, MultiBroadcastTo, Pad, PadMode, Slice, TypedConcat};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec, SumPool};
+use tract_onnx::tract_core::ops::cnn::{Conv, MaxPool, SumPool};
 use tract_onnx::tract_core::ops::downsample::Downsample;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, RmsNorm, Softmax, SoftmaxKind};
+use tract_onnx::tract_core::ops::nn::{Reduce, RmsNorm, Softmax, SoftmaxKind};
+
+use self::copy::Copy;
+pub use self::epilogue::{AddLayout, Epilogue};
+use self::matmul::matmul;
+use self::reduce::{reduce_dispatch, rows};
+use self::unary::unary_code;
+use self::window::{conv_dispatch, pool_dispatch};
 
 /// One compute shader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,66 +116,6 @@ pub enum Operand {
     Output,
     /// The value a fused epilogue adds (see [`Epilogue`]); without one, a placeholder.
     Extra,
-}
-
-/// Work fused into a matrix product's or a convolution's output (the nodes after it, which
-/// then run inside its dispatch): adding a value of the output's shape (a residual) or a vector
-/// along one of its axes (a bias), then ReLU.
-#[derive(Clone, Debug, Default)]
-pub struct Epilogue {
-    /// How the added value is laid out over the output, if there is one.
-    pub add: Option<AddLayout>,
-    pub relu: bool,
-}
-
-/// The layout of a value an epilogue adds, over the output's shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddLayout {
-    /// The output's own shape: element i.
-    Same,
-    /// A vector along one axis of `len` positions with `inner` elements after it: element
-    /// (i / inner) % len.
-    Along { len: u32, inner: u32 },
-}
-
-impl Epilogue {
-    /// The epilogue's parameters: [flags (1: add, 2: ReLU), layout (1: same, 2: along),
-    /// len, inner].
-    pub fn params(&self) -> Vec<u32> {
-        let flags = u32::from(self.add.is_some()) | (u32::from(self.relu) << 1);
-        match self.add {
-            Some(AddLayout::Along { len, inner }) => vec![flags, 2, len, inner.max(1)],
-            Some(AddLayout::Same) => vec![flags, 1, 0, 1],
-            None => vec![flags, 0, 0, 1],
-        }
-    }
-
-    /// How a value of `shape` lies over an output of shape `out`, when it is one of the layouts
-    /// an epilogue reads (other broadcasts stay separate nodes).
-    pub fn layout(shape: &[usize], out: &[usize]) -> Option<AddLayout> {
-        if shape.len() > out.len() {
-            return None;
-        }
-        let full: Vec<usize> = std::iter::repeat_n(1, out.len() - shape.len()).chain(shape.iter().copied()).collect();
-        if full == out {
-            return Some(AddLayout::Same);
-        }
-        let along: Vec<usize> = (0..out.len()).filter(|d| full[*d] != 1).collect();
-        match along.as_slice() {
-            [axis] if full[*axis] == out[*axis] => Some(AddLayout::Along {
-                len: u32::try_from(out[*axis]).ok()?,
-                inner: u32::try_from(out[axis + 1..].iter().product::<usize>()).ok()?,
-            }),
-            _ => None,
-        }
-    }
-}
-
-impl Dispatch {
-    /// Whether this dispatch can take an epilogue.
-    pub fn takes_epilogue(&self) -> bool {
-        self.operands.contains(&Operand::Extra)
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -433,47 +387,6 @@ pub fn lower(node: &TypedNode, inputs: &[&TypedFact], output: &TypedFact) -> Res
     Err(format!("no GPU kernel for {}", op.name()))
 }
 
-/// The unary kernel's code for an element-wise op, and its parameter.
-fn unary_code(ew: &ElementWiseOp) -> Result<(u32, f32), String> {
-    use tract_onnx::tract_core::ops::math::PowConst;
-    use tract_onnx::tract_core::ops::nn::{GeluApproximate, LeakyRelu};
-    let mini = &ew.0;
-    if let Some(leaky) = mini.downcast_ref::<LeakyRelu>() {
-        return Ok((12, leaky.alpha));
-    }
-    if let Some(pow) = mini.downcast_ref::<PowConst>() {
-        return Ok((20, pow.exponent));
-    }
-    if let Some(gelu) = mini.downcast_ref::<GeluApproximate>() {
-        return if gelu.fast_impl { Err("fast approximate GELU".into()) } else { Ok((11, 0.0)) };
-    }
-    let code = match mini.name().as_ref() {
-        "Abs" => 0,
-        "Neg" => 1,
-        "Exp" => 2,
-        "Ln" => 3,
-        "Sqrt" => 4,
-        "Rsqrt" => 5,
-        "Recip" => 6,
-        "Sigmoid" => 7,
-        "Tanh" => 8,
-        "Erf" => 9,
-        "GeluExact" => 10,
-        "Ceil" => 13,
-        "Floor" => 14,
-        "Square" => 15,
-        "HardSwish" => 16,
-        "Sin" => 17,
-        "Cos" => 18,
-        "Silu" => 19,
-        "Round" => 21,
-        "RoundHalfToEven" => 22,
-        "Sign" => 23,
-        other => return Err(format!("no GPU kernel for {other}")),
-    };
-    Ok((code, 0.0))
-}
-
 /// Strides of an input of `shape` read over `out` (same rank after left-padding; 0 where the
 /// input is broadcast), padded to [`RANK`].
 fn broadcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<u32>, String> {
@@ -485,288 +398,4 @@ fn broadcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<u32>, String>
     let strides: Vec<usize> =
         (0..out.len()).map(|d| if full[d] == 1 && out[d] != 1 { 0 } else { natural[d] }).collect();
     padded(&strides, 0)
-}
-
-/// A strided copy (see copy.wgsl), over `shape`.
-struct Copy {
-    shape: Vec<usize>,
-    start: Vec<i64>,
-    step: Vec<i64>,
-    extent: Vec<usize>,
-    in_strides: Vec<usize>,
-    out_strides: Vec<usize>,
-    out_offset: usize,
-    fill: f32,
-}
-
-impl Copy {
-    /// Reads an input of `input` shape position by position over `output` shape (which the
-    /// caller then shifts, steps or broadcasts axis by axis); writes contiguously.
-    fn reading(input: &[usize], output: &[usize]) -> Self {
-        Copy {
-            shape: output.to_vec(),
-            start: vec![0; output.len()],
-            step: vec![1; output.len()],
-            extent: input.to_vec(),
-            in_strides: strides(input),
-            out_strides: strides(output),
-            out_offset: 0,
-            fill: 0.0,
-        }
-    }
-
-    fn dispatch(&self, input: usize) -> Result<Dispatch, String> {
-        let n: usize = self.shape.iter().product();
-        let signed = |v: &[i64]| -> Result<Vec<u32>, String> {
-            let mut out = vec![0u32; RANK.saturating_sub(v.len())];
-            for x in v {
-                let x = i32::try_from(*x).map_err(|_| format!("{x} does not fit 32 bits"))?;
-                out.push(x as u32);
-            }
-            Ok(out)
-        };
-        let mut params = vec![n as u32, u32_of(self.out_offset)?, self.fill.to_bits()];
-        params.extend(padded(&self.shape, 1)?);
-        params.extend(signed(&self.start)?);
-        params.extend(signed(&self.step)?);
-        params.extend(padded(&self.extent, 1)?);
-        params.extend(padded(&self.in_strides, 0)?);
-        params.extend(padded(&self.out_strides, 0)?);
-        dispatch(Kernel::Copy, vec![Operand::Input(input), Operand::Output], params, n)
-    }
-}
-
-/// A one-axis-range normalization (rows.wgsl) over axes `first..=last` of `shape`.
-fn rows(shape: &[usize], first: usize, last: usize, op: u32, eps: f32) -> Result<Dispatch, String> {
-    let outer: usize = shape[..first].iter().product();
-    let len: usize = shape[first..=last].iter().product();
-    let inner: usize = shape[last + 1..].iter().product();
-    let rows = outer * inner;
-    let params = vec![u32_of(rows)?, u32_of(len)?, u32_of(inner)?, op, eps.to_bits()];
-    dispatch(Kernel::Rows, vec![Operand::Input(0), Operand::Output], params, rows)
-}
-
-fn reduce_dispatch(reduce: &Reduce, shape: &[usize], n: usize) -> Result<Dispatch, String> {
-    let op = match reduce.reducer {
-        Reducer::Sum => 0,
-        Reducer::Max => 1,
-        Reducer::Min => 2,
-        Reducer::Prod => 3,
-        Reducer::MeanOfSquares => 4,
-        other => return Err(format!("no GPU kernel for reducer {other:?}")),
-    };
-    let natural = strides(shape);
-    let kept: Vec<usize> =
-        shape.iter().enumerate().map(|(d, s)| if reduce.axes.contains(&d) { 1 } else { *s }).collect();
-    let reduced: Vec<usize> =
-        shape.iter().enumerate().map(|(d, s)| if reduce.axes.contains(&d) { *s } else { 1 }).collect();
-    let count: usize = reduced.iter().product();
-    let mut params = vec![n as u32, op];
-    params.extend(padded(&kept, 1)?);
-    params.extend(padded(&natural, 0)?);
-    params.extend(padded(&reduced, 1)?);
-    params.extend(padded(&natural, 0)?);
-    params.push(u32_of(count)?);
-    dispatch(Kernel::Reduce, vec![Operand::Input(0), Operand::Output], params, n)
-}
-
-/// Spatial geometry shared by convolution and pooling, as three axes (leading unit axes for
-/// 1-D and 2-D): input, output, kernel, strides, dilations, padding before and after.
-struct Geometry {
-    /// Batch and channels of the input (channels-first data, with or without a batch axis).
-    batch: usize,
-    channels: usize,
-    input: [usize; 3],
-    output: [usize; 3],
-    kernel: [usize; 3],
-    strides: [usize; 3],
-    dilations: [usize; 3],
-    before: [usize; 3],
-    after: [usize; 3],
-}
-
-impl Geometry {
-    fn of(spec: &PoolSpec, input: &[usize], output: &[usize]) -> Result<Self, String> {
-        if !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW) {
-            return Err(format!("{:?} data", spec.data_format));
-        }
-        let rank = spec.rank();
-        let shape = spec.data_format.shape(input.to_vec()).map_err(|e| format!("{e}"))?;
-        let out_shape = spec.data_format.shape(output.to_vec()).map_err(|e| format!("{e}"))?;
-        if rank == 0 || rank > 3 || shape.hw_dims().len() != rank {
-            return Err(format!("{rank}-D window"));
-        }
-        let spatial = shape.hw_dims();
-        let computed = spec.computed_padding(spatial);
-        let lift = |v: &[usize]| -> [usize; 3] {
-            let mut out = [1; 3];
-            out[3 - v.len()..].copy_from_slice(v);
-            out
-        };
-        let zero_lift = |v: &[usize]| -> [usize; 3] {
-            let mut out = [0; 3];
-            out[3 - v.len()..].copy_from_slice(v);
-            out
-        };
-        Ok(Geometry {
-            batch: shape.n().copied().unwrap_or(1),
-            channels: *shape.c(),
-            input: lift(spatial),
-            output: lift(out_shape.hw_dims()),
-            kernel: lift(&spec.kernel_shape),
-            strides: lift(&spec.strides()),
-            dilations: lift(&spec.dilations()),
-            before: zero_lift(&computed.iter().map(|c| c.pad_before).collect::<Vec<_>>()),
-            after: zero_lift(&computed.iter().map(|c| c.pad_after).collect::<Vec<_>>()),
-        })
-    }
-}
-
-fn pool_dispatch(spec: &PoolSpec, input: &[usize], output: &[usize], flags: [u32; 3]) -> Result<Dispatch, String> {
-    let g = Geometry::of(spec, input, output)?;
-    let n: usize = output.iter().product();
-    let mut params = vec![n as u32];
-    for group in [g.input, g.output, g.kernel, g.strides, g.dilations, g.before, g.after] {
-        params.extend(group.iter().map(|v| *v as u32));
-    }
-    params.extend(flags);
-    dispatch(Kernel::Pool, vec![Operand::Input(0), Operand::Output], params, n)
-}
-
-fn conv_dispatch(conv: &Conv, shapes: &[Vec<usize>], output: &[usize]) -> Result<Dispatch, String> {
-    if conv.q_params.is_some() {
-        return Err("quantized convolution".into());
-    }
-    if conv.kernel_fmt != KernelFormat::OIHW {
-        return Err(format!("{:?} kernel", conv.kernel_fmt));
-    }
-    if shapes.len() != 3 {
-        return Err(format!("convolution with {} inputs", shapes.len()));
-    }
-    let g = Geometry::of(&conv.pool_spec, &shapes[0], output)?;
-    let (batch, channels, out_channels) = (g.batch, g.channels, conv.pool_spec.output_channels);
-    if conv.group == 0 || channels % conv.group != 0 || out_channels % conv.group != 0 {
-        return Err("inconsistent groups".into());
-    }
-    let bias_stride = match shapes[2].iter().product::<usize>() {
-        1 => 0,
-        len if len == out_channels => 1,
-        len => return Err(format!("bias of {len} values")),
-    };
-    let n: usize = output.iter().product();
-    let mut params = vec![n as u32, batch as u32, channels as u32, out_channels as u32, conv.group as u32];
-    for group in [g.input, g.output, g.kernel, g.strides, g.dilations, g.before] {
-        params.extend(group.iter().map(|v| *v as u32));
-    }
-    params.push(bias_stride);
-    params.extend(Epilogue::default().params());
-    let operands = vec![Operand::Input(0), Operand::Input(1), Operand::Input(2), Operand::Output, Operand::Extra];
-    // Enough output channels per group to fill a tile: the tiled implicit matrix product;
-    // otherwise (depthwise and thin convolutions) one invocation per output element.
-    let per_group = out_channels / conv.group;
-    let positions: usize = g.output.iter().product();
-    let groups = [positions.div_ceil(64) as u64, per_group.div_ceil(64) as u64, (batch * conv.group) as u64];
-    if per_group >= 16 && groups.iter().all(|g| *g <= MAX_GROUPS) {
-        return Ok(Dispatch { kernel: Kernel::Conv, operands, params, groups: groups.map(|g| g as u32) });
-    }
-    dispatch(Kernel::ConvDirect, operands, params, n)
-}
-
-/// An einsum that is a (batched, strided) matrix product: every axis is in both inputs and the
-/// output (batch), in A and the output (m), in B and the output (n) or in A and B (k, summed).
-/// Unit axes are ignored; several m, n or k axes fold into one when they are adjacent in the
-/// same order in every tensor that has them.
-fn matmul(einsum: &EinSum, shapes: &[Vec<usize>], output: &[usize]) -> Result<Dispatch, String> {
-    if einsum.q_params.is_some() || einsum.operating_dt != f32::datum_type() || shapes.len() != 2 {
-        return Err("einsum that is not an FP32 product of two tensors".into());
-    }
-    let tensors = [&shapes[0], &shapes[1], &output.to_vec()].map(|s| s.clone());
-    let all_strides = tensors.clone().map(|s| strides(&s));
-    // Per kept axis: its size and its stride in A, B and C (None where absent).
-    #[derive(Clone, Copy)]
-    struct Ax {
-        size: usize,
-        at: [Option<(usize, usize)>; 3],
-    }
-    let mut batch = Vec::new();
-    let (mut ms, mut ns, mut ks) = (Vec::new(), Vec::new(), Vec::new());
-    for axis in einsum.axes.iter_all_axes() {
-        let positions = [&axis.inputs[0], &axis.inputs[1], &axis.outputs[0]];
-        if positions.iter().any(|p| p.len() > 1) {
-            return Err("einsum with a repeated axis".into());
-        }
-        // A batch axis may be broadcast (size 1 in one input): it reads with stride 0 there.
-        let size = (0..3).filter_map(|t| positions[t].first().map(|p| tensors[t][*p])).max().unwrap_or(1);
-        if size == 1 {
-            continue;
-        }
-        let at: [Option<(usize, usize)>; 3] = [0, 1, 2]
-            .map(|t| positions[t].first().map(|p| (*p, if tensors[t][*p] == 1 { 0 } else { all_strides[t][*p] })));
-        let ax = Ax { size, at };
-        match (at[0].is_some(), at[1].is_some(), at[2].is_some()) {
-            (true, true, true) => batch.push(ax),
-            (true, false, true) => ms.push(ax),
-            (false, true, true) => ns.push(ax),
-            (true, true, false) => ks.push(ax),
-            _ => return Err("einsum that sums or broadcasts an axis of one operand".into()),
-        }
-    }
-    // Folds axes that are adjacent, in the same order, in every tensor holding them.
-    let fold = |mut axes: Vec<Ax>| -> Result<Option<Ax>, String> {
-        let Some(first_tensor) = (0..3).find(|t| axes.first().is_some_and(|a| a.at[*t].is_some())) else {
-            return Ok(None);
-        };
-        axes.sort_by_key(|a| a.at[first_tensor].map(|p| p.0));
-        let mut folded = axes[0];
-        for next in &axes[1..] {
-            for t in 0..3 {
-                match (folded.at[t], next.at[t]) {
-                    (Some((p, _)), Some((q, s))) if q == p + 1 && folded.at[t].map(|f| f.1) == Some(s * next.size) => {
-                        folded.at[t] = Some((q, s));
-                    }
-                    (None, None) => {}
-                    _ => return Err("einsum whose axes do not fold into one matrix product".into()),
-                }
-            }
-            folded.size *= next.size;
-        }
-        Ok(Some(folded))
-    };
-    let (m, n, k) = (fold(ms)?, fold(ns)?, fold(ks)?);
-    if batch.len() > 3 {
-        return Err("more than three batch axes".into());
-    }
-    let stride = |a: &Option<Ax>, t: usize| a.and_then(|a| a.at[t]).map_or(0, |p| p.1) as u32;
-    let size = |a: &Option<Ax>| a.map_or(1, |a| a.size);
-    let mut batch_sizes = [1usize; 3];
-    let mut batch_strides = [[0u32; 3]; 3];
-    for (i, ax) in batch.iter().enumerate() {
-        let slot = 3 - batch.len() + i;
-        batch_sizes[slot] = ax.size;
-        for (t, strides) in batch_strides.iter_mut().enumerate() {
-            strides[slot] = ax.at[t].map_or(0, |p| p.1) as u32;
-        }
-    }
-    let (m_len, n_len) = (size(&m), size(&n));
-    let z: usize = batch_sizes.iter().product();
-    let groups = [n_len.div_ceil(64) as u64, m_len.div_ceil(64) as u64, z as u64];
-    if groups.iter().any(|g| *g > MAX_GROUPS) {
-        return Err("matrix product larger than one dispatch covers".into());
-    }
-    let mut params = vec![m_len as u32, n_len as u32, size(&k) as u32, batch_sizes[1] as u32, batch_sizes[2] as u32];
-    params.extend(batch_strides[0]);
-    params.extend([stride(&m, 0), stride(&k, 0)]);
-    params.extend(batch_strides[1]);
-    params.extend([stride(&k, 1), stride(&n, 1)]);
-    params.extend(batch_strides[2]);
-    params.extend([stride(&m, 2), stride(&n, 2)]);
-    Ok(Dispatch {
-        kernel: Kernel::MatMul,
-        operands: vec![Operand::Input(0), Operand::Input(1), Operand::Output, Operand::Extra],
-        params: {
-            params.extend(Epilogue::default().params());
-            params
-        },
-        groups: groups.map(|g| g.max(1) as u32),
-    })
 }

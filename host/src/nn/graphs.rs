@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::{Engine, ErrorCode, LoadedModel, NnError, Placement};
+use super::{Engine, ErrorCode, LoadedModel, NnError};
 
 struct Entry {
     model: Arc<dyn LoadedModel>,
@@ -54,6 +54,8 @@ pub struct Graphs {
     pub on_load: Box<dyn Fn(Duration) + Send + Sync>,
     /// Last compute time per loaded model (by address), to pick inline or pooled runs.
     costs: Mutex<HashMap<usize, Duration>>,
+    /// The longest last compute that may run inline ([`INLINE_MAX`]).
+    inline_max: Duration,
     /// Test-loads every new graph in a memory-limited child process first (the server sets
     /// it; in-process users such as benchmarks may leave it off).
     pub prober: Option<Arc<super::probe::Prober>>,
@@ -79,6 +81,7 @@ impl Graphs {
             gpu_pool: Arc::new(Semaphore::new(GPU_CALLS)),
             on_load: Box::new(|_| {}),
             costs: Mutex::new(HashMap::new()),
+            inline_max: INLINE_MAX,
             prober: None,
         }
     }
@@ -253,51 +256,92 @@ impl Graphs {
         &self,
         model: Arc<dyn LoadedModel>,
         inputs: Vec<(String, super::HostTensor)>,
-    ) -> Result<(Vec<(String, super::HostTensor)>, Duration, Placement), NnError> {
+        meter: &Arc<super::NnMeter>,
+    ) -> Result<Vec<(String, super::HostTensor)>, NnError> {
         let key = Arc::as_ptr(&model) as *const () as usize;
         let last = self.costs.lock().ok().and_then(|c| c.get(&key).copied());
-        let (outputs, placement, took) = if model.runs_inline() && last.is_some_and(|d| d <= INLINE_MAX) {
+        let (outputs, took) = if model.runs_inline() && last.is_some_and(|d| d <= self.inline_max) {
             let started = Instant::now();
-            let (outputs, placement) = model.run_placed(inputs)?;
-            (outputs, placement, started.elapsed())
+            let result = model.run_placed(inputs);
+            let took = started.elapsed();
+            (metered(meter, result, took)?, took)
         } else {
             let pool = if model.runs_inline() { &self.pool } else { &self.gpu_pool };
-            Self::compute_on(pool, move || {
-                let started = Instant::now();
-                model.run_placed(inputs).map(|(out, placement)| (out, placement, started.elapsed()))
-            })
+            let record = meter.clone();
+            Self::compute_on(
+                pool,
+                move |running| {
+                    // Recorded by the compute itself: it goes on if the call's deadline drops the
+                    // caller, and the call waits for it before it is billed.
+                    let _running = running;
+                    let started = Instant::now();
+                    let result = model.run_placed(inputs);
+                    let took = started.elapsed();
+                    Ok((metered(&record, result, took)?, took))
+                },
+                Some(meter),
+            )
             .await?
         };
         if let Ok(mut costs) = self.costs.lock() {
             costs.insert(key, took);
         }
-        Ok((outputs, took, placement))
+        Ok(outputs)
     }
 
     /// Runs `f` on a blocking thread once a compute slot is free.
+    ///
+    /// (Graph loads run here, unmetered per call: a loaded graph is shared by every call and
+    /// tenant that loads the same bytes; a call is billed the load time it waited for.)
     pub async fn compute<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
     ) -> Result<R, NnError> {
-        Self::compute_on(&self.pool, f).await
+        Self::compute_on(&self.pool, move |_| f(), None).await
     }
 
-    /// Runs `f` on a blocking thread once `pool` has a free slot.
+    /// Runs `f` on a blocking thread once `pool` has a free slot. With a `meter`, the compute
+    /// counts as running from the moment it is handed to its thread (no await in between, so
+    /// a dropped caller cannot miss it) until `f` drops the guard it is given.
     async fn compute_on<R: Send + 'static>(
         pool: &Arc<Semaphore>,
-        f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
+        f: impl FnOnce(Option<super::Running>) -> Result<R, NnError> + Send + 'static,
+        meter: Option<&Arc<super::NnMeter>>,
     ) -> Result<R, NnError> {
         let permit = pool
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))?;
+        let running = meter.map(|m| m.running());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            f()
+            f(running)
         })
         .await
         .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("inference task failed: {e}")))?
+    }
+}
+
+/// Records one compute's time in the call's meter and passes its result on. A compute that
+/// failed still used the engine for `took` and is metered (all of it as CPU time: its
+/// placement is unknown), unless the engine refused it for want of room.
+fn metered(
+    meter: &super::NnMeter,
+    result: Result<(Vec<(String, super::HostTensor)>, super::Placement), NnError>,
+    took: Duration,
+) -> Result<Vec<(String, super::HostTensor)>, NnError> {
+    match result {
+        Ok((outputs, placement)) => {
+            meter.add(took, placement);
+            Ok(outputs)
+        }
+        Err(e) => {
+            if e.refusal.is_none() {
+                meter.add(took, super::Placement::default());
+            }
+            Err(e)
+        }
     }
 }
 
@@ -329,16 +373,18 @@ mod tests {
     }
 
     async fn thread_of(graphs: &Graphs, model: &Arc<dyn LoadedModel>) -> String {
-        let (out, _, _) = graphs.run_model(model.clone(), Vec::new()).await.expect("runs");
+        let out = graphs.run_model(model.clone(), Vec::new(), &Default::default()).await.expect("runs");
         String::from_utf8(out[0].1.data.clone()).expect("utf-8")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn fast_models_run_inline_slow_ones_on_the_pool() {
-        let graphs = Graphs::new(Vec::new(), 1 << 20, 1);
+        let mut graphs = Graphs::new(Vec::new(), 1 << 20, 1);
+        // Thresholds far from what is measured, so a preempted thread cannot flip a verdict.
+        graphs.inline_max = Duration::from_millis(100);
         let here = std::thread::current().name().unwrap_or("").to_string();
         let fast: Arc<dyn LoadedModel> = Arc::new(Probe { cost: Duration::ZERO });
-        let slow: Arc<dyn LoadedModel> = Arc::new(Probe { cost: INLINE_MAX * 3 });
+        let slow: Arc<dyn LoadedModel> = Arc::new(Probe { cost: Duration::from_millis(300) });
         // Not measured yet: the pool. Measured fast: inline. Slow: always the pool.
         assert_ne!(thread_of(&graphs, &fast).await, here);
         assert_eq!(thread_of(&graphs, &fast).await, here);

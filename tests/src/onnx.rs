@@ -1,0 +1,106 @@
+//! Small ONNX models built in tests with tract's generated protobuf types: what the GPU kernel
+//! tests and the pipeline tests feed the engines, without a Python step.
+
+use tract_onnx::pb;
+
+/// A node `op` reading `inputs`, writing `output`.
+pub fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|i| (*i).into()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// An INT64 initializer (shapes, axes).
+pub fn int64s(name: &str, values: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: 7,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// An ONNX model of one `node` over float inputs `inputs` (name, shape) and float initializers
+/// (name, shape, values), with output `y`.
+pub fn one_node_model(
+    node: pb::NodeProto,
+    inputs: &[(&str, &[i64])],
+    initializers: &[(&str, &[i64], Vec<f32>)],
+) -> Vec<u8> {
+    let initializers = initializers
+        .iter()
+        .map(|(name, dims, values)| pb::TensorProto {
+            name: (*name).into(),
+            dims: dims.to_vec(),
+            data_type: 1,
+            float_data: values.clone(),
+            ..Default::default()
+        })
+        .collect();
+    onnx_model(vec![node], inputs, initializers)
+}
+
+/// An ONNX model of `nodes` over float inputs `inputs` (name, shape), with output `y`.
+pub fn onnx_model(nodes: Vec<pb::NodeProto>, inputs: &[(&str, &[i64])], initializers: Vec<pb::TensorProto>) -> Vec<u8> {
+    use prost::Message as _;
+    let value_info = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| pb::tensor_shape_proto::Dimension {
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        name: "g".into(),
+        node: nodes,
+        input: inputs.iter().map(|(n, d)| value_info(n, d)).collect(),
+        output: vec![pb::ValueInfoProto { name: "y".into(), ..Default::default() }],
+        initializer: initializers,
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+pub fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: 7, ints: ints.to_vec(), ..Default::default() }
+}
+
+pub fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: 2, i, ..Default::default() }
+}
+
+/// Deterministic values in [-1, 1).
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}

@@ -1,0 +1,174 @@
+//! One call pipeline (`host/src/invocation/`): every call that ran is billed once, whatever it
+//! answered and whoever went away; refusals are not billed; bills tell a model from a function.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+
+use infercell_tests::onnx::{attr_int, int64s, node, onnx_model};
+use infercell_tests::*;
+
+fn records(server: &Server, key: &str) -> Vec<Value> {
+    let usage: Value = server.get("/v1/usage?limit=1000", Some(key)).json().unwrap();
+    usage["records"].as_array().unwrap().clone()
+}
+
+#[test]
+fn a_function_answering_503_is_billed_once() {
+    let server = Server::start();
+    let key = server.tenant("acme", "free");
+    server.deploy(&key, "hostile");
+    let resp = server.invoke(&key, "acme/hostile/status/503", "");
+    assert_eq!(resp.status(), 503, "the function's own status is passed through");
+    assert!(resp.headers()["infercell-usage"].to_str().unwrap().contains("invocations=1"));
+    let id = resp.headers()["infercell-request-id"].to_str().unwrap().to_string();
+    let records = records(&server, &key);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["request_id"], id.as_str());
+    assert_eq!(records[0]["status"], 503);
+    assert_eq!(records[0]["outcome"], "ok");
+    assert_eq!(server.metric(r#"infercell_invocations_total{tenant="acme",function="hostile",outcome="ok"}"#), 1.0);
+
+    // An answer the host cannot send (status 1000) ran too: billed, and stored as `error`.
+    assert_eq!(server.invoke(&key, "acme/hostile/status/1000", "").status(), 500);
+    let both = self::records(&server, &key);
+    assert_eq!(both.len(), 2);
+    assert_eq!((both[1]["outcome"].as_str(), &both[1]["status"]), (Some("error"), &json!(500)));
+    assert_eq!(server.metric(r#"infercell_invocations_total{tenant="acme",function="hostile",outcome="error"}"#), 1.0);
+}
+
+#[test]
+fn a_model_and_a_function_of_one_name_are_separate_bill_lines() {
+    let server = Server::start();
+    let key = server.tenant("acme", "free");
+    server.push_digits(&key);
+    server.deploy(&key, "digits");
+    let case = &digits_expected()["cases"][0];
+    let resp = server.invoke(&key, "acme/digits", &json!({ "pixels": case["pixels"] }).to_string());
+    assert_eq!(resp.status(), 200);
+    let pixels: Vec<f64> = case["pixels"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap() / 16.0).collect();
+    let body = json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1, 64], "data": pixels }] });
+    assert_eq!(server.post("/v2/models/digits/infer", Some(&key), body.to_string()).status(), 200);
+
+    let kinds: Vec<(String, String)> = records(&server, &key)
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap().into(), r["function"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(kinds, [("function".into(), "digits".into()), ("model".into(), "digits".into())]);
+
+    let out = server.cli(&key, &["billing", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bill: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let invocations: Vec<(&str, &str, &str)> = bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["meter"] == "invocations")
+        .map(|l| (l["kind"].as_str().unwrap(), l["function"].as_str().unwrap(), l["quantity"].as_str().unwrap()))
+        .collect();
+    assert_eq!(invocations, [("function", "digits", "1"), ("model", "digits", "1")], "{bill}");
+    let summary: Vec<(&str, i64)> = bill["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap(), f["invocations"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(summary, [("function", 1), ("model", 1)]);
+
+    // CSV: the five columns as before, `kind` added last.
+    let csv = server.get("/v1/billing?format=csv", Some(&key)).text().unwrap();
+    let mut rows = csv.lines();
+    assert_eq!(rows.next(), Some("function,meter,quantity,unit_price,amount,kind"));
+    let invocation_rows: Vec<&str> = rows.filter(|r| r.starts_with("digits,invocations,")).collect();
+    assert_eq!(invocation_rows.len(), 2, "{csv}");
+    assert!(invocation_rows[0].ends_with(",function") && invocation_rows[1].ends_with(",model"), "{csv}");
+    let table = String::from_utf8_lossy(&server.cli(&key, &["billing"]).stdout).to_string();
+    assert!(table.contains("KIND") && table.contains("model    digits"), "{table}");
+}
+
+/// `y = max(x' x' ... x')` over 48 products of 1024 x 1024 matrices, `x'` being the `[1, 1]`
+/// input broadcast: about 100 GFLOP (seconds of CPU work on any machine) in a few hundred bytes.
+fn slow_model() -> Vec<u8> {
+    let mut nodes = vec![node("Expand", &["x", "shape"], "a0", Vec::new())];
+    for i in 1..=48 {
+        nodes.push(node("MatMul", &[&format!("a{}", i - 1), "a0"], &format!("a{i}"), Vec::new()));
+    }
+    nodes.push(node("ReduceMax", &["a48"], "y", vec![attr_int("keepdims", 0)]));
+    onnx_model(nodes, &[("x", &[1, 1])], vec![int64s("shape", &[1024, 1024])])
+}
+
+/// The compute cannot be interrupted: the call answers 504 once the engine has stopped, and
+/// its record holds the engine time it really used, past the cut.
+#[test]
+fn a_call_cut_by_its_timeout_while_the_engine_computes_is_billed_its_engine_time() {
+    let server = Server::start();
+    let key = server.tenant("acme", "standard");
+    let resp = server.push_model(&key, "name = \"slow\"\nengine = \"tract\"\n", slow_model());
+    assert_eq!(resp.status(), 201, "{}", resp.text().unwrap());
+    let manifest =
+        "name = \"cut\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"500ms\"\n[capabilities]\nmodels = [\"slow\"]\n";
+    assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
+
+    let resp = server.invoke(&key, "acme/cut/nn/slow", "");
+    let usage = resp.headers()["infercell-usage"].to_str().unwrap().to_string();
+    let msg = expect_error(resp, 504);
+    assert!(msg.contains("timed out after 500ms"), "{msg}");
+    let records = records(&server, &key);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "timeout");
+    let nn_cpu_ms: f64 = records[0]["meters"]["nn_cpu_ms"].as_str().unwrap().parse().unwrap();
+    assert!(nn_cpu_ms > 500.0, "the engine's time past the 500 ms cut is billed: {nn_cpu_ms} ms ({usage})");
+    assert!(usage.contains(&format!("nn_cpu_ms={}", records[0]["meters"]["nn_cpu_ms"].as_str().unwrap())), "{usage}");
+}
+
+/// A client that hangs up mid-call does not cancel it: the call runs to its end and its record
+/// is committed.
+#[test]
+fn a_client_that_disconnects_mid_call_is_still_billed() {
+    let server = Server::start();
+    let key = server.tenant("acme", "free");
+    let manifest = "name = \"spin\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n";
+    assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /fn/acme/spin/loop HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    wait_until("the call is running", || server.metric("infercell_active_instances") >= 1.0);
+    stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(stream);
+    wait_until("the call's record is committed", || records(&server, &key).len() == 1);
+    let records = records(&server, &key);
+    assert_eq!(records[0]["outcome"], "timeout");
+    assert_eq!(records[0]["status"], 504);
+    assert_eq!(server.metric("infercell_active_instances"), 0.0);
+    let out = server.cli(&key, &["usage", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["records"].as_array().unwrap().len(), 1, "infercell usage counts it");
+}
+
+/// A call whose client hung up runs on without a connection; a SIGTERM then waits for it, so
+/// its record is committed before the server exits.
+#[test]
+fn shutdown_waits_for_calls_whose_clients_hung_up() {
+    let mut server = Server::start();
+    let key = server.tenant("acme", "free");
+    let manifest = "name = \"spin\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n";
+    assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /fn/acme/spin/loop HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    wait_until("the call is running", || server.metric("infercell_active_instances") >= 1.0);
+    drop(stream);
+    server.terminate();
+    assert!(server.wait().success());
+    server.restart();
+    let records = records(&server, &key);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "timeout");
+}
