@@ -247,13 +247,14 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 /// speaks), without the HTTP/2 sniffing of a generic server: on the hot path of small
 /// invocations, every microsecond of server CPU is throughput.
 pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal().context("installing the SIGTERM and Ctrl-C handlers")?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     tracing::info!(%addr, "listening");
     let service = hyper_util::service::TowerToHyperService::new(router(app.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -287,23 +288,23 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves at SIGTERM or Ctrl-C. The signal streams are made here, before the caller prints
+/// `listening on`: a stream made later can miss a signal sent the moment that line appears
+/// (tokio marks what was delivered before a stream existed as seen), and the server would
+/// never stop.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut term, mut interrupt) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown requested; draining in-flight calls");
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! { _ = term.recv() => {}, _ = interrupt.recv() => {} }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested; draining in-flight calls");
+    })
 }
 
 /// A status code from a number the guest chose, or None if it is not a valid HTTP status.
