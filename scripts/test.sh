@@ -62,4 +62,5 @@ export INFERCELL_STRICT_TESTS=1
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 cargo build -p infercell --locked
-cargo test --workspace --all-features --locked
+# A hung test fails the run instead of holding it (the whole suite takes minutes).
+timeout --kill-after=1m 45m cargo test --workspace --all-features --locked

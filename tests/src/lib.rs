@@ -118,9 +118,8 @@ impl Server {
 
     /// Stops the server with SIGTERM and waits for it to exit; returns its exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("server not running");
-        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-        child.wait().unwrap()
+        self.terminate();
+        self.wait()
     }
 
     /// The server process's id.
@@ -172,9 +171,23 @@ impl Server {
         Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     }
 
-    /// Waits for the server process to exit.
+    /// Waits for the server process to exit (after [`Server::terminate`]). A server that is
+    /// still running a minute later is killed and the test fails: a hang is a failure, never a
+    /// stuck run.
     pub fn wait(&mut self) -> std::process::ExitStatus {
-        self.child.take().expect("server not running").wait().unwrap()
+        let mut child = self.child.take().expect("server not running");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not exit within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Kills the server with SIGKILL (no chance to clean up).
