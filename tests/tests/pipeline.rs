@@ -120,14 +120,11 @@ fn a_call_cut_by_its_timeout_while_the_engine_computes_is_billed_its_engine_time
     assert!(usage.contains(&format!("nn_cpu_ms={}", records[0]["meters"]["nn_cpu_ms"].as_str().unwrap())), "{usage}");
 }
 
-/// A client that hangs up mid-call does not cancel it: the call runs to its end and its record
-/// is committed.
-#[test]
-fn a_client_that_disconnects_mid_call_is_still_billed() {
-    let server = Server::start();
-    let key = server.tenant("acme", "free");
+/// Deploys `spin` (a loop cut at 2 s) for `acme`, calls it over a raw socket and hangs up once
+/// the call is running.
+fn start_a_call_and_hang_up(server: &Server, key: &str) {
     let manifest = "name = \"spin\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n";
-    assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
+    assert_eq!(server.upload(key, manifest, component("hostile")).status(), 201);
     let addr = server.url.trim_start_matches("http://").to_string();
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     write!(
@@ -137,7 +134,15 @@ fn a_client_that_disconnects_mid_call_is_still_billed() {
     .unwrap();
     wait_until("the call is running", || server.metric("infercell_active_instances") >= 1.0);
     stream.shutdown(std::net::Shutdown::Both).unwrap();
-    drop(stream);
+}
+
+/// A client that hangs up mid-call does not cancel it: the call runs to its end and its record
+/// is committed.
+#[test]
+fn a_client_that_disconnects_mid_call_is_still_billed() {
+    let server = Server::start();
+    let key = server.tenant("acme", "free");
+    start_a_call_and_hang_up(&server, &key);
     wait_until("the call's record is committed", || records(&server, &key).len() == 1);
     let records = records(&server, &key);
     assert_eq!(records[0]["outcome"], "timeout");
@@ -154,17 +159,7 @@ fn a_client_that_disconnects_mid_call_is_still_billed() {
 fn shutdown_waits_for_calls_whose_clients_hung_up() {
     let mut server = Server::start();
     let key = server.tenant("acme", "free");
-    let manifest = "name = \"spin\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n";
-    assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
-    let addr = server.url.trim_start_matches("http://").to_string();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
-        "POST /fn/acme/spin/loop HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    wait_until("the call is running", || server.metric("infercell_active_instances") >= 1.0);
-    drop(stream);
+    start_a_call_and_hang_up(&server, &key);
     server.terminate();
     assert!(server.wait().success());
     server.restart();
