@@ -35,8 +35,12 @@ impl Answer {
 
 impl Surface {
     fn new() -> Self {
+        Self::with(Config::embedded())
+    }
+
+    fn with(config: Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (app, _) = App::open(Config::embedded(), dir.path(), Some(ADMIN.into())).unwrap();
+        let (app, _) = App::open(config, dir.path(), Some(ADMIN.into())).unwrap();
         Self { app, _dir: dir }
     }
 
@@ -168,4 +172,36 @@ async fn models_are_served_under_v2_and_billed_as_models() {
     assert_eq!((records[0]["kind"].as_str(), records[0]["function"].as_str()), (Some("model"), Some("digits")));
     let bill = surface.get("/v1/billing", Some(&acme)).await.json();
     assert!(bill["lines"].as_array().unwrap().iter().all(|l| l["kind"] == "model"), "{bill}");
+}
+
+/// No instance slot free is a refusal: 503 with `Retry-After`, nothing billed; the call that
+/// holds the slot is billed as it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_instance_slot_is_a_503_with_retry_after_and_not_billed() {
+    let mut config = Config::embedded();
+    config.runtime.max_instances = 1;
+    let surface = Arc::new(Surface::with(config));
+    let acme = surface.tenant("acme", "standard").await;
+    let manifest = "name = \"spin\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n";
+    let uploaded = surface.upload("/v1/functions", &acme, manifest, "component", component("hostile")).await;
+    assert_eq!(uploaded.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&uploaded.body));
+
+    let (s, k) = (surface.clone(), acme.clone());
+    let looping =
+        tokio::spawn(async move { s.call(Method::POST, "/fn/acme/spin/loop", Some(&k), "", Vec::new()).await.status });
+    let started = std::time::Instant::now();
+    while surface.app.runtime.live_instances() < 1 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the loop never started");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let refused = surface.call(Method::POST, "/fn/acme/spin/ok", Some(&acme), "", Vec::new()).await;
+    let msg = error_of(&refused, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(msg.contains("no instance slot free"), "{msg}");
+    assert_eq!(refused.headers["retry-after"], "1");
+    let usage = refused.headers["infercell-usage"].to_str().unwrap();
+    assert!(!usage.contains("invocations="), "a refusal has no meters: {usage}");
+    assert_eq!(looping.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
+    let records = surface.records(&acme).await;
+    assert_eq!(records.len(), 1, "only the call that ran is billed: {records:?}");
+    assert_eq!(records[0]["outcome"], "timeout");
 }
