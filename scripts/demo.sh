@@ -70,8 +70,10 @@ echo "== usage of one call (infercell-usage header)"
 curl -s -o /dev/null -D - -H "Authorization: Bearer $INFERCELL_KEY" --data 'metered' "$INFERCELL_URL/fn/demo/echo" |
     grep -i '^infercell-usage' | tr -d '\r'
 
-echo "== /metrics (invocations)"
-curl -s "$INFERCELL_URL/metrics" | grep '^infercell_invocations_total' | grep -v ' 0$'
+echo "== /metrics (invocations), with a platform key of role metrics made for a scraper"
+metrics_key="$(curl -s -H "Authorization: Bearer $(cat "$data/data/admin.key")" "$INFERCELL_URL/v1/keys" \
+    -d '{"role": "metrics", "name": "prometheus"}' | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')"
+curl -s -H "Authorization: Bearer $metrics_key" "$INFERCELL_URL/metrics" | grep '^infercell_invocations_total' | grep -v ' 0$'
 
 echo "== infercell usage"
 "$bin" usage

@@ -86,6 +86,7 @@ async fn time_guest(engine: Arc<dyn Engine>, work: &Workload, iters: u32) -> Res
         tenant: "bench".into(),
         models: vec![work.model.into()],
         gpu: false,
+        load_bytes: false,
         max_model_bytes: 1 << 30,
         graphs,
         source: Arc::new(OneModel(work.model, work.onnx.clone())),

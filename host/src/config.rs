@@ -20,7 +20,7 @@ max_upload_bytes = "64MiB"
 max_request_bytes = "16MiB"
 max_response_bytes = "16MiB"
 max_response_headers = 100
-metrics_require_key = false
+metrics_require_key = true
 
 [metering]
 enabled = true
@@ -41,13 +41,22 @@ epoch_tick = "10ms"
 max_log_bytes_per_call = "64KiB"
 log_lines_per_function = 1000
 
+[outbound]
+allow_ranges = []
+connect_timeout = "10s"
+first_byte_timeout = "30s"
+between_bytes_timeout = "30s"
+
 [plans.free]
 max_memory = "64MiB"
 max_timeout = "5s"
 default_memory = "32MiB"
 default_timeout = "2s"
 gpu = false
+nn_load_bytes = false
 outbound_http = false
+outbound_requests_per_call = 0
+outbound_bytes_per_call = "0"
 max_model_bytes = "16MiB"
 requests_per_second = 10
 burst = 20
@@ -64,6 +73,8 @@ nn_cpu_ms = "0.00000002"
 nn_gpu_ms = "0.0000004"
 bytes_in = "0"
 bytes_out = "0.00000000009"
+http_requests = "0"
+http_bytes = "0"
 
 [plans.standard]
 max_memory = "512MiB"
@@ -71,7 +82,10 @@ max_timeout = "30s"
 default_memory = "128MiB"
 default_timeout = "10s"
 gpu = true
+nn_load_bytes = true
 outbound_http = true
+outbound_requests_per_call = 64
+outbound_bytes_per_call = "64MiB"
 max_model_bytes = "256MiB"
 max_concurrency = 256
 currency = "USD"
@@ -85,6 +99,8 @@ nn_cpu_ms = "0.00000002"
 nn_gpu_ms = "0.0000004"
 bytes_in = "0"
 bytes_out = "0.00000000009"
+http_requests = "0.000001"
+http_bytes = "0.00000000009"
 "#;
 
 /// The whole configuration.
@@ -95,6 +111,7 @@ pub struct Config {
     pub metering: MeteringConfig,
     pub nn: NnConfig,
     pub runtime: RuntimeSection,
+    pub outbound: OutboundConfig,
     pub plans: BTreeMap<String, Plan>,
 }
 
@@ -112,7 +129,8 @@ pub struct ServerConfig {
     pub max_response_bytes: u64,
     /// Most response headers a function may return (more is a 500).
     pub max_response_headers: usize,
-    /// When true, `GET /metrics` needs a key like every other endpoint.
+    /// When true (the default), `GET /metrics` needs the admin key or a platform key with the
+    /// `metrics` role: metrics name every tenant and function.
     pub metrics_require_key: bool,
 }
 
@@ -154,6 +172,25 @@ pub struct NnConfig {
     pub gpu_fusion: bool,
 }
 
+/// `[outbound]`: what functions granted `allowed_hosts` may still not do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Address ranges functions may reach although they are not public (loopback, RFC 1918,
+    /// link-local, ...): CIDR ranges such as `"10.20.0.0/16"` or single addresses. Empty: none.
+    #[serde(deserialize_with = "de_ranges")]
+    pub allow_ranges: Vec<ipnet::IpNet>,
+    /// Longest wait to resolve a host, connect and finish the TLS handshake.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the start of a response.
+    #[serde(deserialize_with = "de_duration")]
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two parts of a response body.
+    #[serde(deserialize_with = "de_duration")]
+    pub between_bytes_timeout: Duration,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSection {
@@ -181,9 +218,19 @@ pub struct Plan {
     #[serde(default)]
     pub max_fuel: Option<u64>,
     pub gpu: bool,
+    /// Whether functions may be granted wasi:nn `graph::load` from raw bytes
+    /// (`capabilities.nn_load_bytes`): each new graph costs a probe and a cache entry.
+    #[serde(default)]
+    pub nn_load_bytes: bool,
     /// Whether functions may be granted outbound HTTP (`capabilities.allowed_hosts`).
     #[serde(default)]
     pub outbound_http: bool,
+    /// Outbound HTTP requests one call may make.
+    #[serde(default = "default_outbound_requests")]
+    pub outbound_requests_per_call: u64,
+    /// Body bytes one call's outbound requests may send and receive, together.
+    #[serde(default = "default_outbound_bytes", deserialize_with = "de_size")]
+    pub outbound_bytes_per_call: u64,
     /// Largest model a tenant on this plan may push.
     #[serde(deserialize_with = "de_size")]
     pub max_model_bytes: u64,
@@ -223,6 +270,11 @@ pub struct Prices {
     pub bytes_in: Decimal,
     #[serde(deserialize_with = "de_decimal")]
     pub bytes_out: Decimal,
+    /// Outbound HTTP (absent: free).
+    #[serde(default, deserialize_with = "de_decimal")]
+    pub http_requests: Decimal,
+    #[serde(default, deserialize_with = "de_decimal")]
+    pub http_bytes: Decimal,
 }
 
 impl Prices {
@@ -237,6 +289,8 @@ impl Prices {
             "nn_gpu_ms" => self.nn_gpu_ms,
             "bytes_in" => self.bytes_in,
             "bytes_out" => self.bytes_out,
+            "http_requests" => self.http_requests,
+            "http_bytes" => self.http_bytes,
             _ => Decimal::ZERO,
         }
     }
@@ -340,6 +394,26 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+fn default_outbound_requests() -> u64 {
+    64
+}
+
+fn default_outbound_bytes() -> u64 {
+    64 << 20
+}
+
+fn de_ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?.iter().map(|text| parse_range(text).map_err(serde::de::Error::custom)).collect()
+}
+
+/// Parses `10.0.0.0/8`, `fd00::/8` or a single address (a range of one).
+pub fn parse_range(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{text}` is not an address range such as \"10.20.0.0/16\" or an address"))
+}
+
 fn de_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
     let text = String::deserialize(d)?;
     parse_decimal(&text).map_err(serde::de::Error::custom)
@@ -403,5 +477,16 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("1TiB").is_err());
+    }
+
+    #[test]
+    fn outbound_ranges_parse_and_default_to_none() {
+        assert!(Config::embedded().outbound.allow_ranges.is_empty());
+        let config = Config::from_toml("[outbound]\nallow_ranges = [\"127.0.0.0/8\", \"::1\"]\n").expect("parses");
+        assert_eq!(config.outbound.allow_ranges.len(), 2);
+        assert!(config.outbound.allow_ranges[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
+        let err = Config::from_toml("[outbound]\nallow_ranges = [\"localhost\"]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("not an address range"), "{err:#}");
+        assert_eq!(Config::embedded().plans["standard"].outbound_requests_per_call, 64);
     }
 }

@@ -107,6 +107,21 @@ CREATE TABLE secrets (
     PRIMARY KEY (tenant, name)
 );
 "#,
+    // Platform keys: made by the admin for machines that serve the whole platform (a metrics
+    // scraper), belonging to no tenant.
+    r#"
+CREATE TABLE platform_keys (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    name TEXT,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT,
+    last_used_at TEXT
+);
+"#,
 ];
 
 /// A shared handle to the metadata database.

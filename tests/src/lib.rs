@@ -140,7 +140,7 @@ impl Server {
 
     /// The value of a metric line (`name{labels}`, exactly as /metrics prints it), or 0.
     pub fn metric(&self, series: &str) -> f64 {
-        let text = self.get("/metrics", None).text().unwrap();
+        let text = self.get("/metrics", Some(ADMIN_KEY)).text().unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
             .map_or(0.0, |v| v.trim().parse().unwrap())

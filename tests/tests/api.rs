@@ -281,7 +281,7 @@ fn tenants_cannot_see_or_touch_each_other() {
 
 #[test]
 fn metrics_show_invocation_series_without_keys() {
-    let server = Server::start();
+    let mut server = Server::start();
     let key = server.tenant("acme", "free");
     server.deploy(&key, "echo");
     server.deploy(&key, "hostile");
@@ -289,7 +289,7 @@ fn metrics_show_invocation_series_without_keys() {
         assert_eq!(server.invoke(&key, "acme/echo", "x").status(), 200);
     }
     assert_eq!(server.invoke(&key, "acme/hostile/trap", "").status(), 500);
-    let resp = server.get("/metrics", None);
+    let resp = server.get("/metrics", Some(ADMIN_KEY));
     assert_eq!(resp.status(), 200);
     let text = resp.text().unwrap();
     assert!(text.contains(r#"infercell_invocations_total{tenant="acme",function="echo",outcome="ok"} 3"#), "{text}");
@@ -298,11 +298,45 @@ fn metrics_show_invocation_series_without_keys() {
     assert!(text.contains("infercell_active_instances"));
     assert!(!text.contains(&key) && !text.contains(ADMIN_KEY), "metrics must never carry keys");
 
-    let locked = Server::start_with_config(Some("[server]\nmetrics_require_key = true\n"));
-    expect_error(locked.get("/metrics", None), 401);
-    assert_eq!(locked.get("/metrics", Some(ADMIN_KEY)).status(), 200);
-    let tenant_key = locked.tenant("acme", "free");
-    expect_error(locked.get("/metrics", Some(&tenant_key)), 403);
+    // Metrics name every tenant and function: by default they need a key, and a tenant's key,
+    // even its owner's, is not one.
+    expect_error(server.get("/metrics", None), 401);
+    let msg = expect_error(server.get("/metrics", Some(&key)), 403);
+    assert!(msg.contains("`metrics` role"), "{msg}");
+
+    // The admin makes a platform key for a scraper: it reads /metrics and nothing else.
+    let resp = server.post("/v1/keys", Some(ADMIN_KEY), r#"{"role": "metrics", "name": "prometheus"}"#);
+    assert_eq!(resp.status(), 201);
+    let made: Value = resp.json().unwrap();
+    assert_eq!(made["role"], "metrics");
+    let scraper = made["api_key"].as_str().unwrap().to_string();
+    assert_eq!(server.get("/metrics", Some(&scraper)).status(), 200);
+    expect_error(server.get("/v1/functions", Some(&scraper)), 403);
+    expect_error(server.get("/v1/tenants", Some(&scraper)), 403);
+    expect_error(server.post("/v1/tenants", Some(&scraper), r#"{"name": "x", "plan": "free"}"#), 403);
+    expect_error(server.get("/v1/keys", Some(&scraper)), 403);
+    // Roles stay on their side: an owner cannot make a metrics key, the admin no tenant key.
+    let msg = expect_error(server.post("/v1/keys", Some(&key), r#"{"role": "metrics"}"#), 400);
+    assert!(msg.contains("metrics keys are the admin's"), "{msg}");
+    let msg = expect_error(server.post("/v1/keys", Some(ADMIN_KEY), r#"{"role": "owner"}"#), 400);
+    assert!(msg.contains("not a platform key role"), "{msg}");
+    let listed: Value = server.get("/v1/keys", Some(ADMIN_KEY)).json().unwrap();
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["keys"][0]["name"], "prometheus");
+    let tenant_keys: Value = server.get("/v1/keys", Some(&key)).json().unwrap();
+    assert!(tenant_keys["keys"].as_array().unwrap().iter().all(|k| k["role"] != "metrics"));
+    // It survives a restart, and once revoked it is refused.
+    server.stop();
+    server.restart();
+    assert_eq!(server.get("/metrics", Some(&scraper)).status(), 200);
+    let id = made["id"].as_str().unwrap();
+    assert_eq!(server.delete(&format!("/v1/keys/{id}"), ADMIN_KEY).status(), 204);
+    expect_error(server.get("/metrics", Some(&scraper)), 401);
+    expect_error(server.delete(&format!("/v1/keys/{id}"), &key), 404);
+
+    // The operator may open them.
+    let open = Server::start_with_config(Some("[server]\nmetrics_require_key = false\n"));
+    assert_eq!(open.get("/metrics", None).status(), 200);
 }
 
 #[test]

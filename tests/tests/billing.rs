@@ -55,7 +55,7 @@ fn every_call_is_recorded_and_billed_exactly() {
     assert_eq!(bill["tenant"], "acme");
     assert_eq!(bill["currency"], "USD");
     let lines = bill["lines"].as_array().unwrap();
-    assert_eq!(lines.len(), 16, "8 meters x 2 functions");
+    assert_eq!(lines.len(), 20, "10 meters x 2 functions");
     let line = |f: &str, m: &str| lines.iter().find(|l| l["function"] == f && l["meter"] == m).unwrap().clone();
     assert_eq!(line("echo", "invocations")["quantity"], "3");
     assert_eq!(line("echo", "invocations")["unit_price"], "0.0000002");
@@ -89,7 +89,7 @@ fn every_call_is_recorded_and_billed_exactly() {
     let csv = csv.text().unwrap();
     let mut rows = csv.lines();
     assert_eq!(rows.next(), Some("function,meter,quantity,unit_price,amount,kind"));
-    assert_eq!(rows.count(), 16);
+    assert_eq!(rows.count(), 20, "10 meters x 2 functions");
     assert!(csv.contains("echo,invocations,3,0.0000002,0.0000006,function\n"), "{csv}");
 
     // Per function, and a range with nothing in it.
@@ -189,7 +189,7 @@ fn over_the_rate_is_429_with_retry_after_and_not_billed() {
     assert_eq!(server.invoke(&neighbour, "neighbour/echo", "fine").status(), 200);
     let records = usage(&server, &key, "?limit=1000")["records"].as_array().unwrap().len();
     assert_eq!(records, ok, "refused calls are not recorded");
-    let metrics = server.get("/metrics", None).text().unwrap();
+    let metrics = server.get("/metrics", Some(ADMIN_KEY)).text().unwrap();
     assert!(
         metrics.contains(&format!(r#"infercell_refused_total{{tenant="acme",reason="rate"}} {limited}"#)),
         "{metrics}"

@@ -350,7 +350,7 @@ fn execution_target_gpu_needs_the_grant() {
         ("", "error ErrorCode::Security: this function is not granted the GPU"),
         ("gpu = true\n", "error ErrorCode::InvalidEncoding: not an ONNX model"),
     ] {
-        let manifest = format!("name = \"hostile\"\n[capabilities]\n{grant}");
+        let manifest = format!("name = \"hostile\"\n[capabilities]\nnn_load_bytes = true\n{grant}");
         assert_eq!(server.upload(&key, &manifest, component("hostile")).status(), 201);
         let text = server.invoke(&key, "acme/hostile/nn/gpu", "").text().unwrap();
         assert!(text.starts_with(expected), "`{text}` does not start with `{expected}`");

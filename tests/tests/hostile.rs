@@ -40,6 +40,7 @@ const CASES: &[(&str, &str, Expect)] = &[
     ("a 4 GiB tensor claim", "hostile/nn/huge", Expect::Ok("error ErrorCode::InvalidArgument")),
     ("another tenant's model", "hostile/nn/other", Expect::Ok("error ErrorCode::NotFound")),
     ("malformed ONNX", "hostile/nn/garbage", Expect::Ok("error ErrorCode::InvalidEncoding")),
+    ("raw model bytes without nn_load_bytes", "hostile-files/nn/garbage", Expect::Ok("error ErrorCode::Security")),
     ("the GPU without a grant", "hostile/nn/gpu", Expect::Ok("error ErrorCode::Security")),
     ("a wrong tensor shape", "hostile/nn/wrong-shape", Expect::Ok("error ErrorCode::InvalidArgument")),
     ("a wrong tensor type", "hostile/nn/wrong-type", Expect::Ok("error ErrorCode::InvalidArgument")),
@@ -52,7 +53,7 @@ const CASES: &[(&str, &str, Expect)] = &[
 // Only the infinite loop is about time (`hostile-loop`, 1 s). Every other case gets a timeout
 // that no machine, however slow or loaded, reaches in a debug build: the verdict is the
 // outcome, never a race against the clock.
-const HOSTILE: &str = "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"30s\"\n[capabilities]\nmodels = [\"digits\", \"someone-elses-model\"]\n";
+const HOSTILE: &str = "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"30s\"\n[capabilities]\nmodels = [\"digits\", \"someone-elses-model\"]\nnn_load_bytes = true\n";
 const HOSTILE_LOOP: &str = "name = \"hostile-loop\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"1s\"\n";
 const HOSTILE_FUEL: &str = "name = \"hostile-fuel\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"30s\"\nfuel = 5000000\n";
 const HOSTILE_FILES: &str =
@@ -92,9 +93,34 @@ fn neighbour_is_served(server: &Server, good: &str, case: &str) {
 #[test]
 fn every_hostile_guest_costs_only_its_own_call() {
     let (server, evil, good) = setup();
-    assert!(CASES.len() >= 25, "the suite has {} call-time cases (and the outbound one)", CASES.len());
+    assert!(CASES.len() >= 25, "the suite has {} call-time cases (and the outbound ones)", CASES.len());
+    // The neighbour calls all along, concurrently with the abuse; every one of its calls must
+    // succeed. It holds `quiet` during each call, so the abuser's checks can see the platform
+    // between two of its calls.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let quiet = std::sync::Mutex::new(());
+    std::thread::scope(|scope| {
+        let neighbour = scope.spawn(|| {
+            let mut served = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                {
+                    let _call = quiet.lock().unwrap();
+                    neighbour_is_served(&server, &good, "concurrent abuse");
+                }
+                served += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            served
+        });
+        abuse(&server, &evil, &good, &quiet);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(neighbour.join().expect("the neighbour's calls all succeeded") > 0);
+    });
+}
+
+fn abuse(server: &Server, evil: &str, good: &str, quiet: &std::sync::Mutex<()>) {
     for (case, path, expect) in CASES {
-        let resp = server.invoke(&evil, &format!("evil/{path}"), "");
+        let resp = server.invoke(evil, &format!("evil/{path}"), "");
         let request_id = resp.headers()["infercell-request-id"].to_str().unwrap().to_string();
         assert!(resp.headers().contains_key("infercell-usage"), "{case}: the call is metered");
         match expect {
@@ -106,16 +132,17 @@ fn every_hostile_guest_costs_only_its_own_call() {
                 assert_eq!(resp.status(), 200, "{case}");
                 let body = resp.text().unwrap();
                 assert!(body.starts_with(prefix), "{case}: `{body}` does not start with `{prefix}`");
-                assert!(!body.contains(&evil), "{case}: the caller's key reached the guest");
+                assert!(!body.contains(evil), "{case}: the caller's key reached the guest");
                 if let Expect::OkWithout(_, forbidden) = expect {
                     assert!(!body.contains(forbidden), "{case}: `{forbidden}` in `{body}`");
                 }
             }
         }
-        neighbour_is_served(&server, &good, case);
-        let usage: Value = server.get("/v1/usage?limit=1000", Some(&evil)).json().unwrap();
+        neighbour_is_served(server, good, case);
+        let usage: Value = server.get("/v1/usage?limit=1000", Some(evil)).json().unwrap();
         let billed = usage["records"].as_array().unwrap().iter().any(|r| r["request_id"] == request_id.as_str());
         assert!(billed, "{case}: the abuser's call is billed");
+        let _quiet = quiet.lock().unwrap();
         assert_eq!(server.metric("infercell_active_instances"), 0.0, "{case}: no instance left running");
     }
     // Outbound HTTP to a host it was not granted: a loopback listener records whether anything
@@ -123,16 +150,31 @@ fn every_hostile_guest_costs_only_its_own_call() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let resp = server.invoke(&evil, &format!("evil/fetch?to=127.0.0.1:{port}/"), "");
+    let resp = server.invoke(evil, &format!("evil/fetch?to=127.0.0.1:{port}/"), "");
     assert!(resp.headers().contains_key("infercell-usage"), "the denied fetch is metered");
     assert_eq!(resp.text().unwrap(), "error: ErrorCode::HttpRequestDenied");
     assert!(listener.accept().is_err(), "a host not granted is never connected to");
-    neighbour_is_served(&server, &good, "outbound HTTP to a host not allowed");
+    neighbour_is_served(server, good, "outbound HTTP to a host not allowed");
+    // SSRF: the tenant grants itself this machine's own addresses, by name and in literal forms
+    // the OS reads as loopback. The platform refuses what they resolve to.
+    let ssrf = format!(
+        "name = \"ssrf\"\n[limits]\nmemory = \"16MiB\"\n[capabilities]\nallowed_hosts = [\"localhost:{port}\", \"2130706433:{port}\", \"0x7f.1:{port}\", \"[::1]:{port}\", \"0.0.0.0:{port}\"]\n"
+    );
+    assert_eq!(server.upload(evil, &ssrf, component("fetch")).status(), 201);
+    for form in ["localhost", "2130706433", "0x7f.1", "[::1]", "0.0.0.0"] {
+        let resp = server.invoke(evil, &format!("evil/ssrf?to={form}:{port}/"), "");
+        assert!(resp.headers().contains_key("infercell-usage"), "{form}: the refused fetch is metered");
+        assert_eq!(resp.text().unwrap(), "error: ErrorCode::DestinationIpProhibited", "{form}");
+        neighbour_is_served(server, good, "outbound HTTP to a private address");
+    }
+    assert!(listener.accept().is_err(), "a private address is never connected to, whatever the grant");
     // The host kept the evidence: each denial is audited and counted.
-    let audit: Value = server.get("/v1/audit", Some(&evil)).json().unwrap();
+    let audit: Value = server.get("/v1/audit", Some(evil)).json().unwrap();
     let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
     assert!(actions.contains(&"deny:gpu"), "{actions:?}");
     assert!(actions.contains(&"deny:allowed_hosts"), "{actions:?}");
+    assert!(actions.contains(&"deny:network"), "{actions:?}");
+    assert!(actions.contains(&"deny:nn_load_bytes"), "{actions:?}");
 }
 
 #[test]
@@ -148,6 +190,12 @@ fn imports_and_manifests_that_ask_for_too_much_are_refused_at_upload() {
             "memory",
         ),
         ("the GPU on the free plan", "name = \"g\"\n[capabilities]\ngpu = true\n".into(), component("hostile"), "gpu"),
+        (
+            "raw model bytes on the free plan",
+            "name = \"b\"\n[capabilities]\nnn_load_bytes = true\n".into(),
+            component("hostile"),
+            "nn_load_bytes (loading wasi:nn graphs from raw bytes) is not allowed on the `free` plan",
+        ),
         ("an unknown manifest key", "name = \"k\"\nroot = true\n".into(), component("hostile"), "root"),
         ("a path-like name", "name = \"../etc\"\n".into(), component("hostile"), "../etc"),
         ("a core module, not a component", "name = \"core\"\n".into(), b"\0asm\x01\0\0\0".to_vec(), "core"),

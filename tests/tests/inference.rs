@@ -112,10 +112,9 @@ fn models_are_per_tenant_and_granted_per_function() {
 #[test]
 fn wasi_nn_misuse_is_an_error_value_not_a_crash() {
     let server = Server::start();
-    let key = server.tenant("acme", "free");
+    let key = server.tenant("acme", "standard");
     server.push_digits(&key);
-    let manifest =
-        "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\n[capabilities]\nmodels = [\"digits\"]\n";
+    let manifest = "name = \"hostile\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\n[capabilities]\nmodels = [\"digits\"]\nnn_load_bytes = true\n";
     assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
     for (probe, expected) in [
         ("digits", "ok: loaded"),
@@ -133,6 +132,14 @@ fn wasi_nn_misuse_is_an_error_value_not_a_crash() {
         assert!(text.starts_with(expected), "{probe}: `{text}` does not start with `{expected}`");
     }
     assert_eq!(server.invoke(&key, "acme/hostile/ok", "").status(), 200);
+    // Without `nn_load_bytes` raw bytes are refused before they are read.
+    let manifest = "name = \"plain\"\n[limits]\nmemory = \"16MiB\"\n[capabilities]\nmodels = [\"digits\"]\n";
+    assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
+    let text = server.invoke(&key, "acme/plain/nn/garbage", "").text().unwrap();
+    assert!(
+        text.starts_with("error ErrorCode::Security: loading a graph from raw bytes needs capabilities.nn_load_bytes"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -194,7 +201,7 @@ fn concurrent_calls_share_one_loaded_graph() {
     for t in threads {
         t.join().unwrap();
     }
-    let metrics = server.get("/metrics", None).text().unwrap();
+    let metrics = server.get("/metrics", Some(ADMIN_KEY)).text().unwrap();
     assert!(metrics.contains("infercell_graph_cache_misses_total 1\n"), "the graph was loaded once: {metrics}");
     assert!(metrics.contains("infercell_graph_cache_graphs 1\n"));
 }

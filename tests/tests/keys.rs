@@ -32,15 +32,16 @@ enum Foreign {
 const ROWS: &[Row] = &[
     Row { method: "POST", path: "/v1/tenants", body: "{}", allowed: &["admin"], foreign: Foreign::Forbidden },
     Row { method: "GET", path: "/v1/tenants", body: "", allowed: &["admin"], foreign: Foreign::Forbidden },
-    Row { method: "POST", path: "/v1/keys", body: "{}", allowed: &["owner"], foreign: Foreign::NotApplicable },
+    // The admin's keys are platform keys (role `metrics`).
+    Row { method: "POST", path: "/v1/keys", body: "{}", allowed: &["owner", "admin"], foreign: Foreign::NotApplicable },
     Row {
         method: "GET",
         path: "/v1/keys",
         body: "",
-        allowed: &["owner"],
+        allowed: &["owner", "admin"],
         foreign: Foreign::OwnListing("deployer key"),
     },
-    Row { method: "DELETE", path: "/v1/keys/0000", body: "", allowed: &["owner"], foreign: Foreign::NotFound },
+    Row { method: "DELETE", path: "/v1/keys/0000", body: "", allowed: &["owner", "admin"], foreign: Foreign::NotFound },
     Row {
         method: "POST",
         path: "/v1/functions",
@@ -343,7 +344,7 @@ fn the_audit_log_records_management_actions_and_denials() {
     // The function's log says so too, and the denial is counted.
     let logs = server.get("/v1/functions/hostile/logs", Some(&owner)).text().unwrap();
     assert!(logs.contains("denied: models `someone-elses-model`"), "{logs}");
-    let metrics = server.get("/metrics", None).text().unwrap();
+    let metrics = server.get("/metrics", Some(ADMIN_KEY)).text().unwrap();
     assert!(metrics.contains("infercell_denials_total{tenant=\"acme\",capability=\"models\"} 1"), "{metrics}");
 
     // Requests without any key are refused but not audited: anyone could grow the log.

@@ -52,7 +52,7 @@ enum Command {
     /// Put, list or delete the tenant's secrets (owner key; values are never shown).
     #[command(subcommand)]
     Secrets(SecretsCommand),
-    /// Create, list or revoke the tenant's API keys (owner key).
+    /// Create, list or revoke the tenant's API keys (owner key), or platform keys (admin key).
     #[command(subcommand)]
     Keys(KeysCommand),
     /// The audit log: management actions and denials (owner: own tenant; admin: any).
@@ -215,7 +215,8 @@ enum SecretsCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Make a key with ROLE (owner, deployer, invoker or billing); prints it once.
+    /// Make a key with ROLE (owner, deployer, invoker or billing; with the admin key: metrics,
+    /// for a scraper of /metrics); prints it once.
     Create {
         role: String,
         /// A label to recognise it by.

@@ -64,10 +64,16 @@ async fn record_denials(
             .inc();
         logs.push(crate::runtime::LogLine {
             level: LogLevel::Warn,
-            message: format!(
-                "[infercell] denied: {} `{}` ({}): grant it under [capabilities]",
-                denial.capability, denial.target, denial.reason
-            ),
+            message: match denial.capability {
+                // Refused by the platform whatever the grant: nothing to grant.
+                "network" | "outbound_requests" => {
+                    format!("[infercell] denied: {} `{}`: {}", denial.capability, denial.target, denial.reason)
+                }
+                _ => format!(
+                    "[infercell] denied: {} `{}` ({}): grant it under [capabilities]",
+                    denial.capability, denial.target, denial.reason
+                ),
+            },
         });
         let mut entry = crate::audit::entry(
             actor,

@@ -304,6 +304,8 @@ fn meters(guest: Option<&CallUsage>, nn: &NnUsage, bytes_in: usize, bytes_out: i
         meters.guest_us = wall_us.saturating_sub(nn_cpu_us + nn_gpu_us);
         meters.fuel = usage.fuel.min(i64::MAX as u64) as i64;
         meters.memory_page_us = pages.saturating_mul(wall_us);
+        meters.http_requests = usage.http_requests as i64;
+        meters.http_bytes = usage.http_bytes as i64;
     }
     meters
 }

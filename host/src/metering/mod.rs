@@ -64,6 +64,11 @@ CREATE TABLE usage (
 ALTER TABLE usage ADD COLUMN nn_cpu_nodes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN nn_gpu_nodes INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Outbound HTTP: requests sent and body bytes moved.
+ALTER TABLE usage ADD COLUMN http_requests INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN http_bytes INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 struct Pending {
@@ -177,7 +182,7 @@ impl Metering {
                 let mut stmt = conn.prepare(
                     "SELECT request_id, tenant, kind, function, version, started_us, ended_us, outcome, status,
                             invocations, guest_us, fuel, memory_page_us, nn_cpu_us, nn_gpu_us, bytes_in, bytes_out,
-                            nn_cpu_nodes, nn_gpu_nodes
+                            http_requests, http_bytes, nn_cpu_nodes, nn_gpu_nodes
                      FROM usage WHERE tenant = ?1 AND started_us >= ?2 AND started_us < ?3
                        AND (?4 IS NULL OR function = ?4)
                        AND (started_us > ?5 OR (started_us = ?5 AND request_id > ?6))
@@ -198,8 +203,8 @@ impl Metering {
                             outcome: Outcome::parse(&outcome),
                             status: r.get(8)?,
                             meters: Meters::from_row(r, 9)?,
-                            nn_cpu_nodes: r.get(17)?,
-                            nn_gpu_nodes: r.get(18)?,
+                            nn_cpu_nodes: r.get(19)?,
+                            nn_gpu_nodes: r.get(20)?,
                         })
                     })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -287,7 +292,8 @@ fn writer(
 fn totals(conn: &Connection, tenant: &str, from: i64, to: i64, function: Option<&str>) -> rusqlite::Result<Totals> {
     let mut stmt = conn.prepare_cached(
         "SELECT kind, function, SUM(invocations), SUM(guest_us), SUM(fuel), SUM(memory_page_us),
-                SUM(nn_cpu_us), SUM(nn_gpu_us), SUM(bytes_in), SUM(bytes_out)
+                SUM(nn_cpu_us), SUM(nn_gpu_us), SUM(bytes_in), SUM(bytes_out),
+                SUM(http_requests), SUM(http_bytes)
          FROM usage WHERE tenant = ?1 AND started_us >= ?2 AND started_us < ?3
            AND (?4 IS NULL OR function = ?4)
          GROUP BY function, kind ORDER BY function, kind",
@@ -305,8 +311,8 @@ fn write_batch(conn: &mut Connection, batch: &[Pending]) -> anyhow::Result<()> {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO usage (request_id, tenant, kind, function, version, started_us, ended_us,
                 outcome, status, invocations, guest_us, fuel, memory_page_us, nn_cpu_us, nn_gpu_us, bytes_in, bytes_out,
-                nn_cpu_nodes, nn_gpu_nodes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                http_requests, http_bytes, nn_cpu_nodes, nn_gpu_nodes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         )?;
         for Pending { record: r, .. } in batch {
             let m = &r.meters;
@@ -328,6 +334,8 @@ fn write_batch(conn: &mut Connection, batch: &[Pending]) -> anyhow::Result<()> {
                 m.nn_gpu_us,
                 m.bytes_in,
                 m.bytes_out,
+                m.http_requests,
+                m.http_bytes,
                 r.nn_cpu_nodes,
                 r.nn_gpu_nodes
             ])?;
@@ -365,7 +373,9 @@ mod fold_tests {
                     "nn_cpu_ms" => prices.nn_cpu_ms = price,
                     "nn_gpu_ms" => prices.nn_gpu_ms = price,
                     "bytes_in" => prices.bytes_in = price,
-                    _ => prices.bytes_out = price,
+                    "bytes_out" => prices.bytes_out = price,
+                    "http_requests" => prices.http_requests = price,
+                    _ => prices.http_bytes = price,
                 }
             }
             let tenant = format!("t{round}");
@@ -391,6 +401,8 @@ mod fold_tests {
                         nn_gpu_us: rng.random_range(0..1_000_000),
                         bytes_in: rng.random_range(0..16 << 20),
                         bytes_out: rng.random_range(0..16 << 20),
+                        http_requests: rng.random_range(0..64),
+                        http_bytes: rng.random_range(0..64 << 20),
                     },
                     nn_cpu_nodes: rng.random_range(0..100),
                     nn_gpu_nodes: rng.random_range(0..100),
@@ -415,6 +427,8 @@ mod fold_tests {
                 m.nn_gpu_us += r.meters.nn_gpu_us;
                 m.bytes_in += r.meters.bytes_in;
                 m.bytes_out += r.meters.bytes_out;
+                m.http_requests += r.meters.http_requests;
+                m.http_bytes += r.meters.http_bytes;
             }
             let mut expected_total = Decimal::ZERO;
             let mut expected_lines = 0;

@@ -10,8 +10,18 @@ use crate::clock::rfc3339_us;
 use crate::config::Prices;
 
 /// Every meter, in report order.
-pub const METERS: [&str; 8] =
-    ["invocations", "guest_ms", "fuel", "memory_gib_s", "nn_cpu_ms", "nn_gpu_ms", "bytes_in", "bytes_out"];
+pub const METERS: [&str; 10] = [
+    "invocations",
+    "guest_ms",
+    "fuel",
+    "memory_gib_s",
+    "nn_cpu_ms",
+    "nn_gpu_ms",
+    "bytes_in",
+    "bytes_out",
+    "http_requests",
+    "http_bytes",
+];
 
 /// The meters of one call, or the sums over many.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +37,10 @@ pub struct Meters {
     pub nn_gpu_us: i64,
     pub bytes_in: i64,
     pub bytes_out: i64,
+    /// Outbound HTTP requests the function sent.
+    pub http_requests: i64,
+    /// Outbound HTTP body bytes, sent and received.
+    pub http_bytes: i64,
 }
 
 /// GiB-seconds per page-microsecond: 2^-14 GiB per 64 KiB page, 10^-6 s per us. Exact.
@@ -50,6 +64,8 @@ impl Meters {
             "nn_gpu_ms" => Decimal::new(self.nn_gpu_us, 3),
             "bytes_in" => Decimal::from(self.bytes_in),
             "bytes_out" => Decimal::from(self.bytes_out),
+            "http_requests" => Decimal::from(self.http_requests),
+            "http_bytes" => Decimal::from(self.http_bytes),
             _ => Decimal::ZERO,
         }
     }
@@ -59,7 +75,7 @@ impl Meters {
         METERS.iter().map(|m| self.quantity(m) * prices.of(m)).sum()
     }
 
-    /// The eight meter columns of a row, in [`METERS`] order, starting at column `first`.
+    /// The ten meter columns of a row, in [`METERS`] order, starting at column `first`.
     pub(super) fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
         Ok(Self {
             invocations: r.get(first)?,
@@ -70,6 +86,8 @@ impl Meters {
             nn_gpu_us: r.get(first + 5)?,
             bytes_in: r.get(first + 6)?,
             bytes_out: r.get(first + 7)?,
+            http_requests: r.get(first + 8)?,
+            http_bytes: r.get(first + 9)?,
         })
     }
 
@@ -84,7 +102,7 @@ impl Meters {
             }
         };
         format!(
-            "invocations={}, guest_ms={}, fuel={}, memory_gib_s={}, nn_cpu_ms={}, nn_gpu_ms={}, bytes_in={}, bytes_out={}",
+            "invocations={}, guest_ms={}, fuel={}, memory_gib_s={}, nn_cpu_ms={}, nn_gpu_ms={}, bytes_in={}, bytes_out={}, http_requests={}, http_bytes={}",
             self.invocations,
             ms(self.guest_us),
             self.fuel,
@@ -92,7 +110,9 @@ impl Meters {
             ms(self.nn_cpu_us),
             ms(self.nn_gpu_us),
             self.bytes_in,
-            self.bytes_out
+            self.bytes_out,
+            self.http_requests,
+            self.http_bytes
         )
     }
 }
@@ -250,7 +270,10 @@ mod tests {
             nn_gpu_us: 0,
             bytes_in: 5,
             bytes_out: 7,
+            http_requests: 2,
+            http_bytes: 11,
         };
+        assert_eq!(m.quantity("http_bytes").to_string(), "11");
         assert_eq!(m.quantity("guest_ms").to_string(), "1.234");
         assert_eq!(m.quantity("nn_cpu_ms").to_string(), "0.001");
         // 16384 pages (1 GiB) for one second.

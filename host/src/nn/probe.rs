@@ -6,6 +6,10 @@
 //! for the first time, the same engine loads it in a child process (`infercell nn-probe`) whose
 //! address space is limited (`nn.load_memory_bytes`); a model that cannot load within it is
 //! refused with `too-large`, and the server never tries.
+//!
+//! The child parses untrusted bytes, so it gets nothing it does not need: an empty environment
+//! (no `INFERCELL_ADMIN_KEY`, no secrets key, no `ORT_DYLIB_PATH`; ONNX Runtime's path comes as
+//! an argument), no stdout, and only the model on stdin.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -36,7 +40,7 @@ impl Prober {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env_remove("ORT_DYLIB_PATH")
+            .env_clear()
             .spawn()
             .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("cannot start the model probe: {e}")))?;
         // Read its stderr as it comes (at most 64 KiB kept): a chatty child must not block on a
@@ -132,5 +136,37 @@ pub fn run_child(engine: &str, max_bytes: u64, onnxruntime: Option<PathBuf>) -> 
             eprint!("{:?}\t{}", e.code, e.message);
             3
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// The child starts with an empty environment: whatever the server holds (its admin key,
+    /// the secrets key, `PATH`, ...) never reaches the process that parses untrusted models.
+    #[test]
+    fn the_probe_child_inherits_no_environment() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("infercell-probe-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let out = dir.join("environ");
+        // A stand-in for the infercell binary: it records its environment, exactly as the
+        // kernel gave it (/proc/self/environ), and reports success.
+        let fake = dir.join("infercell");
+        std::fs::write(&fake, format!("#!/bin/sh\ncat /proc/$$/environ > '{}'\ncat > /dev/null\n", out.display()))
+            .expect("write");
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(std::env::var_os("PATH").is_some(), "the parent has an environment to leak");
+        let prober = Prober { binary: fake, max_bytes: 1 << 30, onnxruntime: None, timeout: Duration::from_secs(30) };
+        prober.check("tract", b"model bytes").expect("the stand-in succeeds");
+        let environ = std::fs::read(&out).expect("the child wrote its environment");
+        let names: Vec<String> = environ
+            .split(|&b| b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).split('=').next().unwrap_or_default().to_string())
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(names.is_empty(), "the probe child inherited {names:?}");
     }
 }

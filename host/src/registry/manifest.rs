@@ -54,6 +54,9 @@ pub struct Capabilities {
     /// May ask wasi-nn for the GPU.
     #[serde(default)]
     pub gpu: bool,
+    /// wasi:nn `graph::load` from raw bytes (named models need only `models`).
+    #[serde(default)]
+    pub nn_load_bytes: bool,
     /// Values the function reads through `infercell:function/config`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
@@ -161,6 +164,11 @@ impl Manifest {
         };
         if !self.capabilities.allowed_hosts.is_empty() && !plan.outbound_http {
             return Err(format!("capabilities.allowed_hosts (outbound HTTP) is not allowed on the `{plan_name}` plan"));
+        }
+        if self.capabilities.nn_load_bytes && !plan.nn_load_bytes {
+            return Err(format!(
+                "capabilities.nn_load_bytes (loading wasi:nn graphs from raw bytes) is not allowed on the `{plan_name}` plan; push the model (`infercell model push`) and grant it under capabilities.models"
+            ));
         }
         if self.capabilities.gpu && !plan.gpu {
             return Err(format!("capabilities.gpu is not allowed on the `{plan_name}` plan"));

@@ -190,6 +190,14 @@ impl Registry {
             } else {
                 Vec::new()
             }),
+            network: Arc::new(crate::runtime::http::Network {
+                allow_ranges: self.config.outbound.allow_ranges.clone(),
+                connect_timeout: self.config.outbound.connect_timeout,
+                first_byte_timeout: self.config.outbound.first_byte_timeout,
+                between_bytes_timeout: self.config.outbound.between_bytes_timeout,
+                max_requests: plan.outbound_requests_per_call,
+                max_bytes: plan.outbound_bytes_per_call,
+            }),
         };
         Ok(Deployment {
             tenant: tenant.to_string(),
@@ -480,6 +488,7 @@ impl Registry {
             tenant: tenant.to_string(),
             models: manifest.capabilities.models.clone(),
             gpu: manifest.capabilities.gpu && plan.gpu,
+            load_bytes: manifest.capabilities.nn_load_bytes && plan.nn_load_bytes,
             max_model_bytes: plan.max_model_bytes,
             graphs: self.models.graphs().clone(),
             source: self.models.clone(),

@@ -170,6 +170,10 @@ pub struct CallUsage {
     pub peak_memory_bytes: u64,
     /// Host inference: CPU time (graph loads and computes), GPU time, nodes per device.
     pub nn: crate::nn::NnUsage,
+    /// Outbound HTTP requests sent.
+    pub http_requests: u64,
+    /// Outbound HTTP body bytes sent and received.
+    pub http_bytes: u64,
 }
 
 /// What a call may reach beyond its own sandbox: everything here is granted by the function's
@@ -185,6 +189,9 @@ pub struct Grants {
     pub files: Option<Arc<std::path::Path>>,
     /// Hosts it may send HTTP requests to (`wasi:http/outgoing-handler`); empty: none.
     pub allowed_hosts: Arc<Vec<String>>,
+    /// What granted requests may still not do: the operator's address policy and the plan's
+    /// per-call caps.
+    pub network: Arc<http::Network>,
 }
 
 /// The host calls one call was refused for want of a grant: one list, shared by every
@@ -475,11 +482,14 @@ impl Runtime {
 
         let fuel_left = store.get_fuel().unwrap_or(fuel_budget);
         let state = store.data_mut();
+        let (http_requests, http_bytes) = state.http.meter.usage();
         let usage = CallUsage {
             wall: started.elapsed(),
             fuel: fuel_budget.saturating_sub(fuel_left),
             peak_memory_bytes: state.limiter.peak(),
             nn: state.nn.meter.usage(),
+            http_requests,
+            http_bytes,
         };
         let memory_hit = state.limiter.limit_hit();
         let denials = state.denials.take();

@@ -3,7 +3,8 @@
 //! Deny by default: `load-by-name` finds only models the function's manifest grants
 //! (`capabilities.models`) among its own tenant's models, and an ungranted name gets the same
 //! `not-found` as an unknown one, so names do not leak across tenants. `load` takes ONNX bytes
-//! up to the plan's model size. Every failure is a WIT `error` value the guest can read, never
+//! up to the plan's model size, and only with `capabilities.nn_load_bytes` (each new graph
+//! costs the platform a probe process and a cache entry); without it the guest gets `security`. Every failure is a WIT `error` value the guest can read, never
 //! a trap. Host time spent loading and computing is measured here (fuel cannot see it).
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct NnAccess {
     pub tenant: String,
     pub models: Vec<String>,
     pub gpu: bool,
+    /// `graph::load` from raw bytes is granted (`capabilities.nn_load_bytes`).
+    pub load_bytes: bool,
     pub max_model_bytes: u64,
     pub graphs: Arc<Graphs>,
     pub source: Arc<dyn ModelSource>,
@@ -241,6 +244,12 @@ impl graph::Host for NnView<'_> {
             Ok(a) => a,
             Err(e) => return self.nn_err(e),
         };
+        if !access.load_bytes {
+            let why = "loading a graph from raw bytes needs capabilities.nn_load_bytes";
+            self.deny("nn_load_bytes", "graph::load", why);
+            return self
+                .nn_err(NnError::new(ErrorCode::Security, format!("{why} (or push the model and load it by name)")));
+        }
         if !matches!(encoding, graph::GraphEncoding::Onnx | graph::GraphEncoding::Autodetect) {
             return self.nn_err(NnError::new(ErrorCode::InvalidEncoding, "this platform runs ONNX graphs only"));
         }

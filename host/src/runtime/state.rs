@@ -80,7 +80,12 @@ impl InstanceState {
             table: ResourceTable::new(),
             nn: NnCtx::new(grants.nn.clone(), memory_limit, denials.clone()),
             http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
-            http: super::http::HttpGuard { allowed: grants.allowed_hosts.clone(), denials: denials.clone() },
+            http: super::http::HttpGuard {
+                allowed: grants.allowed_hosts.clone(),
+                network: grants.network.clone(),
+                meter: Default::default(),
+                denials: denials.clone(),
+            },
             denials,
             limiter: MemoryLimiter { limit: memory_limit, peak: 0, hit: false },
             log,

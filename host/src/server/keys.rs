@@ -1,4 +1,5 @@
-//! API keys (`/v1/keys`, role `owner`).
+//! API keys (`/v1/keys`): a tenant's `owner` manages the tenant's keys; the admin key manages
+//! platform keys (role `metrics`, for a scraper of `GET /metrics`).
 
 use std::sync::Arc;
 
@@ -26,6 +27,14 @@ pub struct CreateKey {
     expires_at: Option<String>,
 }
 
+/// Whose keys the caller manages: the admin the platform's (`None`), an owner the tenant's.
+fn scope(principal: &Principal) -> Result<Option<&str>, ApiError> {
+    if principal.role == Role::Admin {
+        return Ok(None);
+    }
+    Ok(Some(principal.tenant_with(OWNERS)?))
+}
+
 /// `POST /v1/keys` `{"role","name"?,"expires_at"?}` -> 201 `{"id","api_key","role",...}`; the
 /// secret is shown this once.
 pub async fn create_key(
@@ -33,19 +42,26 @@ pub async fn create_key(
     principal: Principal,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
-    let tenant = principal.tenant_with(OWNERS)?.to_string();
+    let tenant = scope(&principal)?;
     // Any Content-Type: `curl -d '{...}'` sends form encoding by default.
     let body: CreateKey = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!("invalid request body: {e} (expected {{\"role\", \"name\"?, \"expires_at\"?}})"))
     })?;
-    let role = match Role::parse(&body.role) {
-        Some(Role::Admin) | None => {
+    let role = match (tenant, Role::parse(&body.role)) {
+        (None, Some(Role::Metrics)) => Role::Metrics,
+        (None, _) => {
             return Err(ApiError::BadRequest(format!(
-                "role `{}` is not a tenant role: use owner, deployer, invoker or billing",
+                "role `{}` is not a platform key role: the admin key makes `metrics` keys (tenant keys are made with a tenant's owner key)",
                 body.role
             )));
         }
-        Some(role) => role,
+        (Some(_), Some(Role::Admin | Role::Metrics) | None) => {
+            return Err(ApiError::BadRequest(format!(
+                "role `{}` is not a tenant role: use owner, deployer, invoker or billing (metrics keys are the admin's to make)",
+                body.role
+            )));
+        }
+        (Some(_), Some(role)) => role,
     };
     if let Some(name) = &body.name
         && (name.is_empty() || name.len() > 128 || name.chars().any(char::is_control))
@@ -64,7 +80,7 @@ pub async fn create_key(
             Some(at)
         }
     };
-    let (key, info) = app.tenants.create_key(&tenant, role, body.name, expires_at).await?;
+    let (key, info) = app.tenants.create_key(tenant, role, body.name, expires_at).await?;
     let mut response = (
         StatusCode::CREATED,
         Json(json!({
@@ -77,9 +93,9 @@ pub async fn create_key(
     Ok(response)
 }
 
-/// `GET /v1/keys`: the tenant's live keys, without secrets.
+/// `GET /v1/keys`: the tenant's (for the admin, the platform's) live keys, without secrets.
 pub async fn list_keys(State(app): State<Arc<App>>, principal: Principal) -> Result<Response, ApiError> {
-    let tenant = principal.tenant_with(OWNERS)?;
+    let tenant = scope(&principal)?;
     Ok(Json(json!({ "keys": app.tenants.list_keys(tenant).await? })).into_response())
 }
 
@@ -89,7 +105,7 @@ pub async fn revoke_key(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = principal.tenant_with(OWNERS)?;
+    let tenant = scope(&principal)?;
     let info = app.tenants.revoke_key(tenant, &id).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.extensions_mut().insert(AuditTarget(format!("{} ({})", info.id, info.role.as_str())));

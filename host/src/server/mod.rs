@@ -199,9 +199,10 @@ async fn devices(State(app): State<Arc<App>>, _principal: crate::tenants::Princi
 }
 
 async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
-    // Metrics name every tenant and function: when they need a key, it is the admin's.
+    // Metrics name every tenant and function: they need the admin key or a platform key with
+    // the `metrics` role, unless the operator opened them.
     if app.config.server.metrics_require_key {
-        auth::principal_from_headers(&app, &headers)?.require_admin()?;
+        auth::principal_from_headers(&app, &headers)?.require_metrics()?;
     }
     app.metrics.observe_graph_cache(app.graphs.stats());
     if let Some(gpu) = app.graphs.gpu_if_discovered() {

@@ -40,6 +40,8 @@ pub enum Role {
     Deployer,
     Invoker,
     Billing,
+    /// A platform key's role: reads `GET /metrics`, nothing else.
+    Metrics,
 }
 
 impl Role {
@@ -50,6 +52,7 @@ impl Role {
             Role::Deployer => "deployer",
             Role::Invoker => "invoker",
             Role::Billing => "billing",
+            Role::Metrics => "metrics",
         }
     }
 
@@ -60,6 +63,7 @@ impl Role {
             "deployer" => Role::Deployer,
             "invoker" => Role::Invoker,
             "billing" => Role::Billing,
+            "metrics" => Role::Metrics,
             _ => return None,
         })
     }
@@ -78,9 +82,10 @@ impl Principal {
     /// The caller's tenant, with the roles allowed for the action; 403 otherwise.
     pub fn tenant_with(&self, allowed: &[Role]) -> Result<&str, TenantError> {
         let Some(tenant) = self.tenant.as_deref() else {
-            return Err(TenantError::Forbidden(
-                "the admin key manages the platform; use a tenant's key for this".into(),
-            ));
+            return Err(TenantError::Forbidden(match self.role {
+                Role::Admin => "the admin key manages the platform; use a tenant's key for this".into(),
+                role => format!("a platform key with role `{}` may only read /metrics", role.as_str()),
+            }));
         };
         if !allowed.contains(&self.role) {
             return Err(TenantError::Forbidden(format!(
@@ -90,6 +95,17 @@ impl Principal {
             )));
         }
         Ok(tenant)
+    }
+
+    /// `GET /metrics`: the admin, or a platform key with the `metrics` role.
+    pub fn require_metrics(&self) -> Result<(), TenantError> {
+        match (&self.tenant, self.role) {
+            (None, Role::Admin | Role::Metrics) => Ok(()),
+            _ => Err(TenantError::Forbidden(
+                "/metrics needs the admin key or a platform key with the `metrics` role (POST /v1/keys with the admin key)"
+                    .into(),
+            )),
+        }
     }
 
     pub fn require_admin(&self) -> Result<(), TenantError> {
@@ -160,6 +176,25 @@ fn key_id(api_key: &str) -> Option<&str> {
     Some(id)
 }
 
+/// Whose keys: a tenant's (`api_keys`) or the platform's (`platform_keys`).
+enum Scope {
+    Tenant,
+    Platform,
+}
+
+impl Scope {
+    fn of(tenant: Option<&str>) -> Self {
+        if tenant.is_some() { Scope::Tenant } else { Scope::Platform }
+    }
+
+    fn table(&self) -> &'static str {
+        match self {
+            Scope::Tenant => "api_keys",
+            Scope::Platform => "platform_keys",
+        }
+    }
+}
+
 /// Tenants and keys, with an in-memory key cache in front of SQLite.
 pub struct Tenants {
     db: Db,
@@ -211,6 +246,34 @@ impl Tenants {
                     },
                 );
             }
+            let mut stmt = conn.prepare(
+                "SELECT id, role, hash, expires_at, last_used_at FROM platform_keys WHERE revoked_at IS NULL",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, role, hash, expires_at, last_used_at) = row?;
+                let (Some(role), Ok(hash)) = (Role::parse(&role), hex::decode(&hash)) else { continue };
+                let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else { continue };
+                let last_used = last_used_at.as_deref().and_then(parse_time).unwrap_or(0);
+                out.insert(
+                    id.clone(),
+                    KeyRecord {
+                        hash,
+                        principal: Principal { key_id: id, tenant: None, role },
+                        expires_at: expires_at.as_deref().and_then(parse_time),
+                        last_used: Arc::new(AtomicI64::new(last_used)),
+                        last_saved: Arc::new(AtomicI64::new(last_used)),
+                    },
+                );
+            }
             Ok(out)
         })?;
         let plans = db.call_blocking(|conn| {
@@ -247,11 +310,13 @@ impl Tenants {
         if now - record.last_saved.load(Ordering::Relaxed) >= 60 {
             record.last_saved.store(now, Ordering::Relaxed);
             let (db, id, at) = (self.db.clone(), id.to_string(), rfc3339(now));
+            let table = Scope::of(record.principal.tenant.as_deref()).table();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
                     let _ = db
                         .call(move |conn| {
-                            conn.execute("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2", params![at, id])?;
+                            let sql = format!("UPDATE {table} SET last_used_at = ?1 WHERE id = ?2");
+                            conn.execute(&sql, params![at, id])?;
                             Ok(())
                         })
                         .await;
@@ -261,10 +326,11 @@ impl Tenants {
         Some(record.principal.clone())
     }
 
-    /// Makes a key for `tenant` with `role`; the secret is in the result only.
+    /// Makes a key for `tenant` (`None`: a platform key) with `role`; the secret is in the
+    /// result only.
     pub async fn create_key(
         &self,
-        tenant: &str,
+        tenant: Option<&str>,
         role: Role,
         name: Option<String>,
         expires_at: Option<i64>,
@@ -279,14 +345,21 @@ impl Tenants {
             expires_at: expires_at.and_then(rfc3339),
             last_used_at: None,
         };
-        let (t, k, i) = (tenant.to_string(), key.clone(), info.clone());
+        let (t, k, i) = (tenant.map(str::to_string), key.clone(), info.clone());
         self.db
             .call(move |conn| {
-                conn.execute(
-                    "INSERT INTO api_keys (id, tenant, role, hash, prefix, name, created_at, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![k.id, t, i.role.as_str(), k.hash, k.prefix, i.name, i.created_at, i.expires_at],
-                )?;
+                match t {
+                    Some(t) => conn.execute(
+                        "INSERT INTO api_keys (id, tenant, role, hash, prefix, name, created_at, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![k.id, t, i.role.as_str(), k.hash, k.prefix, i.name, i.created_at, i.expires_at],
+                    )?,
+                    None => conn.execute(
+                        "INSERT INTO platform_keys (id, role, hash, prefix, name, created_at, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![k.id, i.role.as_str(), k.hash, k.prefix, i.name, i.created_at, i.expires_at],
+                    )?,
+                };
                 Ok(())
             })
             .await?;
@@ -295,15 +368,17 @@ impl Tenants {
     }
 
     /// The tenant's live keys, oldest first.
-    pub async fn list_keys(&self, tenant: &str) -> Result<Vec<KeyInfo>, TenantError> {
-        let t = tenant.to_string();
+    pub async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyInfo>, TenantError> {
+        let t = tenant.unwrap_or_default().to_string();
+        let table = Scope::of(tenant).table();
         let mut keys = self
             .db
             .call(move |conn| {
-                let mut stmt = conn.prepare(
-                    "SELECT id, name, role, prefix, created_at, expires_at, last_used_at FROM api_keys
-                     WHERE tenant = ?1 AND revoked_at IS NULL ORDER BY created_at, id",
-                )?;
+                let owner = if table == "api_keys" { "tenant = ?1" } else { "?1 = ''" };
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT id, name, role, prefix, created_at, expires_at, last_used_at FROM {table}
+                     WHERE {owner} AND revoked_at IS NULL ORDER BY created_at, id"
+                ))?;
                 let rows = stmt.query_map([&t], |r| {
                     Ok(KeyInfo {
                         id: r.get(0)?,
@@ -334,7 +409,7 @@ impl Tenants {
 
     /// Revokes one of the tenant's keys; it is refused from this moment on. 404 for an unknown
     /// key or another tenant's.
-    pub async fn revoke_key(&self, tenant: &str, id: &str) -> Result<KeyInfo, TenantError> {
+    pub async fn revoke_key(&self, tenant: Option<&str>, id: &str) -> Result<KeyInfo, TenantError> {
         let listed = self.list_keys(tenant).await?;
         let Some(info) = listed.into_iter().find(|k| k.id == id) else {
             return Err(TenantError::NoKey { id: id.to_string() });
@@ -342,11 +417,13 @@ impl Tenants {
         if let Ok(mut keys) = self.keys.write() {
             keys.remove(id);
         }
-        let (t, i, now) = (tenant.to_string(), id.to_string(), crate::clock::now_rfc3339());
+        let (t, i, now) = (tenant.unwrap_or_default().to_string(), id.to_string(), crate::clock::now_rfc3339());
+        let table = Scope::of(tenant).table();
         self.db
             .call(move |conn| {
+                let owner = if table == "api_keys" { "tenant = ?3" } else { "?3 = ''" };
                 conn.execute(
-                    "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND tenant = ?3 AND revoked_at IS NULL",
+                    &format!("UPDATE {table} SET revoked_at = ?1 WHERE id = ?2 AND {owner} AND revoked_at IS NULL"),
                     params![now, i, t],
                 )?;
                 Ok(())
@@ -385,14 +462,14 @@ impl Tenants {
         if !created {
             return Err(TenantError::Exists { name: name.to_string() });
         }
-        self.cache_key(&key, name, Role::Owner, None);
+        self.cache_key(&key, Some(name), Role::Owner, None);
         if let Ok(mut plans) = self.plans.write() {
             plans.insert(name.to_string(), plan.to_string());
         }
         Ok((tenant, key))
     }
 
-    fn cache_key(&self, key: &NewKey, tenant: &str, role: Role, expires_at: Option<i64>) {
+    fn cache_key(&self, key: &NewKey, tenant: Option<&str>, role: Role, expires_at: Option<i64>) {
         let mut hash = [0u8; 32];
         if let Ok(bytes) = hex::decode(&key.hash) {
             hash.copy_from_slice(&bytes);
@@ -402,7 +479,7 @@ impl Tenants {
                 key.id.clone(),
                 KeyRecord {
                     hash,
-                    principal: Principal { key_id: key.id.clone(), tenant: Some(tenant.into()), role },
+                    principal: Principal { key_id: key.id.clone(), tenant: tenant.map(str::to_string), role },
                     expires_at,
                     last_used: Arc::new(AtomicI64::new(0)),
                     last_saved: Arc::new(AtomicI64::new(0)),

@@ -1,6 +1,7 @@
 //! `fetch`: `GET /?to=HOST:PORT/PATH` makes an outbound HTTP GET to `http://HOST:PORT/PATH`
 //! through `wasi:http/outgoing-handler` and answers `status <code>: <body>`, or
 //! `error: <what the host said>` when the request fails (a host not granted: `ErrorCode::HttpRequestDenied`).
+//! `&n=N` makes the request N times and answers one line per request.
 
 use infercell_guest::{Error, Handler, Request, Response};
 use wasi::http::outgoing_handler;
@@ -38,10 +39,14 @@ fn get(target: &str) -> Result<(u16, String), String> {
 impl Handler for Fetch {
     fn handle(req: Request) -> Result<Response, Error> {
         let target = req.query_param("to").ok_or_else(|| Error::BadRequest("expected ?to=HOST:PORT/PATH".into()))?;
-        Ok(Response::text(match get(&target) {
-            Ok((status, body)) => format!("status {status}: {body}"),
-            Err(e) => format!("error: {e}"),
-        }))
+        let times: usize = req.query_param("n").map_or(Ok(1), |n| n.parse()).map_err(|_| Error::BadRequest("n is a count".into()))?;
+        let answers: Vec<String> = (0..times)
+            .map(|_| match get(&target) {
+                Ok((status, body)) => format!("status {status}: {body}"),
+                Err(e) => format!("error: {e}"),
+            })
+            .collect();
+        Ok(Response::text(answers.join("\n")))
     }
 }
 
