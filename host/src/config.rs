@@ -214,6 +214,9 @@ pub struct Plan {
     pub default_memory: u64,
     #[serde(deserialize_with = "de_duration")]
     pub default_timeout: Duration,
+    /// Deadline of a model call (`/v2` inference on a pushed model); absent = `max_timeout`.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub model_timeout: Option<Duration>,
     /// Instructions per call; absent = bounded by the timeout only.
     #[serde(default)]
     pub max_fuel: Option<u64>,
@@ -293,6 +296,13 @@ impl Prices {
             "http_bytes" => self.http_bytes,
             _ => Decimal::ZERO,
         }
+    }
+}
+
+impl Plan {
+    /// Deadline of a model call: `model_timeout`, else `max_timeout`.
+    pub fn model_timeout(&self) -> Duration {
+        self.model_timeout.unwrap_or(self.max_timeout)
     }
 }
 
@@ -430,6 +440,10 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, String> {
         return Err(format!("`{text}` must not be negative"));
     }
     Ok(value)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -387,3 +387,17 @@ pub fn gpu_engine(budget: u64) -> Option<infercell::nn::gpu::Wgpu> {
 pub fn floats(t: &infercell::nn::HostTensor) -> Vec<f64> {
     t.data.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap()))).collect()
 }
+
+/// Whether ONNX Runtime is installed (`ORT_DYLIB_PATH`, which the server inherits). Locally a
+/// test that needs it skips without it; under `CI=true` or `scripts/test.sh` it fails, since both install it.
+pub fn onnxruntime_present() -> bool {
+    if std::env::var("ORT_DYLIB_PATH").is_ok_and(|p| !p.is_empty()) {
+        return true;
+    }
+    assert!(
+        !strict(),
+        "ORT_DYLIB_PATH is not set: scripts/install-onnxruntime.sh must run first (scripts/test.sh does it)"
+    );
+    eprintln!("skipping: ORT_DYLIB_PATH is not set (export ORT_DYLIB_PATH=\"$(scripts/install-onnxruntime.sh)\")");
+    false
+}

@@ -228,20 +228,6 @@ fn cli_pushes_and_lists_models() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an ONNX model"));
 }
 
-/// Whether ONNX Runtime is installed (`ORT_DYLIB_PATH`, which the server inherits). Locally a
-/// test that needs it skips without it; under `CI=true` or `scripts/test.sh` it fails, since both install it.
-fn onnxruntime_present() -> bool {
-    if std::env::var("ORT_DYLIB_PATH").is_ok_and(|p| !p.is_empty()) {
-        return true;
-    }
-    assert!(
-        !strict(),
-        "ORT_DYLIB_PATH is not set: scripts/install-onnxruntime.sh must run first (scripts/test.sh does it)"
-    );
-    eprintln!("skipping: ORT_DYLIB_PATH is not set (export ORT_DYLIB_PATH=\"$(scripts/install-onnxruntime.sh)\")");
-    false
-}
-
 /// Pushes digits as model `digits` on `engine`, into a fresh tenant; returns its key.
 fn tenant_with_digits_on(server: &Server, tenant: &str, engine: &str) -> String {
     let key = server.tenant(tenant, "free");

@@ -88,16 +88,22 @@ fn a_model_and_a_function_of_one_name_are_separate_bill_lines() {
 /// `y = max(x' x' ... x')` over 48 products of 1024 x 1024 matrices, `x'` being the `[1, 1]`
 /// input broadcast: about 100 GFLOP (seconds of CPU work on any machine) in a few hundred bytes.
 fn slow_model() -> Vec<u8> {
+    chain_model(48)
+}
+
+/// `slow_model` with `products` matrix products (2 GFLOP each).
+fn chain_model(products: usize) -> Vec<u8> {
     let mut nodes = vec![node("Expand", &["x", "shape"], "a0", Vec::new())];
-    for i in 1..=48 {
+    for i in 1..=products {
         nodes.push(node("MatMul", &[&format!("a{}", i - 1), "a0"], &format!("a{i}"), Vec::new()));
     }
-    nodes.push(node("ReduceMax", &["a48"], "y", vec![attr_int("keepdims", 0)]));
+    nodes.push(node("ReduceMax", &[&format!("a{products}")], "y", vec![attr_int("keepdims", 0)]));
     onnx_model(nodes, &[("x", &[1, 1])], vec![int64s("shape", &[1024, 1024])])
 }
 
-/// The compute cannot be interrupted: the call answers 504 once the engine has stopped, and
-/// its record holds the engine time it really used, past the cut.
+/// The deadline stops the engine: the compute ends at the next node after the cut, the call
+/// answers 504, and its record holds the engine time it really used. The same model run to the
+/// end takes many times longer.
 #[test]
 fn a_call_cut_by_its_timeout_while_the_engine_computes_is_billed_its_engine_time() {
     let server = Server::start();
@@ -107,17 +113,23 @@ fn a_call_cut_by_its_timeout_while_the_engine_computes_is_billed_its_engine_time
     let manifest =
         "name = \"cut\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"500ms\"\n[capabilities]\nmodels = [\"slow\"]\n";
     assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
+    let manifest =
+        "name = \"whole\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"30s\"\n[capabilities]\nmodels = [\"slow\"]\n";
+    assert_eq!(server.upload(&key, manifest, component("hostile")).status(), 201);
+    assert_eq!(server.invoke(&key, "acme/whole/nn/slow", "").text().unwrap(), "ok: computed");
+    let whole: f64 = records(&server, &key)[0]["meters"]["nn_cpu_ms"].as_str().unwrap().parse().unwrap();
 
     let resp = server.invoke(&key, "acme/cut/nn/slow", "");
     let usage = resp.headers()["infercell-usage"].to_str().unwrap().to_string();
     let msg = expect_error(resp, 504);
     assert!(msg.contains("timed out after 500ms"), "{msg}");
     let records = records(&server, &key);
-    assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0]["outcome"], "timeout");
-    let nn_cpu_ms: f64 = records[0]["meters"]["nn_cpu_ms"].as_str().unwrap().parse().unwrap();
-    assert!(nn_cpu_ms > 500.0, "the engine's time past the 500 ms cut is billed: {nn_cpu_ms} ms ({usage})");
-    assert!(usage.contains(&format!("nn_cpu_ms={}", records[0]["meters"]["nn_cpu_ms"].as_str().unwrap())), "{usage}");
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[1]["outcome"], "timeout");
+    let nn_cpu_ms: f64 = records[1]["meters"]["nn_cpu_ms"].as_str().unwrap().parse().unwrap();
+    assert!(nn_cpu_ms > 0.0, "the engine time before the cut is billed ({usage})");
+    assert!(nn_cpu_ms < whole / 2.0, "the engine stopped at the cut: {nn_cpu_ms} ms of a {whole} ms compute");
+    assert!(usage.contains(&format!("nn_cpu_ms={}", records[1]["meters"]["nn_cpu_ms"].as_str().unwrap())), "{usage}");
 }
 
 /// Deploys `spin` (a loop cut at 2 s) for `acme`, calls it over a raw socket and hangs up once
@@ -166,4 +178,59 @@ fn shutdown_waits_for_calls_whose_clients_hung_up() {
     let records = records(&server, &key);
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["outcome"], "timeout");
+}
+
+/// A `/v2` model call has a deadline too, the plan's `model_timeout`: past it the engine stops
+/// at its next node, the call gets 504 and is billed the engine time it used, and the next
+/// call is served.
+#[test]
+fn a_v2_model_call_past_the_plan_deadline_is_a_504_billed_its_time() {
+    let server = Server::start_with_config(Some("[plans.standard]\nmodel_timeout = \"500ms\"\n"));
+    let key = server.tenant("acme", "standard");
+    let resp = server.push_model(&key, "name = \"slow\"\nengine = \"tract\"\n", slow_model());
+    assert_eq!(resp.status(), 201, "{}", resp.text().unwrap());
+    server.push_digits(&key);
+    let body = json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.001] }] });
+    let resp = server.post("/v2/models/slow/infer", Some(&key), body.to_string());
+    let msg = expect_error(resp, 504);
+    assert!(msg.contains("model timed out after 500ms"), "{msg}");
+    let records = records(&server, &key);
+    let cut = records.iter().find(|r| r["function"] == "slow").expect("the cut call is billed");
+    assert_eq!(cut["kind"], "model");
+    assert_eq!(cut["outcome"], "timeout");
+    assert_eq!(cut["status"], 504);
+    let nn_cpu_ms: f64 = cut["meters"]["nn_cpu_ms"].as_str().unwrap().parse().unwrap();
+    assert!(nn_cpu_ms > 0.0, "{cut}");
+    let pixels = vec![0.0; 64];
+    let body = json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1, 64], "data": pixels }] });
+    assert_eq!(server.post("/v2/models/digits/infer", Some(&key), body.to_string()).status(), 200);
+}
+
+/// ONNX Runtime is stopped by its terminate flag: a compute ten times the size of a measured
+/// one, cut at 500 ms, bills less than half of what it would have taken.
+#[test]
+fn onnx_runtime_stops_at_the_deadline() {
+    if !onnxruntime_present() {
+        return;
+    }
+    let server = Server::start_with_config(Some("[plans.standard]\nmodel_timeout = \"500ms\"\n"));
+    let key = server.tenant("acme", "standard");
+    for (name, products) in [("tenth", 48), ("whole", 480)] {
+        let manifest = format!("name = \"{name}\"\nengine = \"onnxruntime\"\n");
+        let resp = server.push_model(&key, &manifest, chain_model(products));
+        assert_eq!(resp.status(), 201, "{}", resp.text().unwrap());
+    }
+    let body = json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.001] }] }).to_string();
+    // The tenth may itself pass the deadline on a slow machine: its billed time still measures it.
+    let _ = server.post("/v2/models/tenth/infer", Some(&key), body.clone());
+    let resp = server.post("/v2/models/whole/infer", Some(&key), body);
+    let msg = expect_error(resp, 504);
+    assert!(msg.contains("model timed out"), "{msg}");
+    let records = records(&server, &key);
+    let ms = |name: &str| -> f64 {
+        let r = records.iter().find(|r| r["function"] == name).expect("billed");
+        r["meters"]["nn_cpu_ms"].as_str().unwrap().parse().unwrap()
+    };
+    let (tenth, whole) = (ms("tenth"), ms("whole"));
+    assert!(whole > 0.0 && whole < 5.0 * tenth.max(500.0), "cut at {whole} ms; a tenth of the work took {tenth} ms");
 }

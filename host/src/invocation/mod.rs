@@ -161,6 +161,7 @@ impl Failure {
             Failure::Invoke(InvokeError::MemoryLimit { .. }) => Outcome::MemoryLimit,
             Failure::Invoke(InvokeError::FuelExhausted(_)) => Outcome::FuelLimit,
             Failure::Invoke(InvokeError::Trap(_)) => Outcome::Trap,
+            Failure::Nn(NnError { code: crate::nn::ErrorCode::Timeout, .. }) => Outcome::Timeout,
             _ => Outcome::Error,
         }
     }
@@ -360,12 +361,27 @@ async fn execute(app: &Arc<App>, call: &Call, plan: &Plan, work: Work) -> Ran {
         }
         Work::Model { model, inputs } => {
             let meter = Arc::new(NnMeter::default());
-            let result = async {
+            let deadline = plan.model_timeout();
+            let run = async {
                 let (graph, load_time) = app.registry.models.load(&model, plan.gpu).await?;
                 meter.add_load(load_time);
                 app.graphs.run_model(graph, inputs, &meter).await
-            }
-            .await;
+            };
+            let result = match tokio::time::timeout(deadline, run).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The plan's deadline: the compute stops at its next boundary, and the call
+                    // is billed the time it used.
+                    meter.cancel.cancel();
+                    Err(NnError::new(
+                        crate::nn::ErrorCode::Timeout,
+                        format!(
+                            "model timed out after {} (the plan's model_timeout)",
+                            humantime::format_duration(deadline)
+                        ),
+                    ))
+                }
+            };
             // A compute handed to its thread ends (and is metered) even if this call is gone.
             meter.settled().await;
             let result = result

@@ -52,8 +52,9 @@ pub struct Graphs {
     gpu_pool: Arc<Semaphore>,
     /// Seconds spent loading graphs (for the load-time histogram).
     pub on_load: Box<dyn Fn(Duration) + Send + Sync>,
-    /// Last compute time per loaded model (by address), to pick inline or pooled runs.
-    costs: Mutex<HashMap<usize, Duration>>,
+    /// Last compute time per loaded model (by address) and input shapes, to pick inline or
+    /// pooled runs.
+    costs: Mutex<HashMap<(usize, u64), Duration>>,
     /// The longest last compute that may run inline ([`INLINE_MAX`]).
     inline_max: Duration,
     /// Test-loads every new graph in a memory-limited child process first (the server sets
@@ -66,6 +67,21 @@ pub const GPU_CALLS: usize = 64;
 
 /// Computes measured at or under this run inline instead of on the blocking pool.
 pub const INLINE_MAX: Duration = Duration::from_micros(200);
+
+/// Most (model, shapes) compute costs remembered.
+const MAX_COSTS: usize = 4096;
+
+/// A model and the names, types and shapes of its inputs.
+fn cost_key(model: &Arc<dyn LoadedModel>, inputs: &[(String, super::HostTensor)]) -> (usize, u64) {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (name, tensor) in inputs {
+        name.hash(&mut hasher);
+        tensor.dims.hash(&mut hasher);
+        tensor.ty.oip_name().hash(&mut hasher);
+    }
+    (Arc::as_ptr(model) as *const () as usize, hasher.finish())
+}
 
 impl Graphs {
     /// `engines` in order of preference for `auto`; `threads` computes may run at once.
@@ -234,7 +250,8 @@ impl Graphs {
                     total -= e.bytes;
                     state.stats.evictions += 1;
                     if let Ok(mut costs) = self.costs.lock() {
-                        costs.remove(&(Arc::as_ptr(&e.model) as *const () as usize));
+                        let evicted = Arc::as_ptr(&e.model) as *const () as usize;
+                        costs.retain(|(model, _), _| *model != evicted);
                     }
                 }
             }
@@ -246,23 +263,26 @@ impl Graphs {
 
     /// Runs `model` on `inputs`; returns the outputs, the compute time and where it ran.
     ///
-    /// A model whose last run took at most [`INLINE_MAX`] runs right here, on the calling
-    /// thread: handing a 5 us MLP to the blocking pool and back costs far more than the
-    /// compute (measured: ~120 us per call), and blocking a worker for under
-    /// `INLINE_MAX` is no worse than the guest's own slice between epoch yields. Anything
-    /// slower, or not measured yet, goes to the bounded pool, so a long inference never stalls
-    /// the executor.
+    /// A model whose last run *on inputs of the same shapes* took at most [`INLINE_MAX`] runs
+    /// right here, on the calling thread: handing a 5 us MLP to the blocking pool and back
+    /// costs far more than the compute (measured: ~120 us per call), and blocking a worker for
+    /// under `INLINE_MAX` is no worse than the guest's own slice between epoch yields. The cost
+    /// is keyed by shapes, so a guest that sends a tiny input and then a huge one (or a shape
+    /// that makes the engine build a new plan) goes to the pool: only a cost already measured
+    /// for this exact input size runs inline. Anything slower, or not measured yet, goes to the
+    /// bounded pool, so a long inference never stalls the executor. Both paths stop at the
+    /// call's deadline ([`super::Cancel`]).
     pub async fn run_model(
         &self,
         model: Arc<dyn LoadedModel>,
         inputs: Vec<(String, super::HostTensor)>,
         meter: &Arc<super::NnMeter>,
     ) -> Result<Vec<(String, super::HostTensor)>, NnError> {
-        let key = Arc::as_ptr(&model) as *const () as usize;
+        let key = cost_key(&model, &inputs);
         let last = self.costs.lock().ok().and_then(|c| c.get(&key).copied());
         let (outputs, took) = if model.runs_inline() && last.is_some_and(|d| d <= self.inline_max) {
             let started = Instant::now();
-            let result = model.run_placed(inputs);
+            let result = model.run_cancellable(inputs, &meter.cancel);
             let took = started.elapsed();
             (metered(meter, result, took)?, took)
         } else {
@@ -272,10 +292,11 @@ impl Graphs {
                 pool,
                 move |running| {
                     // Recorded by the compute itself: it goes on if the call's deadline drops the
-                    // caller, and the call waits for it before it is billed.
+                    // caller (until it reaches a boundary and sees the cancel), and the call waits
+                    // for it before it is billed.
                     let _running = running;
                     let started = Instant::now();
-                    let result = model.run_placed(inputs);
+                    let result = model.run_cancellable(inputs, &record.cancel);
                     let took = started.elapsed();
                     Ok((metered(&record, result, took)?, took))
                 },
@@ -284,6 +305,10 @@ impl Graphs {
             .await?
         };
         if let Ok(mut costs) = self.costs.lock() {
+            // Keyed by tenant input (shapes): bounded, forgotten all at once when full.
+            if costs.len() >= MAX_COSTS {
+                costs.clear();
+            }
             costs.insert(key, took);
         }
         Ok(outputs)
@@ -373,8 +398,39 @@ mod tests {
     }
 
     async fn thread_of(graphs: &Graphs, model: &Arc<dyn LoadedModel>) -> String {
-        let out = graphs.run_model(model.clone(), Vec::new(), &Default::default()).await.expect("runs");
+        thread_for(graphs, model, 1).await
+    }
+
+    /// The thread `model` ran on for an input of `len` bytes.
+    async fn thread_for(graphs: &Graphs, model: &Arc<dyn LoadedModel>, len: u32) -> String {
+        let input = HostTensor { dims: vec![len], ty: crate::nn::ElemType::U8, data: vec![0; len as usize] };
+        let out = graphs.run_model(model.clone(), vec![("x".into(), input)], &Default::default()).await.expect("runs");
         String::from_utf8(out[0].1.data.clone()).expect("utf-8")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_new_input_shape_is_not_run_inline_on_an_old_measure() {
+        let mut graphs = Graphs::new(Vec::new(), 1 << 20, 1);
+        graphs.inline_max = Duration::from_millis(100);
+        let here = std::thread::current().name().unwrap_or("").to_string();
+        let fast: Arc<dyn LoadedModel> = Arc::new(Probe { cost: Duration::ZERO });
+        assert_ne!(thread_for(&graphs, &fast, 1).await, here);
+        assert_eq!(thread_for(&graphs, &fast, 1).await, here, "measured fast at this shape");
+        // A huge input (whose cost nothing measured) goes to the pool, then its own measure counts.
+        assert_ne!(thread_for(&graphs, &fast, 1 << 20).await, here);
+        assert_eq!(thread_for(&graphs, &fast, 1).await, here);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_call_starts_no_compute() {
+        let graphs = Graphs::new(Vec::new(), 1 << 20, 1);
+        let model: Arc<dyn LoadedModel> = Arc::new(Probe { cost: Duration::from_secs(5) });
+        let meter = Arc::new(crate::nn::NnMeter::default());
+        meter.cancel.cancel();
+        let started = Instant::now();
+        let err = graphs.run_model(model, Vec::new(), &meter).await.expect_err("cancelled");
+        assert_eq!(err.code, ErrorCode::Timeout);
+        assert!(started.elapsed() < Duration::from_secs(5), "it never ran");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -278,6 +278,61 @@ pub struct NnMeter {
     usage: std::sync::Mutex<NnUsage>,
     running: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
+    /// Set when the call's deadline passed: its computes stop at their next boundary.
+    pub cancel: Cancel,
+}
+
+/// A call's deadline, seen from its computes: once cancelled, a compute stops at its next
+/// boundary (tract: between two nodes; ONNX Runtime: its terminate flag; the GPU engine:
+/// between two dispatches) and fails with `timeout`, so its thread and compute slot are free
+/// again at once. Engines register what stops them with [`Cancel::on_cancel`].
+#[derive(Default)]
+pub struct Cancel {
+    cancelled: std::sync::atomic::AtomicBool,
+    hooks: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancel").field("cancelled", &self.is_cancelled()).finish()
+    }
+}
+
+impl Cancel {
+    /// Stops every compute of the call; later ones fail before they start.
+    pub fn cancel(&self) {
+        if !self.cancelled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let hooks = std::mem::take(&mut *self.hooks.lock().unwrap_or_else(|e| e.into_inner()));
+            for hook in hooks {
+                hook();
+            }
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Runs `hook` when the call is cancelled (at once when it already is).
+    pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_cancelled() {
+            drop(hooks);
+            hook();
+        } else {
+            hooks.push(Box::new(hook));
+        }
+    }
+
+    /// `Err(timeout)` once cancelled: what a compute returns at a boundary.
+    pub fn check(&self) -> Result<(), NnError> {
+        if self.is_cancelled() { Err(Self::error()) } else { Ok(()) }
+    }
+
+    /// The error of a compute stopped by its call's deadline.
+    pub fn error() -> NnError {
+        NnError::new(ErrorCode::Timeout, "the compute was stopped at the call's deadline")
+    }
 }
 
 impl NnMeter {
@@ -355,6 +410,17 @@ pub trait LoadedModel: Send + Sync {
     fn run_placed(&self, inputs: Vec<(String, HostTensor)>) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
         let outputs = self.run(inputs)?;
         Ok((outputs, Placement { cpu_nodes: self.nodes(), ..Placement::default() }))
+    }
+
+    /// `run_placed`, stopping at the first boundary after `cancel` is set (see [`Cancel`]).
+    /// Engines that cannot stop mid-way check only before they start.
+    fn run_cancellable(
+        &self,
+        inputs: Vec<(String, HostTensor)>,
+        cancel: &Cancel,
+    ) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
+        cancel.check()?;
+        self.run_placed(inputs)
     }
 }
 

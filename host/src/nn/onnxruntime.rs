@@ -117,6 +117,26 @@ impl LoadedModel for OrtModel {
     }
 
     fn run(&self, given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
+        self.run_until(given, None)
+    }
+
+    fn run_cancellable(
+        &self,
+        inputs: Vec<(String, HostTensor)>,
+        cancel: &super::Cancel,
+    ) -> Result<(Vec<(String, HostTensor)>, super::Placement), NnError> {
+        let outputs = self.run_until(inputs, Some(cancel))?;
+        Ok((outputs, super::Placement { cpu_nodes: self.nodes, ..super::Placement::default() }))
+    }
+}
+
+impl OrtModel {
+    /// Runs a pooled session; `cancel` sets ONNX Runtime's terminate flag for this run.
+    fn run_until(
+        &self,
+        given: Vec<(String, HostTensor)>,
+        cancel: Option<&super::Cancel>,
+    ) -> Result<Vec<(String, HostTensor)>, NnError> {
         let tensors = match_inputs(&self.inputs, given)?;
         let ordered: Vec<(String, DynValue)> = self
             .inputs
@@ -130,13 +150,32 @@ impl LoadedModel for OrtModel {
             Some(session) => session,
             None => self.engine.session(&self.onnx).map_err(runtime_error)?,
         };
-        let result = session.run(ordered).map_err(runtime_error).and_then(|outputs| {
-            self.outputs
-                .iter()
-                .zip(outputs.values())
-                .map(|(info, value)| Ok((info.name.clone(), from_ort(&value)?)))
-                .collect::<Result<Vec<_>, NnError>>()
-        });
+        let options = match cancel {
+            None => None,
+            Some(cancel) => {
+                let options = std::sync::Arc::new(ort::session::RunOptions::new().map_err(runtime_error)?);
+                let stop = options.clone();
+                cancel.on_cancel(move || {
+                    let _ = stop.terminate();
+                });
+                Some(options)
+            }
+        };
+        let run = match &options {
+            Some(options) => session.run_with_options(ordered, options),
+            None => session.run(ordered),
+        };
+        let result = run
+            .map_err(|e| {
+                if cancel.is_some_and(super::Cancel::is_cancelled) { super::Cancel::error() } else { runtime_error(e) }
+            })
+            .and_then(|outputs| {
+                self.outputs
+                    .iter()
+                    .zip(outputs.values())
+                    .map(|(info, value)| Ok((info.name.clone(), from_ort(&value)?)))
+                    .collect::<Result<Vec<_>, NnError>>()
+            });
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(session);
         }

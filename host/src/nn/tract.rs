@@ -290,11 +290,57 @@ impl LoadedModel for TractModel {
     }
 
     fn run(&self, given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
+        self.run_until(given, None)
+    }
+
+    fn run_cancellable(
+        &self,
+        inputs: Vec<(String, HostTensor)>,
+        cancel: &super::Cancel,
+    ) -> Result<(Vec<(String, HostTensor)>, super::Placement), NnError> {
+        let outputs = self.run_until(inputs, Some(cancel))?;
+        Ok((outputs, super::Placement { cpu_nodes: self.nodes, ..super::Placement::default() }))
+    }
+}
+
+/// What stops a tract compute between two nodes.
+#[derive(Debug)]
+struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled at the call's deadline")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+impl TractModel {
+    /// Runs the plan node by node, checking `cancel` before each node.
+    fn run_until(
+        &self,
+        given: Vec<(String, HostTensor)>,
+        cancel: Option<&super::Cancel>,
+    ) -> Result<Vec<(String, HostTensor)>, NnError> {
         let ordered = match_inputs(&self.inputs, given)?;
         let (plan, fed) = self.plan_for(&ordered)?;
         let values: TVec<TValue> =
             fed.iter().map(|i| Ok(to_tract(&ordered[*i])?.into_tvalue())).collect::<Result<_, NnError>>()?;
-        let outputs = plan.run(values).map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?;
+        let mut state = plan.spawn().map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?;
+        let outputs = state
+            .run_plan_with_eval(values, |ctx, op_state, node, inputs| {
+                if cancel.is_some_and(super::Cancel::is_cancelled) {
+                    return Err(anyhow::Error::new(Cancelled));
+                }
+                tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)
+            })
+            .map_err(|e| {
+                if e.downcast_ref::<Cancelled>().is_some() {
+                    super::Cancel::error()
+                } else {
+                    NnError::new(ErrorCode::RuntimeError, format!("{e:#}"))
+                }
+            })?;
         self.outputs.iter().zip(outputs).map(|(info, value)| Ok((info.name.clone(), from_tract(&value)?))).collect()
     }
 }

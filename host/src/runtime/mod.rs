@@ -475,8 +475,10 @@ impl Runtime {
         let result: Result<wasmtime::Result<Result<Answer, wit_types::Error>>, _> =
             tokio::time::timeout(limits.timeout, run).await;
         if result.is_err() {
-            // Cut by its deadline: a compute it started cannot be interrupted and goes on; the
-            // call ends (and is billed) once the engine has stopped, with the time it used.
+            // Cut by its deadline: a compute it started stops at its next boundary (a tract
+            // node, ONNX Runtime's terminate flag, a GPU dispatch); the call ends (and is
+            // billed the engine time it used) once that compute has returned.
+            store.data().nn.meter.cancel.cancel();
             store.data().nn.meter.settled().await;
         }
 
