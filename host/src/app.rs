@@ -105,6 +105,7 @@ impl App {
             config.metering.fsync,
             metrics.usage_batch_size.clone(),
         )?;
+        let quotas = Quotas::new(config.runtime.instances_per_tenant());
         let app = Arc::new(Self {
             config,
             tenants,
@@ -112,7 +113,7 @@ impl App {
             runtime,
             metrics,
             metering,
-            quotas: Quotas::default(),
+            quotas,
             oip_stats: Default::default(),
             graphs,
             calls: Default::default(),

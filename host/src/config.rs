@@ -37,6 +37,7 @@ gpu_fusion = true
 
 [runtime]
 max_instances = 1000
+max_instances_per_tenant = 0
 epoch_tick = "10ms"
 max_log_bytes_per_call = "64KiB"
 log_lines_per_function = 1000
@@ -195,6 +196,10 @@ pub struct OutboundConfig {
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSection {
     pub max_instances: u32,
+    /// Calls of one tenant at once, whatever its plan allows; 0 = a quarter of
+    /// `max_instances`, so that no tenant takes every instance slot.
+    #[serde(default)]
+    pub max_instances_per_tenant: u32,
     #[serde(deserialize_with = "de_duration")]
     pub epoch_tick: Duration,
     #[serde(deserialize_with = "de_size")]
@@ -295,6 +300,16 @@ impl Prices {
             "http_requests" => self.http_requests,
             "http_bytes" => self.http_bytes,
             _ => Decimal::ZERO,
+        }
+    }
+}
+
+impl RuntimeSection {
+    /// The per-tenant cap on calls at once (see `max_instances_per_tenant`).
+    pub fn instances_per_tenant(&self) -> u32 {
+        match self.max_instances_per_tenant {
+            0 => (self.max_instances / 4).max(1),
+            n => n,
         }
     }
 }

@@ -138,7 +138,7 @@ pub async fn run_case(app: &App, tenant: &str, dir: &std::path::Path, name: &str
     };
     let inputs = case["inputs"].as_array().unwrap().iter().map(tensor).collect();
     let meter = std::sync::Arc::new(infercell::nn::NnMeter::default());
-    let outputs = match graphs.run_model(model, inputs, &meter).await {
+    let outputs = match graphs.run_model("conformance", model, inputs, &meter).await {
         Ok(outputs) => outputs,
         Err(e) => return Outcome::Refused(e),
     };

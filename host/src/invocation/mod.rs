@@ -220,7 +220,7 @@ impl Admitted {
         let served_v2 = !matches!(work, Work::Handler { .. });
 
         let active = effects::ActiveGuard::new(&app);
-        let ran = execute(&app, &call, &plan, work).await;
+        let ran = execute(&app, &tenant, &call, &plan, work).await;
         drop(active);
         drop(slot);
 
@@ -323,7 +323,7 @@ async fn commit(app: &App, plan: &Plan, record: UsageRecord) -> Result<(), ApiEr
 }
 
 /// Runs the work: a function in a fresh sandbox, or a model on its engine.
-async fn execute(app: &Arc<App>, call: &Call, plan: &Plan, work: Work) -> Ran {
+async fn execute(app: &Arc<App>, tenant: &str, call: &Call, plan: &Plan, work: Work) -> Ran {
     let started = Instant::now();
     match work {
         Work::Handler { deployment, request } => {
@@ -365,7 +365,7 @@ async fn execute(app: &Arc<App>, call: &Call, plan: &Plan, work: Work) -> Ran {
             let run = async {
                 let (graph, load_time) = app.registry.models.load(&model, plan.gpu).await?;
                 meter.add_load(load_time);
-                app.graphs.run_model(graph, inputs, &meter).await
+                app.graphs.run_model(tenant, graph, inputs, &meter).await
             };
             let result = match tokio::time::timeout(deadline, run).await {
                 Ok(result) => result,

@@ -57,9 +57,17 @@ pub struct Admission {
 #[derive(Default)]
 pub struct Quotas {
     tenants: Mutex<HashMap<String, Arc<TenantQuota>>>,
+    /// The platform's cap on one tenant's calls at once, whatever its plan allows, so that
+    /// no tenant takes every instance slot (`runtime.max_instances_per_tenant`; 0: none).
+    per_tenant: u32,
 }
 
 impl Quotas {
+    /// Quotas with the platform's per-tenant cap on calls at once.
+    pub fn new(per_tenant: u32) -> Self {
+        Self { tenants: Mutex::default(), per_tenant }
+    }
+
     /// Admits one call of `tenant` on `plan`, whose month-to-date spend is `spent`.
     pub fn admit(&self, tenant: &str, plan_name: &str, plan: &Plan, spent: Decimal) -> Result<Admission, Refusal> {
         if let Some(budget) = plan.monthly_budget
@@ -89,11 +97,12 @@ impl Quotas {
             let burst = plan.burst.and_then(NonZeroU32::new).unwrap_or(rps);
             (RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)), rps.get(), burst.get())
         });
+        let limit = if self.per_tenant > 0 { plan.max_concurrency.min(self.per_tenant) } else { plan.max_concurrency };
         let quota = Arc::new(TenantQuota {
             plan: plan_name.to_string(),
             rate,
-            slots: Arc::new(Semaphore::new(plan.max_concurrency as usize)),
-            limit: plan.max_concurrency,
+            slots: Arc::new(Semaphore::new(limit as usize)),
+            limit,
         });
         tenants.insert(tenant.to_string(), quota.clone());
         quota
@@ -135,6 +144,11 @@ mod tests {
         assert_eq!(quotas.admit("c", "tight", &tight, Decimal::ZERO).err(), Some(Refusal::Concurrency { limit: 2 }));
         drop(one);
         assert!(quotas.admit("c", "tight", &tight, Decimal::ZERO).is_ok());
+        // The platform's share caps a plan that allows more.
+        let shared = Quotas::new(1);
+        let _held = shared.admit("d", "tight", &tight, Decimal::ZERO).expect("first");
+        assert_eq!(shared.admit("d", "tight", &tight, Decimal::ZERO).err(), Some(Refusal::Concurrency { limit: 1 }));
+        assert!(shared.admit("e", "tight", &tight, Decimal::ZERO).is_ok(), "another tenant has its own share");
     }
 
     #[test]

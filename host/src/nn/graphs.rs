@@ -50,6 +50,10 @@ pub struct Graphs {
     /// Slots for calls that wait on the GPU: they hold no CPU while they wait, so they do not
     /// take the CPU pool's slots from other tenants' computes.
     gpu_pool: Arc<Semaphore>,
+    /// Each tenant's share of the CPU pool: a tenant's computes at once are capped at `share`
+    /// (half the pool, rounded up), so one tenant's long computes leave slots for the others.
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+    share: usize,
     /// Seconds spent loading graphs (for the load-time histogram).
     pub on_load: Box<dyn Fn(Duration) + Send + Sync>,
     /// Last compute time per loaded model (by address) and input shapes, to pick inline or
@@ -95,6 +99,8 @@ impl Graphs {
             cap_bytes,
             pool: Arc::new(Semaphore::new(threads.max(1))),
             gpu_pool: Arc::new(Semaphore::new(GPU_CALLS)),
+            shares: Mutex::new(HashMap::new()),
+            share: threads.max(1).div_ceil(2),
             on_load: Box::new(|_| {}),
             costs: Mutex::new(HashMap::new()),
             inline_max: INLINE_MAX,
@@ -274,6 +280,7 @@ impl Graphs {
     /// call's deadline ([`super::Cancel`]).
     pub async fn run_model(
         &self,
+        tenant: &str,
         model: Arc<dyn LoadedModel>,
         inputs: Vec<(String, super::HostTensor)>,
         meter: &Arc<super::NnMeter>,
@@ -287,6 +294,19 @@ impl Graphs {
             (metered(meter, result, took)?, took)
         } else {
             let pool = if model.runs_inline() { &self.pool } else { &self.gpu_pool };
+            // The tenant's share first, then a slot of the pool: a tenant over its share waits
+            // behind its own computes, not in front of the others'.
+            let _share = if model.runs_inline() {
+                let share = self.share_of(tenant);
+                Some(
+                    share
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))?,
+                )
+            } else {
+                None
+            };
             let record = meter.clone();
             Self::compute_on(
                 pool,
@@ -312,6 +332,13 @@ impl Graphs {
             costs.insert(key, took);
         }
         Ok(outputs)
+    }
+
+    /// `tenant`'s share of the CPU pool (tenants are few and made by the admin: one semaphore
+    /// each).
+    fn share_of(&self, tenant: &str) -> Arc<Semaphore> {
+        let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        shares.entry(tenant.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.share))).clone()
     }
 
     /// Runs `f` on a blocking thread once a compute slot is free.
@@ -404,7 +431,8 @@ mod tests {
     /// The thread `model` ran on for an input of `len` bytes.
     async fn thread_for(graphs: &Graphs, model: &Arc<dyn LoadedModel>, len: u32) -> String {
         let input = HostTensor { dims: vec![len], ty: crate::nn::ElemType::U8, data: vec![0; len as usize] };
-        let out = graphs.run_model(model.clone(), vec![("x".into(), input)], &Default::default()).await.expect("runs");
+        let out =
+            graphs.run_model("t", model.clone(), vec![("x".into(), input)], &Default::default()).await.expect("runs");
         String::from_utf8(out[0].1.data.clone()).expect("utf-8")
     }
 
@@ -421,6 +449,48 @@ mod tests {
         assert_eq!(thread_for(&graphs, &fast, 1).await, here);
     }
 
+    /// Records when it starts, then sleeps.
+    struct Logged {
+        who: &'static str,
+        log: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl LoadedModel for Logged {
+        fn run(&self, _inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
+            self.log.lock().expect("log").push(self.who);
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(Vec::new())
+        }
+        fn inputs(&self) -> &[TensorInfo] {
+            &[]
+        }
+        fn outputs(&self) -> &[TensorInfo] {
+            &[]
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_tenant_takes_at_most_half_the_pool() {
+        let graphs = Arc::new(Graphs::new(Vec::new(), 1 << 20, 2));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let run = |tenant: &'static str| {
+            let (graphs, log) = (graphs.clone(), log.clone());
+            tokio::spawn(async move {
+                let model: Arc<dyn LoadedModel> = Arc::new(Logged { who: tenant, log });
+                graphs.run_model(tenant, model, Vec::new(), &Default::default()).await.expect("runs");
+            })
+        };
+        let (a1, a2) = (run("a"), run("a"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let b = run("b");
+        for task in [a1, a2, b] {
+            task.await.expect("task");
+        }
+        // The pool has two slots, but `a` gets one: its second compute waits for its first,
+        // and `b` starts in between.
+        assert_eq!(*log.lock().expect("log"), ["a", "b", "a"]);
+    }
+
     #[tokio::test]
     async fn a_cancelled_call_starts_no_compute() {
         let graphs = Graphs::new(Vec::new(), 1 << 20, 1);
@@ -428,7 +498,7 @@ mod tests {
         let meter = Arc::new(crate::nn::NnMeter::default());
         meter.cancel.cancel();
         let started = Instant::now();
-        let err = graphs.run_model(model, Vec::new(), &meter).await.expect_err("cancelled");
+        let err = graphs.run_model("t", model, Vec::new(), &meter).await.expect_err("cancelled");
         assert_eq!(err.code, ErrorCode::Timeout);
         assert!(started.elapsed() < Duration::from_secs(5), "it never ran");
     }

@@ -328,7 +328,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 Err(e) => return self.nn_err(NnError::new(e.code, format!("input `{name}`: {}", e.message))),
             }
         }
-        let outputs = match access.graphs.run_model(model, given, &self.ctx.meter).await {
+        let outputs = match access.graphs.run_model(&access.tenant, model, given, &self.ctx.meter).await {
             Ok(outputs) => outputs,
             Err(e) => return self.nn_err(e),
         };
