@@ -13,6 +13,7 @@ echo "commit:  $(git rev-parse --short HEAD)  date: $(date -u +%Y-%m-%d)"
 "$bin" http                    # 16 connections: latency-bound
 "$bin" http --connections 64  # saturated: throughput
 "$bin" fairness
+"$bin" isolation
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/install-onnxruntime.sh)}"
 "$bin" nn
 "$bin" p3

@@ -8,11 +8,15 @@
 //! - `gpu`: open_nsfw (ResNet-50) on the wgpu engine beside ONNX Runtime on the CPU, at
 //!   several batch sizes (`bench/gpu.sh`, for a machine with a real GPU).
 //!
+//! - `isolation`: a quiet tenant's `/v2` calls beside a neighbour alternating tiny and huge
+//!   inputs, or sending computes past their deadline. Goal: quiet p99 ratio <= 2.0.
+//!
 //! Run `bench/run.sh` (release build); results go to `bench/RESULTS.md` by hand, with the
 //! machine and commit. Nothing here is a test: timings never gate CI.
 
 mod bare;
 mod gpu;
+mod isolation;
 mod load;
 mod nn;
 
@@ -45,6 +49,7 @@ async fn main() -> Result<()> {
         }
         Some("serve-bare") => serve_bare().await,
         Some("fairness") => fairness(arg(&args, "--seconds", 5)).await,
+        Some("isolation") => isolation::run(arg(&args, "--seconds", 5)).await,
         Some("nn") => nn::run(arg(&args, "--iters", 5000) as u32).await,
         Some("gpu") => {
             let batches: Vec<u32> = args
@@ -124,7 +129,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// `bench` on the standard plan, plus any extra tenants on the given plans.
 struct Infercell {
     server: Spawned,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     keys: std::collections::HashMap<String, String>,
 }
 
@@ -164,7 +169,22 @@ impl Infercell {
             cli(&key, &["deploy", "samples/echo"])?;
             keys.insert(tenant.to_string(), key);
         }
-        Ok(Self { server, _tmp: tmp, keys })
+        Ok(Self { server, tmp, keys })
+    }
+
+    /// Pushes `onnx` as `tenant`'s model `name` (tract or ONNX Runtime, as the server picks).
+    fn push_model(&self, tenant: &str, name: &str, onnx: &[u8]) -> Result<()> {
+        let path = self.tmp.path().join(format!("{tenant}-{name}.onnx"));
+        std::fs::write(&path, onnx)?;
+        let bin = std::env::current_exe()?.parent().context("exe dir")?.join("infercell");
+        let out = std::process::Command::new(bin)
+            .args(["model", "push", name])
+            .arg(&path)
+            .env("INFERCELL_URL", &self.server.url)
+            .env("INFERCELL_KEY", self.keys.get(tenant).context("key")?)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
     }
 
     fn target(&self, tenant: &str) -> load::Target {

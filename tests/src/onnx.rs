@@ -104,3 +104,15 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// `y = max(x' x' ... x')` over `products` products of 1024 x 1024 matrices, `x'` being the
+/// `[1, 1]` input `x` broadcast: 2 GFLOP per product (seconds of CPU work for a few dozen) in a
+/// few hundred bytes. What the deadline tests and the isolation benchmark cut.
+pub fn matmul_chain(products: usize) -> Vec<u8> {
+    let mut nodes = vec![node("Expand", &["x", "shape"], "a0", Vec::new())];
+    for i in 1..=products {
+        nodes.push(node("MatMul", &[&format!("a{}", i - 1), "a0"], &format!("a{i}"), Vec::new()));
+    }
+    nodes.push(node("ReduceMax", &[&format!("a{products}")], "y", vec![attr_int("keepdims", 0)]));
+    onnx_model(nodes, &[("x", &[1, 1])], vec![int64s("shape", &[1024, 1024])])
+}

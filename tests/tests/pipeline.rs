@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 
-use infercell_tests::onnx::{attr_int, int64s, node, onnx_model};
+use infercell_tests::onnx::matmul_chain as chain_model;
 use infercell_tests::*;
 
 fn records(server: &Server, key: &str) -> Vec<Value> {
@@ -85,20 +85,9 @@ fn a_model_and_a_function_of_one_name_are_separate_bill_lines() {
     assert!(table.contains("KIND") && table.contains("model    digits"), "{table}");
 }
 
-/// `y = max(x' x' ... x')` over 48 products of 1024 x 1024 matrices, `x'` being the `[1, 1]`
-/// input broadcast: about 100 GFLOP (seconds of CPU work on any machine) in a few hundred bytes.
+/// 48 products of 1024 x 1024 matrices: about 100 GFLOP in a few hundred bytes.
 fn slow_model() -> Vec<u8> {
     chain_model(48)
-}
-
-/// `slow_model` with `products` matrix products (2 GFLOP each).
-fn chain_model(products: usize) -> Vec<u8> {
-    let mut nodes = vec![node("Expand", &["x", "shape"], "a0", Vec::new())];
-    for i in 1..=products {
-        nodes.push(node("MatMul", &[&format!("a{}", i - 1), "a0"], &format!("a{i}"), Vec::new()));
-    }
-    nodes.push(node("ReduceMax", &[&format!("a{products}")], "y", vec![attr_int("keepdims", 0)]));
-    onnx_model(nodes, &[("x", &[1, 1])], vec![int64s("shape", &[1024, 1024])])
 }
 
 /// The deadline stops the engine: the compute ends at the next node after the cut, the call

@@ -180,6 +180,7 @@ async fn models_are_served_under_v2_and_billed_as_models() {
 async fn no_instance_slot_is_a_503_with_retry_after_and_not_billed() {
     let mut config = Config::embedded();
     config.runtime.max_instances = 1;
+    config.runtime.max_instances_per_tenant = 2;
     let surface = Arc::new(Surface::with(config));
     let acme = surface.tenant("acme", "standard").await;
     let manifest = "name = \"spin\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"2s\"\n";

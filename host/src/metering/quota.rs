@@ -22,7 +22,9 @@ use crate::config::Plan;
 pub enum Refusal {
     #[error("rate limit of {rate} requests/s (burst {burst}) exceeded; retry in {retry_after_secs} s")]
     Rate { rate: u32, burst: u32, retry_after_secs: u64 },
-    #[error("too many concurrent calls: the plan allows {limit} at once")]
+    #[error(
+        "too many concurrent calls: this tenant may run {limit} at once (its plan and the platform's per-tenant share)"
+    )]
     Concurrency { limit: u32 },
     #[error(
         "monthly budget of {budget} {currency} is spent ({spent} {currency} used this month); calls resume next month or on a bigger plan"

@@ -1,0 +1,80 @@
+//! `isolation`: a quiet tenant's `/v2` digits calls beside a hostile neighbour, who either
+//! alternates tiny and huge inputs to the same kind of model, or keeps sending computes that run
+//! past the plan's deadline. The quiet tenant's p99 is measured alone and beside each; the goal
+//! is a ratio <= 2.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::{Infercell, load};
+
+/// `[1, 64]` digits rows of zeros, `batch` of them, as a `/v2` JSON request.
+fn digits_request(batch: usize) -> bytes::Bytes {
+    let data = vec![0.0f32; batch * 64];
+    let body = serde_json::json!({
+        "inputs": [{ "name": "input", "datatype": "FP32", "shape": [batch, 64], "data": data }]
+    });
+    bytes::Bytes::from(body.to_string())
+}
+
+fn v2(server: &Infercell, tenant: &str, model: &str, body: bytes::Bytes) -> Result<load::Target> {
+    Ok(load::Target {
+        url: format!("{}/v2/models/{model}/infer", server.server.url),
+        bearer: Some(server.keys.get(tenant).context("key")?.clone()),
+        body,
+        echo: false,
+        headers: Vec::new(),
+    })
+}
+
+pub async fn run(seconds: u64) -> Result<()> {
+    let config = "[plans.standard]\nmodel_timeout = \"500ms\"\n";
+    let server = Infercell::start(config, &[("quiet", "standard"), ("hostile", "standard")])?;
+    let digits = std::fs::read(crate::repo_root().join("samples/digits/digits.onnx"))?;
+    for tenant in ["quiet", "hostile"] {
+        server.push_model(tenant, "digits", &digits)?;
+    }
+    // 48 products of 1024 x 1024 matrices (100 GFLOP): seconds of work, cut at 500 ms.
+    server.push_model("hostile", "slow", &infercell_tests::onnx::matmul_chain(48))?;
+    let quiet = v2(&server, "quiet", "digits", digits_request(1))?;
+    let tiny = v2(&server, "hostile", "digits", digits_request(1))?;
+    let huge = v2(&server, "hostile", "digits", digits_request(4096))?;
+    let slow = v2(
+        &server,
+        "hostile",
+        "slow",
+        bytes::Bytes::from(r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.001]}]}"#),
+    )?;
+    let duration = Duration::from_secs(seconds);
+    load::run(&quiet, 4, Duration::from_secs(1)).await?;
+    let alone = load::run(&quiet, 4, duration).await?;
+    // Tiny and huge inputs, one connection each, back to back (any status accepted).
+    let paced = load::Mode::Paced(Duration::from_millis(1));
+    let (beside_sizes, _, _) = tokio::join!(
+        load::run(&quiet, 4, duration),
+        load::run_mode(&tiny, 1, duration, paced),
+        load::run_mode(&huge, 1, duration, paced)
+    );
+    let beside_sizes = beside_sizes?;
+    // Two connections of computes cut at their deadline (504 each).
+    let (beside_deadline, cut) =
+        tokio::join!(load::run(&quiet, 4, duration), load::run_mode(&slow, 2, duration, paced));
+    let (beside_deadline, cut) = (beside_deadline?, cut?);
+    println!("isolation: quiet tenant (/v2 digits, 4 closed-loop connections) beside a hostile one, {seconds} s:");
+    println!("  {:<40} {:>10} {:>10} {:>10}", "", "req/s", "p50 ms", "p99 ms");
+    for (name, r) in [
+        ("quiet alone", &alone),
+        ("beside tiny + huge (4096-row) inputs", &beside_sizes),
+        ("beside computes past their deadline", &beside_deadline),
+    ] {
+        println!("  {:<40} {:>10.0} {:>10.3} {:>10.3}", name, r.rps, r.p50_ms, r.p99_ms);
+    }
+    println!("  hostile computes cut at 500 ms: {:.1}/s, p50 {:.0} ms", cut.rps, cut.p50_ms);
+    println!(
+        "  p99 ratio: sizes {:.2}, deadline {:.2}   (goal <= 2.0)",
+        beside_sizes.p99_ms / alone.p99_ms,
+        beside_deadline.p99_ms / alone.p99_ms
+    );
+    Ok(())
+}
