@@ -41,6 +41,7 @@ max_instances_per_tenant = 0
 epoch_tick = "10ms"
 max_log_bytes_per_call = "64KiB"
 log_lines_per_function = 1000
+log_bytes_per_function = "1MiB"
 
 [outbound]
 allow_ranges = []
@@ -59,6 +60,11 @@ outbound_http = false
 outbound_requests_per_call = 0
 outbound_bytes_per_call = "0"
 max_model_bytes = "16MiB"
+max_functions = 10
+max_versions = 100
+max_models = 10
+max_files = 100
+max_storage_bytes = "512MiB"
 requests_per_second = 10
 burst = 20
 max_concurrency = 4
@@ -88,6 +94,11 @@ outbound_http = true
 outbound_requests_per_call = 64
 outbound_bytes_per_call = "64MiB"
 max_model_bytes = "256MiB"
+max_functions = 200
+max_versions = 2000
+max_models = 200
+max_files = 1000
+max_storage_bytes = "20GiB"
 max_concurrency = 256
 currency = "USD"
 
@@ -205,6 +216,9 @@ pub struct RuntimeSection {
     #[serde(deserialize_with = "de_size")]
     pub max_log_bytes_per_call: u64,
     pub log_lines_per_function: usize,
+    /// Bytes of log lines kept in memory per function (the oldest go first).
+    #[serde(default = "default_log_bytes", deserialize_with = "de_size")]
+    pub log_bytes_per_function: u64,
 }
 
 /// What a tenant on this plan may ask for. Every manifest limit is capped by these.
@@ -239,6 +253,18 @@ pub struct Plan {
     /// Body bytes one call's outbound requests may send and receive, together.
     #[serde(default = "default_outbound_bytes", deserialize_with = "de_size")]
     pub outbound_bytes_per_call: u64,
+    /// Storage: functions, models and files a tenant may keep, live versions of each function
+    /// or model, and the bytes of all of them together (507 past any of these).
+    #[serde(default = "default_max_names")]
+    pub max_functions: u64,
+    #[serde(default = "default_max_versions")]
+    pub max_versions: u64,
+    #[serde(default = "default_max_names")]
+    pub max_models: u64,
+    #[serde(default = "default_max_files")]
+    pub max_files: u64,
+    #[serde(default = "default_max_storage", deserialize_with = "de_size")]
+    pub max_storage_bytes: u64,
     /// Largest model a tenant on this plan may push.
     #[serde(deserialize_with = "de_size")]
     pub max_model_bytes: u64,
@@ -417,6 +443,26 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Size::Number(n) => Ok(n),
         Size::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
     }
+}
+
+fn default_log_bytes() -> u64 {
+    1 << 20
+}
+
+fn default_max_names() -> u64 {
+    200
+}
+
+fn default_max_versions() -> u64 {
+    2000
+}
+
+fn default_max_files() -> u64 {
+    1000
+}
+
+fn default_max_storage() -> u64 {
+    20 << 30
 }
 
 fn default_outbound_requests() -> u64 {

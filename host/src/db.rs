@@ -208,15 +208,104 @@ pub fn next_version(
     )
 }
 
+/// Why storing one more version of `tenant`'s `name` in `table` (`functions` or `models`),
+/// of `size` bytes, would pass the tenant's plan, or `None` when it fits. Counts live rows only
+/// (deleted versions free their room); bytes are those of every live function and model version
+/// and file.
+pub fn over_quota(
+    tx: &rusqlite::Transaction<'_>,
+    table: &'static str,
+    tenant: &str,
+    name: &str,
+    size: u64,
+    plan_name: &str,
+    plan: &crate::config::Plan,
+) -> rusqlite::Result<Option<String>> {
+    let (kind, max_names, key) = match table {
+        "functions" => ("functions", plan.max_functions, "max_functions"),
+        _ => ("models", plan.max_models, "max_models"),
+    };
+    let live = |sql: &str, args: &[&dyn rusqlite::ToSql]| tx.query_row(sql, args, |r| r.get::<_, i64>(0));
+    let versions = live(
+        &format!("SELECT COUNT(*) FROM {table} WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL"),
+        &[&tenant, &name],
+    )? as u64;
+    if versions == 0 {
+        let names = live(
+            &format!("SELECT COUNT(DISTINCT name) FROM {table} WHERE tenant = ?1 AND deleted_at IS NULL"),
+            &[&tenant],
+        )? as u64;
+        if names >= max_names {
+            return Ok(Some(format!(
+                "tenant `{tenant}` has {names} {kind}, the most the `{plan_name}` plan allows ({key} = {max_names}): delete one first"
+            )));
+        }
+    } else if versions >= plan.max_versions {
+        return Ok(Some(format!(
+            "`{name}` has {versions} live versions, the most the `{plan_name}` plan allows (max_versions = {}): delete it, or its versions, first",
+            plan.max_versions
+        )));
+    }
+    let used = stored_bytes(tx, tenant)?;
+    if used.saturating_add(size) > plan.max_storage_bytes {
+        return Ok(Some(storage_full(tenant, used, size, plan_name, plan.max_storage_bytes)));
+    }
+    Ok(None)
+}
+
+/// Bytes of every live function version, model version and file of `tenant`.
+pub fn stored_bytes(conn: &Connection, tenant: &str) -> rusqlite::Result<u64> {
+    let bytes: i64 = conn.query_row(
+        "SELECT (SELECT COALESCE(SUM(size), 0) FROM functions WHERE tenant = ?1 AND deleted_at IS NULL)
+              + (SELECT COALESCE(SUM(size), 0) FROM models WHERE tenant = ?1 AND deleted_at IS NULL)
+              + (SELECT COALESCE(SUM(size), 0) FROM files WHERE tenant = ?1)",
+        [tenant],
+        |r| r.get(0),
+    )?;
+    Ok(bytes.max(0) as u64)
+}
+
+/// The refusal of an upload that would pass the tenant's bytes.
+pub fn storage_full(tenant: &str, used: u64, adding: u64, plan_name: &str, max: u64) -> String {
+    format!(
+        "tenant `{tenant}` stores {used} bytes; {adding} more would pass the `{plan_name}` plan's max_storage_bytes of {max}: delete something first"
+    )
+}
+
 /// Marks every live version of `tenant`'s `name` in `table` (`functions` or `models`) deleted;
-/// returns how many. Rows stay, so version numbers are never reused.
-pub async fn soft_delete(db: &Db, table: &'static str, tenant: &str, name: &str) -> anyhow::Result<u32> {
+/// returns how many, and the digests they named. Rows stay, so version numbers are never reused.
+pub async fn soft_delete(db: &Db, table: &'static str, tenant: &str, name: &str) -> anyhow::Result<(u32, Vec<String>)> {
     let (t, n) = (tenant.to_string(), name.to_string());
     db.call(move |conn| {
-        Ok(conn.execute(
+        let tx = conn.transaction()?;
+        let digests = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT DISTINCT digest FROM {table} WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL"
+            ))?;
+            let rows = stmt.query_map(rusqlite::params![t, n], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let deleted = tx.execute(
             &format!("UPDATE {table} SET deleted_at = ?3 WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL"),
             rusqlite::params![t, n, crate::clock::now_rfc3339()],
-        )? as u32)
+        )? as u32;
+        tx.commit()?;
+        Ok((deleted, digests))
     })
     .await
+}
+
+/// Those of `digests` that no live function or model version (of any tenant) names.
+pub fn unreferenced(conn: &Connection, digests: &[String]) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM functions WHERE digest = ?1 AND deleted_at IS NULL)
+             OR EXISTS (SELECT 1 FROM models WHERE digest = ?1 AND deleted_at IS NULL)",
+    )?;
+    let mut out = Vec::new();
+    for digest in digests {
+        if !stmt.query_row([digest], |r| r.get::<_, bool>(0))? {
+            out.push(digest.clone());
+        }
+    }
+    Ok(out)
 }

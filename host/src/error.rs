@@ -31,6 +31,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     GatewayTimeout(String),
+    /// Over the tenant's storage quota (or out of disk): 507.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// A failure inside the function (guest error, trap, limit): 500 with its message.
     #[error("{0}")]
     Function(String),
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Function(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -144,6 +148,7 @@ impl From<crate::registry::RegistryError> for ApiError {
             e @ (RegistryError::NotFound { .. } | RegistryError::NoVersion { .. }) => ApiError::NotFound(e.to_string()),
             RegistryError::Conflict(m) => ApiError::Conflict(m),
             RegistryError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            RegistryError::Quota(m) => ApiError::InsufficientStorage(m),
             RegistryError::Internal(e) => ApiError::Internal(e),
         }
     }

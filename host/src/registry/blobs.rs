@@ -9,6 +9,9 @@ use crate::disk::write_atomic;
 
 pub struct BlobStore {
     dir: Dir,
+    /// Held from a blob's write until the row naming it is committed, and while blobs no row
+    /// names are collected: a collection never removes a blob an upload is about to name.
+    pub writing: tokio::sync::Mutex<()>,
 }
 
 /// The digest string of `bytes`: `sha256:<hex>`.
@@ -18,7 +21,7 @@ pub fn digest_of(bytes: &[u8]) -> String {
 
 impl BlobStore {
     pub fn new(dir: Dir) -> Self {
-        Self { dir }
+        Self { dir, writing: tokio::sync::Mutex::new(()) }
     }
 
     fn file_name(digest: &str) -> anyhow::Result<String> {
@@ -34,6 +37,31 @@ impl BlobStore {
             return Ok(());
         }
         write_atomic(&self.dir, &name, bytes)
+    }
+
+    /// Removes the blob of `digest` (absent is fine).
+    pub fn remove(&self, digest: &str) -> anyhow::Result<()> {
+        match self.dir.remove_file(Self::file_name(digest)?) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the blobs of those of `digests` that no live version names any more (a deleted
+    /// function's or model's last versions); returns the digests removed.
+    pub async fn collect(&self, db: &crate::db::Db, digests: Vec<String>) -> anyhow::Result<Vec<String>> {
+        let _writing = self.writing.lock().await;
+        self.sweep(db, digests).await
+    }
+
+    /// [`BlobStore::collect`] for a caller that holds `writing` (an upload refused after its
+    /// blob was written).
+    pub async fn sweep(&self, db: &crate::db::Db, digests: Vec<String>) -> anyhow::Result<Vec<String>> {
+        let unreferenced = db.call(move |conn| Ok(crate::db::unreferenced(conn, &digests)?)).await?;
+        for digest in &unreferenced {
+            self.remove(digest)?;
+        }
+        Ok(unreferenced)
     }
 
     /// The bytes of `digest`, verified against it.

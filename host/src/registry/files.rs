@@ -65,7 +65,40 @@ impl FileStore {
     }
 
     /// Stores `bytes` as the tenant's file `name`, replacing it atomically.
-    pub async fn put(&self, tenant: &str, name: &str, bytes: bytes::Bytes) -> Result<FileInfo, RegistryError> {
+    pub async fn put(
+        &self,
+        tenant: &str,
+        name: &str,
+        bytes: bytes::Bytes,
+        plan_name: &str,
+        plan: &crate::config::Plan,
+    ) -> Result<FileInfo, RegistryError> {
+        // Room first: a new name counts against `max_files`, and the tenant's bytes change by
+        // the new size less the old.
+        let (t, n, p, quota, size) =
+            (tenant.to_string(), name.to_string(), plan_name.to_string(), plan.clone(), bytes.len() as u64);
+        self.db
+            .call(move |conn| {
+                let old: Option<i64> = conn
+                    .query_row("SELECT size FROM files WHERE tenant = ?1 AND name = ?2", params![t, n], |r| r.get(0))
+                    .optional()?;
+                if old.is_none() {
+                    let files: i64 = conn.query_row("SELECT COUNT(*) FROM files WHERE tenant = ?1", [&t], |r| r.get(0))?;
+                    if files as u64 >= quota.max_files {
+                        return Ok(Err(format!(
+                            "tenant `{t}` has {files} files, the most the `{p}` plan allows (max_files = {}): delete one first",
+                            quota.max_files
+                        )));
+                    }
+                }
+                let used = crate::db::stored_bytes(conn, &t)?.saturating_sub(old.unwrap_or(0).max(0) as u64);
+                if used.saturating_add(size) > quota.max_storage_bytes {
+                    return Ok(Err(crate::db::storage_full(&t, used, size, &p, quota.max_storage_bytes)));
+                }
+                Ok(Ok(()))
+            })
+            .await?
+            .map_err(RegistryError::Quota)?;
         let info = FileInfo {
             name: name.to_string(),
             size: bytes.len() as u64,
@@ -107,25 +140,35 @@ impl FileStore {
             .await?)
     }
 
-    /// Deletes the tenant's file `name`; 404 when there is none.
+    /// Deletes the tenant's file `name`: the bytes first, then the row. A removal that fails
+    /// leaves the file listed (and the error says so), never a deleted file still on disk for
+    /// the next view to link. 404 when there is none.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), RegistryError> {
         let (t, n) = (tenant.to_string(), name.to_string());
         let existed: Option<String> = self
             .db
             .call(move |conn| {
-                let found = conn
+                Ok(conn
                     .query_row("SELECT name FROM files WHERE tenant = ?1 AND name = ?2", params![t, n], |r| r.get(0))
-                    .optional()?;
-                conn.execute("DELETE FROM files WHERE tenant = ?1 AND name = ?2", params![t, n])?;
-                Ok(found)
+                    .optional()?)
             })
             .await?;
         if existed.is_none() {
             return Err(RegistryError::NotFound { kind: "file", name: name.to_string() });
         }
-        if let Ok(dir) = self.tenant_dir(tenant) {
-            let _ = dir.remove_file(name);
+        let dir = self.tenant_dir(tenant)?;
+        match dir.remove_file(name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("removing file `{name}`")).into()),
         }
+        let (t, n) = (tenant.to_string(), name.to_string());
+        self.db
+            .call(move |conn| {
+                conn.execute("DELETE FROM files WHERE tenant = ?1 AND name = ?2", params![t, n])?;
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 

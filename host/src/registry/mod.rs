@@ -77,6 +77,9 @@ pub struct FunctionSummary {
     pub updated_at: String,
 }
 
+/// Compiled versions of one function kept in memory at once.
+const MAX_CACHED_VERSIONS: usize = 8;
+
 /// What the registry keeps in memory for one function.
 #[derive(Default)]
 struct Cached {
@@ -111,7 +114,8 @@ impl Registry {
         files: files::FileStore,
         secrets: secrets::SecretStore,
     ) -> Self {
-        let logs = FunctionLogs::new(config.runtime.log_lines_per_function);
+        let logs =
+            FunctionLogs::new(config.runtime.log_lines_per_function, config.runtime.log_bytes_per_function as usize);
         let blobs = Arc::new(blobs);
         let models = Arc::new(ModelStore::new(db.clone(), blobs.clone(), graphs));
         let (files, secrets) = (Arc::new(files), Arc::new(secrets));
@@ -232,16 +236,14 @@ impl Registry {
         let digest = digest_of(&component);
 
         let runtime = self.runtime.clone();
-        let blobs = self.blobs.clone();
         let d = digest.clone();
+        let bytes = component.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            let prepared = runtime.prepare_new(&d, &component).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-            blobs.put(&d, &component).map_err(RegistryError::Internal)?;
-            Ok::<_, RegistryError>((prepared, component.len() as u64))
+            runtime.prepare_new(&d, &bytes).map_err(|e| RegistryError::Invalid(e.to_string()))
         })
         .await
         .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
-        let (prepared, size) = prepared;
+        let size = component.len() as u64;
         // Outbound HTTP is linked for every function but useless without hosts: say so at upload.
         if let Some(import) = prepared.info.imports.iter().find(|i| i.starts_with("wasi:http/outgoing-handler"))
             && manifest.capabilities.allowed_hosts.is_empty()
@@ -267,11 +269,22 @@ impl Registry {
             created_at: crate::clock::now_rfc3339(),
             manifest: manifest.clone(),
         };
-        let (t, r) = (tenant.to_string(), row.clone());
+        // The blob is written only once every check passed (a refused upload leaves nothing);
+        // the quota is checked again in the transaction that adds the version.
+        let blobs = self.blobs.clone();
+        let d = digest.clone();
+        let writing = self.blobs.writing.lock().await;
+        tokio::task::spawn_blocking(move || blobs.put(&d, &component))
+            .await
+            .map_err(|e| anyhow::anyhow!("blob task failed: {e}"))??;
+        let (t, r, p, quota) = (tenant.to_string(), row.clone(), plan.to_string(), plan_cfg.clone());
         let version = self
             .db
             .call(move |conn| {
                 let tx = conn.transaction()?;
+                if let Some(over) = db::over_quota(&tx, "functions", &t, &r.name, r.size, &p, &quota)? {
+                    return Ok(Err(over));
+                }
                 let version = db::next_version(&tx, "functions", &t, &r.name, &r.digest, r.size, &r.created_at)?;
                 tx.execute(
                     "INSERT INTO functions (tenant, name, version, digest, manifest, imports, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -287,9 +300,16 @@ impl Registry {
                     ],
                 )?;
                 tx.commit()?;
-                Ok(version)
+                Ok(Ok(version))
             })
-            .await?;
+            .await?
+            .map_err(RegistryError::Quota);
+        if version.is_err() {
+            // Refused: the blob just written goes unless another version names it.
+            self.blobs.sweep(&self.db, vec![digest.clone()]).await?;
+        }
+        drop(writing);
+        let version = version?;
 
         let generation = self.generation.load(Ordering::SeqCst);
         let deployment = Arc::new(
@@ -380,9 +400,13 @@ impl Registry {
 
     /// Deletes every version of a function; returns how many. Version numbers are not reused.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, RegistryError> {
-        let deleted = db::soft_delete(&self.db, "functions", tenant, name).await?;
+        let (deleted, digests) = db::soft_delete(&self.db, "functions", tenant, name).await?;
         if deleted == 0 {
             return Err(not_found(name));
+        }
+        // Components no live version names any more: their blobs and compiled artifacts go.
+        for digest in self.blobs.collect(&self.db, digests).await? {
+            self.runtime.forget_artifact(&digest);
         }
         if let Ok(mut cache) = self.cache.write() {
             self.generation.fetch_add(1, Ordering::SeqCst);
@@ -424,6 +448,13 @@ impl Registry {
             && self.generation.load(Ordering::SeqCst) == generation
         {
             let entry = cache.entry(tenant.to_string()).or_default().entry(name.to_string()).or_default();
+            // Versions addressed by number come from tenant input: keep the newest and a few
+            // pinned ones, not every version ever asked for.
+            if entry.versions.len() >= MAX_CACHED_VERSIONS
+                && let Some(&evict) = entry.versions.keys().filter(|v| Some(**v) != entry.latest).min()
+            {
+                entry.versions.remove(&evict);
+            }
             entry.versions.insert(version, deployment.clone());
         }
         Ok(deployment)
@@ -516,6 +547,9 @@ pub enum RegistryError {
     /// Over a size limit.
     #[error("{0}")]
     TooLarge(String),
+    /// Over the tenant's storage quota (its plan's `max_*` counts and bytes).
+    #[error("{0}")]
+    Quota(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

@@ -103,6 +103,9 @@ pub struct ModelStore {
     named: std::sync::RwLock<NamedVersions>,
 }
 
+/// Most (tenant, name) lookups remembered.
+const MAX_NAMED: usize = 10_000;
+
 /// (tenant, model name) -> its live versions, oldest first.
 type NamedVersions = std::collections::HashMap<(String, String), Arc<Vec<ModelVersion>>>;
 
@@ -120,6 +123,10 @@ impl ModelStore {
         }
         let found = Arc::new(self.versions(tenant, Some(name)).await?);
         if let Ok(mut cache) = self.named.write() {
+            // Names come from URLs (absent ones too): bounded, forgotten all at once when full.
+            if cache.len() >= MAX_NAMED {
+                cache.clear();
+            }
             cache.insert(key, found.clone());
         }
         Ok(found)
@@ -141,9 +148,10 @@ impl ModelStore {
         tenant: &str,
         manifest_text: &str,
         bytes: Bytes,
-        max_bytes: u64,
-        gpu_allowed: bool,
+        plan_name: &str,
+        plan: &crate::config::Plan,
     ) -> Result<ModelVersion, RegistryError> {
+        let (max_bytes, gpu_allowed) = (plan.max_model_bytes, plan.gpu);
         let manifest = ModelManifest::parse(manifest_text).map_err(RegistryError::Invalid)?;
         let selected = selector(&manifest.engine, &manifest.device);
         let engine = self.graphs.select(&selected, gpu_allowed).map_err(|e| {
@@ -169,9 +177,6 @@ impl ModelStore {
                 _ => format!("the {} engine cannot run this model: {}", engine.name(), e.message),
             })
         })?;
-        let blobs = self.blobs.clone();
-        let (d, b) = (digest.clone(), bytes.clone());
-        tokio::task::spawn_blocking(move || blobs.put(&d, &b)).await.map_err(|e| anyhow::anyhow!("{e}"))??;
         let row = ModelVersion {
             name: manifest.name.clone(),
             version: 0,
@@ -184,11 +189,20 @@ impl ModelStore {
             outputs: model.outputs().to_vec(),
             created_at: crate::clock::now_rfc3339(),
         };
-        let (t, r) = (tenant.to_string(), row.clone());
+        // The blob is written once the model loaded (a refused push leaves nothing); the quota
+        // is checked in the transaction that adds the version.
+        let blobs = self.blobs.clone();
+        let (d, b) = (row.digest.clone(), bytes.clone());
+        let writing = self.blobs.writing.lock().await;
+        tokio::task::spawn_blocking(move || blobs.put(&d, &b)).await.map_err(|e| anyhow::anyhow!("{e}"))??;
+        let (t, r, p, quota) = (tenant.to_string(), row.clone(), plan_name.to_string(), plan.clone());
         let version = self
             .db
             .call(move |conn| {
                 let tx = conn.transaction()?;
+                if let Some(over) = db::over_quota(&tx, "models", &t, &r.name, r.size, &p, &quota)? {
+                    return Ok(Err(over));
+                }
                 let version = db::next_version(&tx, "models", &t, &r.name, &r.digest, r.size, &r.created_at)?;
                 tx.execute(
                     "INSERT INTO models (tenant, name, version, digest, size, engine, device, description, inputs, outputs, created_at)
@@ -208,9 +222,16 @@ impl ModelStore {
                     ],
                 )?;
                 tx.commit()?;
-                Ok(version)
+                Ok(Ok(version))
             })
-            .await?;
+            .await?
+            .map_err(RegistryError::Quota);
+        if version.is_err() {
+            // Refused: the blob just written goes unless another version names it.
+            self.blobs.sweep(&self.db, vec![row.digest.clone()]).await?;
+        }
+        drop(writing);
+        let version = version?;
         self.forget(tenant, &row.name);
         Ok(ModelVersion { version, ..row })
     }
@@ -276,11 +297,12 @@ impl ModelStore {
 
     /// Deletes every version of a model; 404 when there is none.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<u32, RegistryError> {
-        let deleted = db::soft_delete(&self.db, "models", tenant, name).await?;
+        let (deleted, digests) = db::soft_delete(&self.db, "models", tenant, name).await?;
         self.forget(tenant, name);
         if deleted == 0 {
             return Err(RegistryError::NotFound { kind: "model", name: name.to_string() });
         }
+        self.blobs.collect(&self.db, digests).await?;
         Ok(deleted)
     }
 }

@@ -46,6 +46,13 @@ impl ArtifactCache {
         Ok(())
     }
 
+    /// Removes the compiled artifact of `digest` (absent is fine).
+    pub fn remove(&self, digest: &str) {
+        let (artifact, checksum) = self.names(digest);
+        let _ = self.dir.remove_file(artifact);
+        let _ = self.dir.remove_file(checksum);
+    }
+
     /// The cached component for `digest`, if present and intact.
     pub fn load(&self, digest: &str) -> Option<Component> {
         let (artifact, checksum) = self.names(digest);

@@ -339,8 +339,15 @@ impl Runtime {
         self.live.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Drops the compiled artifact of a component no version names any more.
+    pub fn forget_artifact(&self, digest: &str) {
+        self.artifacts.remove(digest);
+    }
+
     /// Checks that `bytes` is a component this platform can run, compiles it and stores the
     /// compiled artifact under `digest`. Blocking (compilation): call it off the executor.
+    ///
+    /// (See also [`Runtime::forget_artifact`].)
     pub fn prepare_new(&self, digest: &str, bytes: &[u8]) -> Result<Prepared, ValidateError> {
         check_header(bytes)?;
         let component = Component::new(&self.engine, bytes).map_err(|e| ValidateError::Invalid(format!("{e:#}")))?;

@@ -28,7 +28,9 @@ pub async fn put_file(
     if !valid_name(&name) {
         return Err(ApiError::BadRequest(format!("file name `{name}` must match ^[a-z0-9][a-z0-9._-]{{0,127}}$")));
     }
-    let info = app.registry.files.put(tenant, &name, body).await?;
+    let plan_name = app.tenants.plan_of(tenant).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no plan"))?;
+    let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
+    let info = app.registry.files.put(tenant, &name, body, &plan_name, plan).await?;
     app.registry.forget_file(tenant, &name);
     let mut response = (StatusCode::CREATED, Json(&info)).into_response();
     response.extensions_mut().insert(AuditTarget(format!("{name} {}", info.digest)));

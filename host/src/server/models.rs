@@ -36,8 +36,7 @@ pub async fn push_model(
     }
     let plan_name = app.tenants.plan_of(&tenant).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no plan"))?;
     let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
-    let version =
-        app.registry.models.push(&tenant, &manifest, Bytes::from(model), plan.max_model_bytes, plan.gpu).await?;
+    let version = app.registry.models.push(&tenant, &manifest, Bytes::from(model), &plan_name, plan).await?;
     tracing::info!(tenant, model = %version.name, version = version.version, digest = %version.digest, "model pushed");
     let target = AuditTarget(format!("{}@{} {}", version.name, version.version, version.digest));
     let mut response = (StatusCode::CREATED, Json(version)).into_response();
