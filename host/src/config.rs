@@ -60,6 +60,7 @@ outbound_http = false
 outbound_requests_per_call = 0
 outbound_bytes_per_call = "0"
 max_model_bytes = "16MiB"
+model_memory = "512MiB"
 max_functions = 10
 max_versions = 100
 max_models = 10
@@ -94,6 +95,7 @@ outbound_http = true
 outbound_requests_per_call = 64
 outbound_bytes_per_call = "64MiB"
 max_model_bytes = "256MiB"
+model_memory = "4GiB"
 max_functions = 200
 max_versions = 2000
 max_models = 200
@@ -236,6 +238,10 @@ pub struct Plan {
     /// Deadline of a model call (`/v2` inference on a pushed model); absent = `max_timeout`.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub model_timeout: Option<Duration>,
+    /// Bytes of tensors (inputs, intermediate values, outputs) one model call on `/v2` may
+    /// hold at once; a function's computes count against its memory limit instead.
+    #[serde(default = "default_model_memory", deserialize_with = "de_size")]
+    pub model_memory: u64,
     /// Instructions per call; absent = bounded by the timeout only.
     #[serde(default)]
     pub max_fuel: Option<u64>,
@@ -443,6 +449,10 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Size::Number(n) => Ok(n),
         Size::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
     }
+}
+
+fn default_model_memory() -> u64 {
+    4 << 30
 }
 
 fn default_log_bytes() -> u64 {

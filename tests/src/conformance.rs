@@ -132,7 +132,7 @@ pub async fn run_case(app: &App, tenant: &str, dir: &std::path::Path, name: &str
     let graphs = models.graphs().clone();
     let (source, d) = (models.clone(), digest.clone());
     let (model, _) = match graphs
-        .get_or_load(&digest, graphs.select(&selector, true).unwrap(), move || {
+        .get_or_load(tenant, &digest, graphs.select(&selector, true).unwrap(), move || {
             source.read(&d).map_err(|e| NnError::new(ErrorCode::RuntimeError, e.to_string()))
         })
         .await
@@ -142,7 +142,7 @@ pub async fn run_case(app: &App, tenant: &str, dir: &std::path::Path, name: &str
     };
     let inputs = case["inputs"].as_array().unwrap().iter().map(tensor).collect();
     let meter = std::sync::Arc::new(infercell::nn::NnMeter::default());
-    let outputs = match graphs.run_model("conformance", model, inputs, &meter).await {
+    let outputs = match graphs.run_model("conformance", model, inputs, &meter, u64::MAX).await {
         Ok(outputs) => outputs,
         Err(e) => return Outcome::Refused(e),
     };

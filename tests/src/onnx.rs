@@ -45,7 +45,8 @@ pub fn one_node_model(
     onnx_model(vec![node], inputs, initializers)
 }
 
-/// An ONNX model of `nodes` over float inputs `inputs` (name, shape), with output `y`.
+/// An ONNX model of `nodes` over float inputs `inputs` (name, shape; a negative dimension is
+/// the symbol `N`), with output `y`.
 pub fn onnx_model(nodes: Vec<pb::NodeProto>, inputs: &[(&str, &[i64])], initializers: Vec<pb::TensorProto>) -> Vec<u8> {
     use prost::Message as _;
     let value_info = |name: &str, dims: &[i64]| pb::ValueInfoProto {
@@ -57,7 +58,10 @@ pub fn onnx_model(nodes: Vec<pb::NodeProto>, inputs: &[(&str, &[i64])], initiali
                     dim: dims
                         .iter()
                         .map(|d| pb::tensor_shape_proto::Dimension {
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
+                            value: Some(match *d {
+                                d if d < 0 => pb::tensor_shape_proto::dimension::Value::DimParam("N".into()),
+                                d => pb::tensor_shape_proto::dimension::Value::DimValue(d),
+                            }),
                             ..Default::default()
                         })
                         .collect(),
@@ -105,14 +109,26 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `y = x` broadcast to `[N, 1048576]` from the `[N, 1]` input `x`: 4 MiB of output per row,
+/// its size known only from the input's.
+pub fn wide() -> Vec<u8> {
+    let nodes = vec![node("Expand", &["x", "shape"], "y", Vec::new())];
+    onnx_model(nodes, &[("x", &[-1, 1])], vec![int64s("shape", &[1, 1 << 20])])
+}
+
 /// `y = max(x' x' ... x')` over `products` products of 1024 x 1024 matrices, `x'` being the
 /// `[1, 1]` input `x` broadcast: 2 GFLOP per product (seconds of CPU work for a few dozen) in a
 /// few hundred bytes. What the deadline tests and the isolation benchmark cut.
 pub fn matmul_chain(products: usize) -> Vec<u8> {
+    matmul_chain_of(products, 1024)
+}
+
+/// [`matmul_chain`] of `size` x `size` matrices.
+pub fn matmul_chain_of(products: usize, size: i64) -> Vec<u8> {
     let mut nodes = vec![node("Expand", &["x", "shape"], "a0", Vec::new())];
     for i in 1..=products {
         nodes.push(node("MatMul", &[&format!("a{}", i - 1), "a0"], &format!("a{i}"), Vec::new()));
     }
     nodes.push(node("ReduceMax", &[&format!("a{products}")], "y", vec![attr_int("keepdims", 0)]));
-    onnx_model(nodes, &[("x", &[1, 1])], vec![int64s("shape", &[1024, 1024])])
+    onnx_model(nodes, &[("x", &[1, 1])], vec![int64s("shape", &[size, size])])
 }

@@ -436,6 +436,40 @@ fn gpu_memory_is_admitted_against_the_budget() {
 }
 
 /// A lost device (a driver reset) is recreated on the next call, and the model re-uploaded.
+/// The call's deadline cuts a GPU compute: its thread stops waiting on the device at once
+/// (the work already queued drains on the device), so its slot is free for the next call.
+#[test]
+fn a_gpu_compute_is_cut_at_its_deadline() {
+    use infercell::nn::{Bounds, Cancel, ElemType, ErrorCode};
+    use std::time::{Duration, Instant};
+    let Some(gpu) = gpu_engine(1 << 30) else { return };
+    let x = || {
+        vec![("x".to_string(), HostTensor::new(vec![1, 1], ElemType::F32, 0.001f32.to_le_bytes().to_vec()).unwrap())]
+    };
+    // Products of 256 x 256 matrices, as many as make about 3 s of work on this device, cut at
+    // 300 ms (the work already queued drains on the device before the test's engine is gone).
+    let one = gpu.load(&infercell_tests::onnx::matmul_chain_of(1, 256)).unwrap();
+    one.run_placed(x()).unwrap();
+    let started = Instant::now();
+    one.run_placed(x()).unwrap();
+    let products = ((3.0 / started.elapsed().as_secs_f64()) as usize).clamp(8, 4000);
+    let model = gpu.load(&infercell_tests::onnx::matmul_chain_of(products, 256)).unwrap();
+    let cancel = Arc::new(Cancel::default());
+    let cutter = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.cancel();
+        })
+    };
+    let started = Instant::now();
+    let err = model.run_bounded(x(), &Bounds { cancel: &cancel, max_bytes: u64::MAX }).expect_err("cut");
+    let took = started.elapsed();
+    cutter.join().unwrap();
+    assert_eq!(err.code, ErrorCode::Timeout, "{err:?}");
+    assert!(took < Duration::from_millis(1500), "{products} products cut at 300 ms ended after {took:?}");
+}
+
 #[test]
 fn a_lost_device_is_recreated() {
     let Some(gpu) = gpu_engine(1 << 30) else { return };

@@ -227,6 +227,44 @@ fn a_model_declaring_giant_shapes_is_refused_and_the_server_lives() {
     assert!(server.rss_bytes() < 1 << 30, "the server never allocated the constant");
 }
 
+/// The bytes a compute's tensors would hold are checked before the engine makes them: a
+/// model whose output is 4 MiB a row, fed 100,000 rows (400 GB), is refused with a clear
+/// error, from a function (its memory limit) and on `/v2` (the plan's `model_memory`), and
+/// the server never allocates them; one row is served.
+#[test]
+fn a_compute_past_the_call_memory_is_refused_before_the_engine_allocates() {
+    let server = Server::start_with_config(Some("[plans.standard]\nmodel_memory = \"64MiB\"\n"));
+    let evil = server.tenant("evil", "standard");
+    let good = server.tenant("good", "free");
+    server.deploy(&good, "echo");
+    let resp = server.push_model(&evil, "name = \"wide\"\nengine = \"tract\"\n", infercell_tests::onnx::wide());
+    assert_eq!(resp.status(), 201, "{}", resp.text().unwrap());
+    let manifest = "name = \"wide\"\n[limits]\nmemory = \"32MiB\"\n[capabilities]\nmodels = [\"wide\"]\n";
+    assert_eq!(server.upload(&evil, manifest, component("hostile")).status(), 201);
+    let rows = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| 1.0f32.to_le_bytes()).collect() };
+    let call = |n: usize| {
+        let url = format!("{}/fn/evil/wide/raw?model=wide&input=x&shape={n},1", server.url);
+        server.http.post(url).bearer_auth(&evil).body(rows(n)).send().unwrap()
+    };
+    let one = call(1);
+    assert_eq!(one.status(), 200);
+    assert_eq!(one.bytes().unwrap().len(), 4 << 20);
+    let resp = call(100_000);
+    assert_ne!(resp.status(), 200);
+    let msg = resp.text().unwrap();
+    assert!(msg.contains("needs more memory than the call may use") && msg.contains("bytes left to it"), "{msg}");
+    neighbour_is_served(&server, &good, "a compute past the call's memory");
+    let infer = |n: usize| {
+        let body = json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [n, 1], "data": vec![1.0; n] }] });
+        server.post("/v2/models/wide/infer", Some(&evil), body.to_string())
+    };
+    let msg = expect_error(infer(100_000), 413);
+    assert!(msg.contains("needs more memory than the call may use") && msg.contains("model_memory"), "{msg}");
+    assert_eq!(infer(1).status(), 200);
+    assert!(server.rss_bytes() < 2 << 30, "the server never allocated the 400 GB");
+    neighbour_is_served(&server, &good, "a /v2 compute past the plan's model_memory");
+}
+
 #[test]
 fn memory_stays_flat_over_a_thousand_hostile_calls() {
     let (server, evil, good) = setup();

@@ -363,9 +363,9 @@ async fn execute(app: &Arc<App>, tenant: &str, call: &Call, plan: &Plan, work: W
             let meter = Arc::new(NnMeter::default());
             let deadline = plan.model_timeout();
             let run = async {
-                let (graph, load_time) = app.registry.models.load(&model, plan.gpu).await?;
+                let (graph, load_time) = app.registry.models.load(tenant, &model, plan.gpu).await?;
                 meter.add_load(load_time);
-                app.graphs.run_model(tenant, graph, inputs, &meter).await
+                app.graphs.run_model(tenant, graph, inputs, &meter, plan.model_memory).await
             };
             let result = match tokio::time::timeout(deadline, run).await {
                 Ok(result) => result,

@@ -15,6 +15,8 @@ struct Entry {
     model: Arc<dyn LoadedModel>,
     bytes: u64,
     last_used: u64,
+    /// The tenant whose load brought it in: its bytes count against that tenant's share.
+    owner: String,
 }
 
 /// Counters the server exports as metrics.
@@ -178,6 +180,7 @@ impl Graphs {
     /// `auto` never makes a model that runs on the CPU fail.
     pub async fn load_selected(
         &self,
+        tenant: &str,
         digest: &str,
         selector: &str,
         gpu_granted: bool,
@@ -185,10 +188,10 @@ impl Graphs {
     ) -> Result<(Arc<dyn LoadedModel>, Duration), NnError> {
         let engine = self.select(selector, gpu_granted)?;
         let chose_gpu = matches!(selector, "auto" | "") && engine.name() == "wgpu";
-        match self.get_or_load(digest, engine, bytes.clone()).await {
+        match self.get_or_load(tenant, digest, engine, bytes.clone()).await {
             Err(e) if chose_gpu => {
                 tracing::info!(digest, error = %e, "the GPU engine cannot load this model; auto runs it on the CPU");
-                self.get_or_load(digest, self.select("cpu", false)?, bytes).await
+                self.get_or_load(tenant, digest, self.select("cpu", false)?, bytes).await
             }
             other => other,
         }
@@ -204,10 +207,16 @@ impl Graphs {
         self.state.lock().map(|s| s.stats).unwrap_or_default()
     }
 
-    /// The cached graph for `digest` on `engine`, or loads `bytes()` on the compute pool.
-    /// Returns the graph and the host time spent (zero on a hit).
+    /// The cached graph for `digest` on `engine`, or loads `bytes()` on the compute pool for
+    /// `tenant`. Returns the graph and the host time spent (zero on a hit).
+    ///
+    /// Fair shares: a tenant's loads (and the probes they start) take slots of its share of
+    /// the pool, so a tenant loading fresh bytes over and over holds at most half the pool;
+    /// and the graphs a tenant brought in hold at most half the cache's bytes: past that its
+    /// own least recently used graphs go first, so its misses cannot empty the others'.
     pub async fn get_or_load(
         &self,
+        tenant: &str,
         digest: &str,
         engine: Arc<dyn Engine>,
         bytes: impl FnOnce() -> Result<Vec<u8>, NnError> + Send + 'static,
@@ -225,6 +234,11 @@ impl Graphs {
             state.stats.misses += 1;
         }
         let prober = self.prober.clone();
+        let _share = self
+            .share_of(tenant)
+            .acquire_owned()
+            .await
+            .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))?;
         let (model, size, took) = self
             .compute(move || {
                 let started = Instant::now();
@@ -240,13 +254,22 @@ impl Graphs {
         if let Ok(mut state) = self.state.lock() {
             state.tick += 1;
             let tick = state.tick;
-            state.entries.insert(key.clone(), Entry { model: model.clone(), bytes: size, last_used: tick });
+            let entry = Entry { model: model.clone(), bytes: size, last_used: tick, owner: tenant.to_string() };
+            state.entries.insert(key.clone(), entry);
             let mut total: u64 = state.entries.values().map(|e| e.bytes).sum();
-            while total > self.cap_bytes && state.entries.len() > 1 {
+            let tenant_cap = self.cap_bytes.div_ceil(2);
+            let owned =
+                |state: &State| -> u64 { state.entries.values().filter(|e| e.owner == tenant).map(|e| e.bytes).sum() };
+            loop {
+                // The tenant's own graphs go first while it holds more than its share.
+                let own_first = owned(&state) > tenant_cap;
+                if !own_first && total <= self.cap_bytes {
+                    break;
+                }
                 let Some(oldest) = state
                     .entries
                     .iter()
-                    .filter(|(k, _)| **k != key)
+                    .filter(|(k, e)| **k != key && (!own_first || e.owner == tenant))
                     .min_by_key(|(_, e)| e.last_used)
                     .map(|(k, _)| k.clone())
                 else {
@@ -284,12 +307,13 @@ impl Graphs {
         model: Arc<dyn LoadedModel>,
         inputs: Vec<(String, super::HostTensor)>,
         meter: &Arc<super::NnMeter>,
+        max_bytes: u64,
     ) -> Result<Vec<(String, super::HostTensor)>, NnError> {
         let key = cost_key(&model, &inputs);
         let last = self.costs.lock().ok().and_then(|c| c.get(&key).copied());
         let (outputs, took) = if model.runs_inline() && last.is_some_and(|d| d <= self.inline_max) {
             let started = Instant::now();
-            let result = model.run_cancellable(inputs, &meter.cancel);
+            let result = model.run_bounded(inputs, &super::Bounds { cancel: &meter.cancel, max_bytes });
             let took = started.elapsed();
             (metered(meter, result, took)?, took)
         } else {
@@ -316,7 +340,7 @@ impl Graphs {
                     // for it before it is billed.
                     let _running = running;
                     let started = Instant::now();
-                    let result = model.run_cancellable(inputs, &record.cancel);
+                    let result = model.run_bounded(inputs, &super::Bounds { cancel: &record.cancel, max_bytes });
                     let took = started.elapsed();
                     Ok((metered(&record, result, took)?, took))
                 },
@@ -334,8 +358,8 @@ impl Graphs {
         Ok(outputs)
     }
 
-    /// `tenant`'s share of the CPU pool (tenants are few and made by the admin: one semaphore
-    /// each).
+    /// `tenant`'s share of the CPU pool, which its computes and graph loads (each with its
+    /// probe) take from (tenants are few and made by the admin: one semaphore each).
     fn share_of(&self, tenant: &str) -> Arc<Semaphore> {
         let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
         shares.entry(tenant.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.share))).clone()
@@ -431,8 +455,10 @@ mod tests {
     /// The thread `model` ran on for an input of `len` bytes.
     async fn thread_for(graphs: &Graphs, model: &Arc<dyn LoadedModel>, len: u32) -> String {
         let input = HostTensor { dims: vec![len], ty: crate::nn::ElemType::U8, data: vec![0; len as usize] };
-        let out =
-            graphs.run_model("t", model.clone(), vec![("x".into(), input)], &Default::default()).await.expect("runs");
+        let out = graphs
+            .run_model("t", model.clone(), vec![("x".into(), input)], &Default::default(), u64::MAX)
+            .await
+            .expect("runs");
         String::from_utf8(out[0].1.data.clone()).expect("utf-8")
     }
 
@@ -477,7 +503,7 @@ mod tests {
             let (graphs, log) = (graphs.clone(), log.clone());
             tokio::spawn(async move {
                 let model: Arc<dyn LoadedModel> = Arc::new(Logged { who: tenant, log });
-                graphs.run_model(tenant, model, Vec::new(), &Default::default()).await.expect("runs");
+                graphs.run_model(tenant, model, Vec::new(), &Default::default(), u64::MAX).await.expect("runs");
             })
         };
         let (a1, a2) = (run("a"), run("a"));
@@ -491,6 +517,40 @@ mod tests {
         assert_eq!(*log.lock().expect("log"), ["a", "b", "a"]);
     }
 
+    /// Loads any bytes as a model that does nothing.
+    struct Loader;
+
+    impl Engine for Loader {
+        fn name(&self) -> &'static str {
+            "loader"
+        }
+        fn load(&self, _onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
+            Ok(Arc::new(Probe { cost: Duration::ZERO }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tenant_loading_fresh_graphs_evicts_its_own_not_the_others() {
+        let engine: Arc<dyn Engine> = Arc::new(Loader);
+        let graphs = Graphs::new(vec![engine.clone()], 100, 2);
+        let load = |tenant: &'static str, digest: String| {
+            let engine = engine.clone();
+            let graphs = &graphs;
+            async move { graphs.get_or_load(tenant, &digest, engine, || Ok(vec![0; 30])).await.expect("loads") }
+        };
+        load("quiet", "sha256:q".into()).await;
+        for i in 0..20 {
+            load("noisy", format!("sha256:n{i}")).await;
+        }
+        let misses = graphs.stats().misses;
+        let (_, took) = load("quiet", "sha256:q".into()).await;
+        assert_eq!((took, graphs.stats().misses), (Duration::ZERO, misses), "the quiet tenant's graph stayed");
+        assert!(graphs.stats().bytes <= 100, "{:?}", graphs.stats());
+        // The noisy tenant keeps at most half the cache's bytes.
+        let noisy = graphs.state.lock().expect("state").entries.values().filter(|e| e.owner == "noisy").count();
+        assert!(noisy * 30 <= 50, "{noisy} graphs of the noisy tenant");
+    }
+
     #[tokio::test]
     async fn a_cancelled_call_starts_no_compute() {
         let graphs = Graphs::new(Vec::new(), 1 << 20, 1);
@@ -498,7 +558,7 @@ mod tests {
         let meter = Arc::new(crate::nn::NnMeter::default());
         meter.cancel.cancel();
         let started = Instant::now();
-        let err = graphs.run_model("t", model, Vec::new(), &meter).await.expect_err("cancelled");
+        let err = graphs.run_model("t", model, Vec::new(), &meter, u64::MAX).await.expect_err("cancelled");
         assert_eq!(err.code, ErrorCode::Timeout);
         assert!(started.elapsed() < Duration::from_secs(5), "it never ran");
     }

@@ -412,15 +412,37 @@ pub trait LoadedModel: Send + Sync {
         Ok((outputs, Placement { cpu_nodes: self.nodes(), ..Placement::default() }))
     }
 
-    /// `run_placed`, stopping at the first boundary after `cancel` is set (see [`Cancel`]).
-    /// Engines that cannot stop mid-way check only before they start.
-    fn run_cancellable(
+    /// `run_placed` within `bounds`: stopping at the first boundary after its cancel is set
+    /// (see [`Cancel`]), and refusing, before it allocates them, tensors past its bytes.
+    /// Engines that cannot stop mid-way check the cancel only before they start; engines that
+    /// allocate out of sight bound only their outputs (checked by the caller).
+    fn run_bounded(
         &self,
         inputs: Vec<(String, HostTensor)>,
-        cancel: &Cancel,
+        bounds: &Bounds<'_>,
     ) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
-        cancel.check()?;
+        bounds.cancel.check()?;
         self.run_placed(inputs)
+    }
+}
+
+/// What bounds one compute: its call's deadline, and the bytes its tensors (inputs, the values
+/// it makes along the way, outputs) may hold at once.
+pub struct Bounds<'a> {
+    pub cancel: &'a Cancel,
+    pub max_bytes: u64,
+}
+
+impl Bounds<'_> {
+    /// The refusal of a compute whose tensors would pass [`Bounds::max_bytes`].
+    pub fn over(&self, what: &str, need: u64) -> NnError {
+        NnError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "this input needs more memory than the call may use: {what} would bring the compute's tensors to {need} bytes, over the {} bytes left to it (the function's memory limit; on /v2 the plan's model_memory)",
+                self.max_bytes
+            ),
+        )
     }
 }
 

@@ -120,12 +120,14 @@ impl LoadedModel for OrtModel {
         self.run_until(given, None)
     }
 
-    fn run_cancellable(
+    /// ONNX Runtime allocates inside the session: only the deadline is enforced here, and the
+    /// outputs are checked against the bytes by the caller.
+    fn run_bounded(
         &self,
         inputs: Vec<(String, HostTensor)>,
-        cancel: &super::Cancel,
+        bounds: &super::Bounds<'_>,
     ) -> Result<(Vec<(String, HostTensor)>, super::Placement), NnError> {
-        let outputs = self.run_until(inputs, Some(cancel))?;
+        let outputs = self.run_until(inputs, Some(bounds.cancel))?;
         Ok((outputs, super::Placement { cpu_nodes: self.nodes, ..super::Placement::default() }))
     }
 }

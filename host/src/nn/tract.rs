@@ -41,9 +41,40 @@ struct TractModel {
 
 enum Compiled {
     /// One plan for every input.
-    Generic(Arc<TypedSimplePlan>),
+    Generic(Arc<Planned>),
     /// Plans made per input shapes and integer input values.
-    Specialized { model: Box<InferenceModel>, why: String, plans: Specializations<Arc<TypedSimplePlan>> },
+    Specialized { model: Box<InferenceModel>, why: String, plans: Specializations<Arc<Planned>> },
+}
+
+/// A plan, and after which of its steps each value it makes is no longer needed: what a
+/// compute's tensors hold at each step, for [`super::Bounds::max_bytes`].
+struct Planned {
+    plan: Arc<TypedSimplePlan>,
+    /// Per step of the plan's order, the nodes whose values nothing reads after it (the
+    /// model's outputs are kept to the end).
+    free_after: Vec<Vec<usize>>,
+}
+
+impl Planned {
+    fn new(plan: Arc<TypedSimplePlan>) -> Self {
+        let (model, order) = (plan.model(), plan.order_without_consts());
+        let outputs: Vec<usize> =
+            model.output_outlets().map(|o| o.iter().map(|o| o.node).collect()).unwrap_or_default();
+        let mut last = std::collections::HashMap::new();
+        for (step, node) in order.iter().enumerate() {
+            last.insert(*node, step);
+            for input in &model.node(*node).inputs {
+                last.insert(input.node, step);
+            }
+        }
+        let mut free_after = vec![Vec::new(); order.len()];
+        for (node, step) in last {
+            if !outputs.contains(&node) {
+                free_after[step].push(node);
+            }
+        }
+        Planned { plan, free_after }
+    }
 }
 
 impl Engine for Tract {
@@ -59,7 +90,7 @@ impl Engine for Tract {
                 let (inputs, outputs) = (named(typed_inputs, &input_names), named(typed_outputs, &output_names));
                 let nodes = computing_nodes(plan.model().nodes().iter().map(|n| n.inputs.len()));
                 Ok(Arc::new(TractModel {
-                    compiled: Compiled::Generic(plan),
+                    compiled: Compiled::Generic(Arc::new(Planned::new(plan))),
                     nodes,
                     _symbols: symbols,
                     inputs,
@@ -163,16 +194,20 @@ impl Pin {
 impl TractModel {
     /// The plan for these inputs and which of them it takes: the generic plan, or one
     /// specialized to their shapes and the values of its pinned inputs.
-    fn plan_for(&self, ordered: &[HostTensor]) -> Result<(Arc<TypedSimplePlan>, Vec<usize>), NnError> {
+    fn plan_for(&self, ordered: &[HostTensor]) -> Result<(Arc<Planned>, Vec<usize>), NnError> {
         match &self.compiled {
             Compiled::Generic(plan) => Ok((plan.clone(), (0..ordered.len()).collect())),
             Compiled::Specialized { model, why, plans } => plans.get(ordered, why, |pinned| {
-                pin(model, ordered, pinned)?.into_optimized().and_then(|typed| typed.into_runnable()).map_err(|e| {
-                    NnError::new(
-                        ErrorCode::UnsupportedOperation,
-                        format!("tract cannot run this model: {why}; specialized to these inputs: {e:#}"),
-                    )
-                })
+                pin(model, ordered, pinned)?
+                    .into_optimized()
+                    .and_then(|typed| typed.into_runnable())
+                    .map(|plan| Arc::new(Planned::new(plan)))
+                    .map_err(|e| {
+                        NnError::new(
+                            ErrorCode::UnsupportedOperation,
+                            format!("tract cannot run this model: {why}; specialized to these inputs: {e:#}"),
+                        )
+                    })
             }),
         }
     }
@@ -293,53 +328,121 @@ impl LoadedModel for TractModel {
         self.run_until(given, None)
     }
 
-    fn run_cancellable(
+    fn run_bounded(
         &self,
         inputs: Vec<(String, HostTensor)>,
-        cancel: &super::Cancel,
+        bounds: &super::Bounds<'_>,
     ) -> Result<(Vec<(String, HostTensor)>, super::Placement), NnError> {
-        let outputs = self.run_until(inputs, Some(cancel))?;
+        let outputs = self.run_until(inputs, Some(bounds))?;
         Ok((outputs, super::Placement { cpu_nodes: self.nodes, ..super::Placement::default() }))
     }
 }
 
-/// What stops a tract compute between two nodes.
+/// What stops a tract compute between two nodes: the call's deadline, or a node whose
+/// outputs would pass the call's bytes (refused before it allocates them).
 #[derive(Debug)]
-struct Cancelled;
+enum Stopped {
+    Cancelled,
+    Over(NnError),
+}
 
-impl std::fmt::Display for Cancelled {
+impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cancelled at the call's deadline")
+        match self {
+            Stopped::Cancelled => f.write_str("cancelled at the call's deadline"),
+            Stopped::Over(e) => f.write_str(&e.message),
+        }
     }
 }
 
-impl std::error::Error for Cancelled {}
+impl std::error::Error for Stopped {}
+
+/// Bytes of `tensors`.
+fn bytes_of<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> u64 {
+    tensors.into_iter().map(|t| (t.len() * t.datum_type().size_of()) as u64).sum()
+}
+
+/// Bytes the outputs of `node` will take, known before it runs: from the plan's shapes with
+/// the symbols this run resolved, else from the node's own shape rule given the values it is
+/// fed (a Range's bounds, a broadcast's shape). `None` when neither tells.
+fn output_bytes(symbols: &SymbolValues, node: &TypedNode, inputs: &[TValue]) -> Option<u64> {
+    let of = |facts: &[&TypedFact]| -> Option<u64> {
+        facts.iter().try_fold(0u64, |sum, fact| {
+            let shape = fact.shape.eval_to_usize(symbols).ok()?;
+            let elements = shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d as u64))?;
+            sum.checked_add(elements.checked_mul(fact.datum_type.size_of() as u64)?)
+        })
+    };
+    let planned: Vec<&TypedFact> = node.outputs.iter().map(|o| &o.fact).collect();
+    if let Some(bytes) = of(&planned) {
+        return Some(bytes);
+    }
+    let facts: Vec<TypedFact> = inputs
+        .iter()
+        .map(|t| {
+            match t.as_arc_tensor() {
+                Some(arc) if t.len() <= MAX_PINNED_ELEMENTS => TypedFact::try_from(arc.clone()).ok(),
+                _ => None,
+            }
+            .unwrap_or_else(|| TypedFact::shape_and_dt_of(t))
+        })
+        .collect();
+    let refs: Vec<&TypedFact> = facts.iter().collect();
+    let outputs = node.op.output_facts(&refs).ok()?;
+    of(&outputs.iter().collect::<Vec<_>>())
+}
 
 impl TractModel {
-    /// Runs the plan node by node, checking `cancel` before each node.
+    /// Runs the plan node by node within `bounds`: before each node, the deadline is checked
+    /// and so is the room for the node's outputs beside every value still needed.
     fn run_until(
         &self,
         given: Vec<(String, HostTensor)>,
-        cancel: Option<&super::Cancel>,
+        bounds: Option<&super::Bounds<'_>>,
     ) -> Result<Vec<(String, HostTensor)>, NnError> {
         let ordered = match_inputs(&self.inputs, given)?;
-        let (plan, fed) = self.plan_for(&ordered)?;
+        let (planned, fed) = self.plan_for(&ordered)?;
         let values: TVec<TValue> =
             fed.iter().map(|i| Ok(to_tract(&ordered[*i])?.into_tvalue())).collect::<Result<_, NnError>>()?;
-        let mut state = plan.spawn().map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?;
+        let max = bounds.map_or(u64::MAX, |b| b.max_bytes);
+        let over = |what: &str, need: u64| {
+            let e = bounds.map(|b| b.over(what, need)).unwrap_or_else(|| NnError::new(ErrorCode::TooLarge, what));
+            anyhow::Error::new(Stopped::Over(e))
+        };
+        // Bytes each node's values hold, and all of them together.
+        let mut held = vec![0u64; planned.plan.model().nodes().len()];
+        let mut live = 0u64;
+        let mut step = 0;
+        let mut state = planned.plan.spawn().map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))?;
         let outputs = state
             .run_plan_with_eval(values, |ctx, op_state, node, inputs| {
-                if cancel.is_some_and(super::Cancel::is_cancelled) {
-                    return Err(anyhow::Error::new(Cancelled));
+                if bounds.is_some_and(|b| b.cancel.is_cancelled()) {
+                    return Err(anyhow::Error::new(Stopped::Cancelled));
                 }
-                tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)
+                if max != u64::MAX
+                    && !node.inputs.is_empty()
+                    && let Some(need) = output_bytes(ctx.symbols, node, &inputs)
+                    && live.saturating_add(need) > max
+                {
+                    return Err(over(&format!("node `{}` ({})", node.name, node.op.name()), live.saturating_add(need)));
+                }
+                let made = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)?;
+                held[node.id] = bytes_of(made.iter().map(|t| &**t));
+                live += held[node.id];
+                // An output whose size no rule told: refused once made, before anything uses it.
+                if live > max {
+                    return Err(over(&format!("node `{}` ({})", node.name, node.op.name()), live));
+                }
+                for done in planned.free_after.get(step).into_iter().flatten() {
+                    live -= std::mem::take(&mut held[*done]);
+                }
+                step += 1;
+                Ok::<_, anyhow::Error>(made)
             })
-            .map_err(|e| {
-                if e.downcast_ref::<Cancelled>().is_some() {
-                    super::Cancel::error()
-                } else {
-                    NnError::new(ErrorCode::RuntimeError, format!("{e:#}"))
-                }
+            .map_err(|e| match e.downcast::<Stopped>() {
+                Ok(Stopped::Cancelled) => super::Cancel::error(),
+                Ok(Stopped::Over(e)) => e,
+                Err(e) => NnError::new(ErrorCode::RuntimeError, format!("{e:#}")),
             })?;
         self.outputs.iter().zip(outputs).map(|(info, value)| Ok((info.name.clone(), from_tract(&value)?))).collect()
     }

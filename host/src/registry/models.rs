@@ -170,7 +170,7 @@ impl ModelStore {
         }
         let digest = digest_of(&bytes);
         let data = bytes.clone();
-        let load = self.graphs.load_selected(&digest, &selected, gpu_allowed, move || Ok(data.to_vec()));
+        let load = self.graphs.load_selected(tenant, &digest, &selected, gpu_allowed, move || Ok(data.to_vec()));
         let (model, _) = load.await.map_err(|e| {
             RegistryError::Invalid(match e.code {
                 ErrorCode::InvalidEncoding => e.message,
@@ -284,12 +284,14 @@ impl ModelStore {
     /// a tenant moved to a plan without it is refused with `security`).
     pub async fn load(
         &self,
+        tenant: &str,
         version: &ModelVersion,
         gpu_allowed: bool,
     ) -> Result<(Arc<dyn crate::nn::LoadedModel>, std::time::Duration), crate::nn::NnError> {
         let (blobs, digest) = (self.blobs.clone(), version.digest.clone());
+        let selected = selector(&version.engine, &version.device);
         self.graphs
-            .load_selected(&version.digest, &selector(&version.engine, &version.device), gpu_allowed, move || {
+            .load_selected(tenant, &version.digest, &selected, gpu_allowed, move || {
                 blobs.get(&digest).map_err(|e| crate::nn::NnError::new(ErrorCode::RuntimeError, format!("{e:#}")))
             })
             .await

@@ -153,7 +153,7 @@ impl NnView<'_> {
             Some(b) => Ok(b.to_vec()),
             None => source.read(&d).map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}"))),
         };
-        match access.graphs.load_selected(&digest, engine, access.gpu, read).await {
+        match access.graphs.load_selected(&access.tenant, &digest, engine, access.gpu, read).await {
             Ok((model, took)) => {
                 self.ctx.meter.add_load(took);
                 Ok(Ok(self.table.push(Graph(model))?))
@@ -328,7 +328,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 Err(e) => return self.nn_err(NnError::new(e.code, format!("input `{name}`: {}", e.message))),
             }
         }
-        let outputs = match access.graphs.run_model(&access.tenant, model, given, &self.ctx.meter).await {
+        // The compute's tensors count against the call's memory, beside those the guest holds.
+        let room = self.ctx.cap_bytes.saturating_sub(self.ctx.held_bytes);
+        let outputs = match access.graphs.run_model(&access.tenant, model, given, &self.ctx.meter, room).await {
             Ok(outputs) => outputs,
             Err(e) => return self.nn_err(e),
         };

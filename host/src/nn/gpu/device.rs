@@ -58,6 +58,8 @@ impl Shared {
 
 /// Longest wait for the GPU to finish a call's work before the device is reset.
 const GPU_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often a wait on the device looks at its call's deadline.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Gpu {
     fn new(shared: &Arc<Shared>) -> Result<Self, NnError> {
@@ -130,11 +132,13 @@ impl Gpu {
     }
 
     /// Waits for submission `index` (not for other callers' work), then reads the first bytes
-    /// of each mappable buffer.
+    /// of each mappable buffer. A `cancel` set while it waits ends the wait at once: the work
+    /// already submitted finishes on the device, but the call's thread and slot are free.
     pub fn read(
         &self,
         index: wgpu::SubmissionIndex,
         buffers: &[(&wgpu::Buffer, u64)],
+        cancel: Option<&crate::nn::Cancel>,
     ) -> Result<Vec<Vec<u8>>, NnError> {
         let (tx, rx) = std::sync::mpsc::channel();
         for (i, (buffer, bytes)) in buffers.iter().enumerate() {
@@ -146,9 +150,17 @@ impl Gpu {
             }
         }
         drop(tx);
-        if let Err(e) =
-            self.device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(GPU_WAIT) })
+        let started = std::time::Instant::now();
+        let slice = if cancel.is_some() { CANCEL_POLL } else { GPU_WAIT };
+        while let Err(e) =
+            self.device.poll(wgpu::PollType::Wait { submission_index: Some(index.clone()), timeout: Some(slice) })
         {
+            if matches!(e, wgpu::PollError::Timeout) && started.elapsed() < GPU_WAIT {
+                if let Some(cancel) = cancel {
+                    cancel.check()?;
+                }
+                continue;
+            }
             // A GPU that does not finish is treated as lost: the next call makes a new device.
             if matches!(e, wgpu::PollError::Timeout) {
                 tracing::error!(seconds = GPU_WAIT.as_secs(), "the GPU did not finish; resetting the device");

@@ -166,7 +166,11 @@ impl GpuModel {
         self.shared.budget.used.load(Ordering::SeqCst) < before
     }
 
-    fn run_once(&self, ordered: &[HostTensor]) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
+    fn run_once(
+        &self,
+        ordered: &[HostTensor],
+        cancel: Option<&crate::nn::Cancel>,
+    ) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
         let started = std::time::Instant::now();
         let state = self.state()?;
         let (plan, fed) = state.plans.get(ordered, &self.why, |pinned| {
@@ -179,7 +183,7 @@ impl GpuModel {
         let weights = self.weights(&state, &plan)?;
         let values: Vec<TValue> =
             fed.iter().map(|i| Ok(to_tract(&ordered[*i])?.into_tvalue())).collect::<Result<_, NnError>>()?;
-        let (outputs, stats) = plan.run(&state.gpu, &weights, values)?;
+        let (outputs, stats) = plan.run(&state.gpu, &weights, values, cancel)?;
         let outputs = self
             .outputs
             .iter()
@@ -215,12 +219,35 @@ impl LoadedModel for GpuModel {
     }
 
     fn run_placed(&self, given: Vec<(String, HostTensor)>) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
+        self.run_cancellable(given, None)
+    }
+
+    /// Stops between two steps (a run of dispatches, an upload, a read-back, a CPU node) and
+    /// while it waits on the device once the call's deadline passed.
+    fn run_bounded(
+        &self,
+        given: Vec<(String, HostTensor)>,
+        bounds: &crate::nn::Bounds<'_>,
+    ) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
+        self.run_cancellable(given, Some(bounds.cancel))
+    }
+}
+
+impl GpuModel {
+    fn run_cancellable(
+        &self,
+        given: Vec<(String, HostTensor)>,
+        cancel: Option<&crate::nn::Cancel>,
+    ) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
         let ordered = match_inputs(&self.inputs, given)?;
         let _busy = Busy::new(self);
-        match self.run_once(&ordered) {
+        match self.run_once(&ordered, cancel) {
             // A device lost during the call: once more, on a new device.
-            Err(_) if self.state.lock().map(|s| s.as_ref().is_some_and(|s| s.gpu.is_lost())).unwrap_or(false) => {
-                self.run_once(&ordered)
+            Err(e)
+                if e.code != crate::nn::ErrorCode::Timeout
+                    && self.state.lock().map(|s| s.as_ref().is_some_and(|s| s.gpu.is_lost())).unwrap_or(false) =>
+            {
+                self.run_once(&ordered, cancel)
             }
             other => other,
         }

@@ -197,7 +197,7 @@ pub async fn model_ready(
     // A model is ready once its graph loads; a function once it is deployed (it is compiled).
     let tenant = tenant_of(&principal)?;
     if let Served::Model { version, .. } = resolve(&app, tenant, name, version).await?
-        && let Err(e) = app.registry.models.load(&version, plan_allows_gpu(&app, tenant)).await
+        && let Err(e) = app.registry.models.load(tenant, &version, plan_allows_gpu(&app, tenant)).await
     {
         return Err(ApiError::Unavailable(format!("model `{name}` cannot be loaded: {}", e.message)));
     }

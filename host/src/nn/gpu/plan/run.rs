@@ -53,6 +53,7 @@ impl Plan {
         gpu: &Gpu,
         weights: &[Arc<Tracked>],
         fed: Vec<TValue>,
+        cancel: Option<&crate::nn::Cancel>,
     ) -> Result<(TVec<TValue>, RunStats), NnError> {
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pooled = self.arenas.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -60,7 +61,7 @@ impl Plan {
             Some(arena) => Ok(arena),
             None => self.arena(gpu, weights),
         }
-        .and_then(|mut arena| self.execute(gpu, &mut arena, fed).map(|out| (out, arena)));
+        .and_then(|mut arena| self.execute(gpu, &mut arena, fed, cancel).map(|out| (out, arena)));
         if let Some(error) = pollster::block_on(scope.pop()) {
             return Err(NnError::new(ErrorCode::RuntimeError, format!("GPU: {error}")));
         }
@@ -137,7 +138,15 @@ impl Plan {
         Ok(Arena { slots, bind_groups, staging, timestamps })
     }
 
-    fn execute(&self, gpu: &Gpu, arena: &mut Arena, fed: Vec<TValue>) -> Result<(TVec<TValue>, RunStats), NnError> {
+    /// Runs the steps in order; a `cancel` is looked at before each step and while waiting
+    /// on the device (see [`Gpu::read`]).
+    fn execute(
+        &self,
+        gpu: &Gpu,
+        arena: &mut Arena,
+        fed: Vec<TValue>,
+        cancel: Option<&crate::nn::Cancel>,
+    ) -> Result<(TVec<TValue>, RunStats), NnError> {
         let mut cpu: Vec<Option<TValue>> = vec![None; self.values.len()];
         for (v, tensor) in &self.consts {
             cpu[*v] = Some(TValue::from_const(tensor.clone()));
@@ -151,6 +160,9 @@ impl Plan {
         let mut waited = Duration::ZERO;
         let mut s = 0;
         while s < self.steps.len() {
+            if let Some(cancel) = cancel {
+                cancel.check()?;
+            }
             match &self.steps[s] {
                 Step::Dispatch { .. } => {
                     let end = (s..self.steps.len())
@@ -219,7 +231,7 @@ impl Plan {
                     let started = Instant::now();
                     let index = gpu.queue.submit([enc.finish()]);
                     let buffers: Vec<(&wgpu::Buffer, u64)> = reads.iter().map(|(_, b, n)| (*b, *n)).collect();
-                    let data = gpu.read(index, &buffers)?;
+                    let data = gpu.read(index, &buffers, cancel)?;
                     waited += started.elapsed();
                     for ((value, _, _), bytes) in reads.iter().zip(data) {
                         let floats: Vec<f32> =
@@ -262,7 +274,7 @@ impl Plan {
                 enc.copy_buffer_to_buffer(&t.resolve.buffer, 0, &t.readback.buffer, 0, u64::from(count) * 8);
                 let started = Instant::now();
                 let index = gpu.queue.submit([enc.finish()]);
-                let data = gpu.read(index, &[(&t.readback.buffer, u64::from(count) * 8)])?;
+                let data = gpu.read(index, &[(&t.readback.buffer, u64::from(count) * 8)], cancel)?;
                 waited += started.elapsed();
                 let ticks: Vec<u64> =
                     data[0].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
@@ -272,7 +284,7 @@ impl Plan {
         } else if let Some(enc) = encoder.take() {
             let started = Instant::now();
             let index = gpu.queue.submit([enc.finish()]);
-            gpu.read(index, &[])?;
+            gpu.read(index, &[], cancel)?;
             gpu_time += started.elapsed();
             waited += started.elapsed();
         }
