@@ -48,12 +48,26 @@ pub fn one_node_model(
 /// An ONNX model of `nodes` over float inputs `inputs` (name, shape; a negative dimension is
 /// the symbol `N`), with output `y`.
 pub fn onnx_model(nodes: Vec<pb::NodeProto>, inputs: &[(&str, &[i64])], initializers: Vec<pb::TensorProto>) -> Vec<u8> {
+    let typed: Vec<(&str, i32, &[i64])> = inputs.iter().map(|(name, dims)| (*name, FLOAT, *dims)).collect();
+    onnx_model_typed(nodes, &typed, initializers)
+}
+
+/// ONNX element types.
+pub const FLOAT: i32 = 1;
+pub const INT64: i32 = 7;
+
+/// [`onnx_model`] with inputs of any element type (name, type, shape).
+pub fn onnx_model_typed(
+    nodes: Vec<pb::NodeProto>,
+    inputs: &[(&str, i32, &[i64])],
+    initializers: Vec<pb::TensorProto>,
+) -> Vec<u8> {
     use prost::Message as _;
-    let value_info = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+    let value_info = |name: &str, elem_type: i32, dims: &[i64]| pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
+                elem_type,
                 shape: Some(pb::TensorShapeProto {
                     dim: dims
                         .iter()
@@ -74,7 +88,7 @@ pub fn onnx_model(nodes: Vec<pb::NodeProto>, inputs: &[(&str, &[i64])], initiali
     let graph = pb::GraphProto {
         name: "g".into(),
         node: nodes,
-        input: inputs.iter().map(|(n, d)| value_info(n, d)).collect(),
+        input: inputs.iter().map(|(n, t, d)| value_info(n, *t, d)).collect(),
         output: vec![pb::ValueInfoProto { name: "y".into(), ..Default::default() }],
         initializer: initializers,
         ..Default::default()
@@ -114,6 +128,13 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
 pub fn wide() -> Vec<u8> {
     let nodes = vec![node("Expand", &["x", "shape"], "y", Vec::new())];
     onnx_model(nodes, &[("x", &[-1, 1])], vec![int64s("shape", &[1, 1 << 20])])
+}
+
+/// `y = ConstantOfShape(shape)`: a float tensor of zeros whose shape is the `INT64 [2]` input's
+/// values, a size known only from them.
+pub fn constant_of_input_shape() -> Vec<u8> {
+    let nodes = vec![node("ConstantOfShape", &["shape"], "y", Vec::new())];
+    onnx_model_typed(nodes, &[("shape", INT64, &[2])], Vec::new())
 }
 
 /// `y = max(x' x' ... x')` over `products` products of 1024 x 1024 matrices, `x'` being the

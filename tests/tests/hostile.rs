@@ -265,6 +265,34 @@ fn a_compute_past_the_call_memory_is_refused_before_the_engine_allocates() {
     neighbour_is_served(&server, &good, "a /v2 compute past the plan's model_memory");
 }
 
+/// A model whose tensor's shape comes from an input's values: tract makes a plan per value
+/// and folds the tensor while it builds it, so each new plan is built in the memory-limited
+/// probe first. A 100,000 x 100,000 shape (40 GB) is refused with a clear error before the
+/// server builds anything, the refusal is remembered, and small shapes are served.
+#[test]
+fn a_shape_from_input_values_that_would_fold_a_giant_tensor_is_refused() {
+    let server = Server::start();
+    let evil = server.tenant("evil", "standard");
+    let good = server.tenant("good", "free");
+    server.deploy(&good, "echo");
+    let model = infercell_tests::onnx::constant_of_input_shape();
+    let resp = server.push_model(&evil, "name = \"zeros\"\nengine = \"tract\"\n", model);
+    assert_eq!(resp.status(), 201, "{}", resp.text().unwrap());
+    let infer = |rows: i64, cols: i64| {
+        let body = json!({ "inputs": [{ "name": "shape", "datatype": "INT64", "shape": [2], "data": [rows, cols] }] });
+        server.post("/v2/models/zeros/infer", Some(&evil), body.to_string())
+    };
+    let small: Value = infer(3, 4).json().unwrap();
+    assert_eq!(small["outputs"][0]["shape"], json!([3, 4]), "{small}");
+    for _ in 0..2 {
+        let msg = expect_error(infer(100_000, 100_000), 413);
+        assert!(msg.contains("building this model's plan for these inputs needs more than"), "{msg}");
+        neighbour_is_served(&server, &good, "a shape from input values");
+    }
+    assert!(server.rss_bytes() < 1 << 30, "the server never folded the 40 GB tensor");
+    assert_eq!(infer(2, 2).status(), 200);
+}
+
 #[test]
 fn memory_stays_flat_over_a_thousand_hostile_calls() {
     let (server, evil, good) = setup();

@@ -128,6 +128,9 @@ enum Command {
         max_bytes: u64,
         #[arg(long)]
         onnxruntime: Option<PathBuf>,
+        /// The last this many bytes of stdin are inputs to build the plan for.
+        #[arg(long)]
+        inputs_bytes: Option<usize>,
     },
     /// Show a component's imports and exports and whether this platform can run it (a .wasm
     /// file), or a deployed version's imports and the grants it needs and has (NAME[@N]).
@@ -340,8 +343,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::NnProbe { engine, max_bytes, onnxruntime } => {
-            return ExitCode::from(crate::nn::probe::run_child(&engine, max_bytes, onnxruntime) as u8);
+        Command::NnProbe { engine, max_bytes, onnxruntime, inputs_bytes } => {
+            return ExitCode::from(crate::nn::probe::run_child(&engine, max_bytes, onnxruntime, inputs_bytes) as u8);
         }
         Command::Model(ModelCommand::Check { file, device, json }) => model_check(&file, &device, json),
         other => tokio::runtime::Builder::new_current_thread()

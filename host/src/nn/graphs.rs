@@ -247,7 +247,17 @@ impl Graphs {
                     prober.check(engine.name(), &bytes)?;
                 }
                 let model = engine.load(&bytes)?;
-                Ok((model, bytes.len() as u64, started.elapsed()))
+                let size = bytes.len() as u64;
+                // A model that makes plans per input has each new one built in the probe first.
+                if let Some(prober) = prober
+                    && model.specializes()
+                {
+                    let name = engine.name();
+                    model.guard_specializations(Box::new(move |inputs| {
+                        prober.check_specialization(name, &bytes, inputs)
+                    }));
+                }
+                Ok((model, size, started.elapsed()))
             })
             .await?;
         (self.on_load)(took);

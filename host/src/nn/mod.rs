@@ -412,6 +412,22 @@ pub trait LoadedModel: Send + Sync {
         Ok((outputs, Placement { cpu_nodes: self.nodes(), ..Placement::default() }))
     }
 
+    /// Whether this model makes a plan per input (shapes, small integer values): building one
+    /// folds constants, which for some inputs can ask for any amount of memory.
+    fn specializes(&self) -> bool {
+        false
+    }
+
+    /// Sets what checks each new plan's inputs before the plan is built (the server's probe,
+    /// see [`probe`]); a model that [`LoadedModel::specializes`] keeps it.
+    fn guard_specializations(&self, _check: SpecializationCheck) {}
+
+    /// Builds the plan for these inputs (in [`LoadedModel::inputs`] order) without running it:
+    /// what the probe child does under its memory limit.
+    fn prepare(&self, _ordered: &[HostTensor]) -> Result<(), NnError> {
+        Ok(())
+    }
+
     /// `run_placed` within `bounds`: stopping at the first boundary after its cancel is set
     /// (see [`Cancel`]), and refusing, before it allocates them, tensors past its bytes.
     /// Engines that cannot stop mid-way check the cancel only before they start; engines that
@@ -425,6 +441,10 @@ pub trait LoadedModel: Send + Sync {
         self.run_placed(inputs)
     }
 }
+
+/// Checks that building a plan for these inputs (in the model's input order) stays within
+/// the memory a load may use; run before each new specialization (see [`probe`]).
+pub type SpecializationCheck = Box<dyn Fn(&[HostTensor]) -> Result<(), NnError> + Send + Sync>;
 
 /// What bounds one compute: its call's deadline, and the bytes its tensors (inputs, the values
 /// it makes along the way, outputs) may hold at once.

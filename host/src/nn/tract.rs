@@ -22,7 +22,7 @@ use super::{ElemType, Engine, ErrorCode, HostTensor, LoadedModel, NnError, Tenso
 /// Specialized plans kept per model (a failed specialization is remembered too).
 const SPECIALIZED_PLANS: usize = 8;
 /// Integer inputs larger than this are data, not parameters: they are never made constants.
-const MAX_PINNED_ELEMENTS: usize = 4096;
+pub(crate) const MAX_PINNED_ELEMENTS: usize = 4096;
 
 /// The tract engine.
 pub struct Tract;
@@ -37,6 +37,8 @@ struct TractModel {
     _symbols: SymbolScope,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
+    /// What checks a new specialization before it is built (see [`super::SpecializationCheck`]).
+    check: OnceLock<super::SpecializationCheck>,
 }
 
 enum Compiled {
@@ -95,6 +97,7 @@ impl Engine for Tract {
                     _symbols: symbols,
                     inputs,
                     outputs,
+                    check: OnceLock::new(),
                 }))
             }
             Err(e) => {
@@ -111,7 +114,7 @@ impl Engine for Tract {
                     why: format!("{e:#}"),
                     plans: Specializations::new(&[Pin::Integers, Pin::AllButData]),
                 };
-                Ok(Arc::new(TractModel { compiled, nodes, _symbols: symbols, inputs, outputs }))
+                Ok(Arc::new(TractModel { compiled, nodes, _symbols: symbols, inputs, outputs, check: OnceLock::new() }))
             }
         }
     }
@@ -197,7 +200,7 @@ impl TractModel {
     fn plan_for(&self, ordered: &[HostTensor]) -> Result<(Arc<Planned>, Vec<usize>), NnError> {
         match &self.compiled {
             Compiled::Generic(plan) => Ok((plan.clone(), (0..ordered.len()).collect())),
-            Compiled::Specialized { model, why, plans } => plans.get(ordered, why, |pinned| {
+            Compiled::Specialized { model, why, plans } => plans.get(ordered, why, self.check.get(), |pinned| {
                 pin(model, ordered, pinned)?
                     .into_optimized()
                     .and_then(|typed| typed.into_runnable())
@@ -244,14 +247,24 @@ impl<P: Clone> Specializations<P> {
     }
 
     /// The compiled form for these inputs and the indices of the inputs it is fed (the
-    /// others are constants in it); `build` compiles for a selection of pinned inputs.
+    /// others are constants in it); `build` compiles for a selection of pinned inputs. Before
+    /// the first new form is built, `check` (when given) must pass: it is run once per call at
+    /// most, and a failed check is remembered for these inputs like a failed build.
     pub(crate) fn get(
         &self,
         ordered: &[HostTensor],
         why: &str,
+        check: Option<&super::SpecializationCheck>,
         build: impl Fn(&[bool]) -> Result<P, NnError>,
     ) -> Result<(P, Vec<usize>), NnError> {
         let mut last_error = None;
+        let checked: OnceLock<Result<(), NnError>> = OnceLock::new();
+        let build = |pinned: &[bool]| {
+            if let Some(check) = check {
+                checked.get_or_init(|| check(ordered)).clone()?;
+            }
+            build(pinned)
+        };
         for pin in self.pins {
             let pinned = pin.select(ordered);
             let key: SpecKey = (
@@ -326,6 +339,18 @@ impl LoadedModel for TractModel {
 
     fn run(&self, given: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError> {
         self.run_until(given, None)
+    }
+
+    fn specializes(&self) -> bool {
+        matches!(self.compiled, Compiled::Specialized { .. })
+    }
+
+    fn guard_specializations(&self, check: super::SpecializationCheck) {
+        let _ = self.check.set(check);
+    }
+
+    fn prepare(&self, ordered: &[HostTensor]) -> Result<(), NnError> {
+        self.plan_for(ordered).map(|_| ())
     }
 
     fn run_bounded(

@@ -191,6 +191,20 @@ impl Shared {
     }
 }
 
+/// What building a GPU plan for `ordered` does on the CPU (tract pins inputs and declutters
+/// the graph, folding constants), without a device: what the probe child runs for `wgpu`.
+pub(crate) fn prepare_on_cpu(onnx: &[u8], ordered: &[crate::nn::HostTensor]) -> Result<(), NnError> {
+    let parsed = crate::nn::tract::parse(onnx)?;
+    let mut last = None;
+    for p in PINS {
+        match pin(&parsed.model, ordered, &p.select(ordered)).and_then(declutter) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| NnError::new(ErrorCode::UnsupportedOperation, "cannot plan this model")))
+}
+
 /// Tract's decluttered graph of a pinned model.
 fn declutter(model: InferenceModel) -> Result<TypedModel, NnError> {
     model

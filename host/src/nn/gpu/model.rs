@@ -24,6 +24,8 @@ pub(super) struct GpuModel {
     state: Mutex<Option<Arc<State>>>,
     pub(super) busy: AtomicUsize,
     pub(super) last_used: AtomicU64,
+    /// What checks a new plan's inputs before it is built (see [`crate::nn::SpecializationCheck`]).
+    check: std::sync::OnceLock<crate::nn::SpecializationCheck>,
 }
 
 /// An uploaded weight: the constant's name, the tensor, how it was uploaded, the buffer.
@@ -78,6 +80,7 @@ impl Wgpu {
             state: Mutex::new(None),
             busy: AtomicUsize::new(0),
             last_used: AtomicU64::new(self.shared.tick()),
+            check: std::sync::OnceLock::new(),
         });
         self.shared.models.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&loaded));
         Ok(loaded)
@@ -173,7 +176,7 @@ impl GpuModel {
     ) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
         let started = std::time::Instant::now();
         let state = self.state()?;
-        let (plan, fed) = state.plans.get(ordered, &self.why, |pinned| {
+        let (plan, fed) = state.plans.get(ordered, &self.why, self.check.get(), |pinned| {
             let model = declutter(pin(&self.model, ordered, pinned)?)?;
             Plan::build(&state.gpu, model, self.shared.fusion.load(Ordering::SeqCst)).map(Arc::new)
         })?;
@@ -216,6 +219,15 @@ impl LoadedModel for GpuModel {
     /// A GPU call waits on the device: never on the async executor, however fast it was.
     fn runs_inline(&self) -> bool {
         false
+    }
+
+    /// Plans are made per input shapes (and pinned values): each new one is checked first.
+    fn specializes(&self) -> bool {
+        true
+    }
+
+    fn guard_specializations(&self, check: crate::nn::SpecializationCheck) {
+        let _ = self.check.set(check);
     }
 
     fn run_placed(&self, given: Vec<(String, HostTensor)>) -> Result<(Vec<(String, HostTensor)>, Placement), NnError> {
