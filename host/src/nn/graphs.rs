@@ -49,6 +49,8 @@ pub struct Graphs {
     state: Mutex<State>,
     cap_bytes: u64,
     pool: Arc<Semaphore>,
+    /// The threads the CPU pool's computes and loads run on.
+    threads: ComputeThreads,
     /// Slots for calls that wait on the GPU: they hold no CPU while they wait, so they do not
     /// take the CPU pool's slots from other tenants' computes.
     gpu_pool: Arc<Semaphore>,
@@ -89,10 +91,75 @@ fn cost_key(model: &Arc<dyn LoadedModel>, inputs: &[(String, super::HostTensor)]
     (Arc::as_ptr(model) as *const () as usize, hasher.finish())
 }
 
+/// How much lower than the server's async threads the compute threads run (a nice value).
+pub const COMPUTE_NICE: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The compute threads: as many as the CPU pool has slots, at a lower CPU priority than the
+/// async threads that serve requests and run guests and fast inline computes. On cores a long
+/// compute keeps busy, the scheduler gives those first; when nothing else runs, a compute has
+/// the core to itself. (tokio's blocking pool is not used: its threads are shared with other
+/// blocking work, and a thread's priority, once lowered, cannot be raised again unprivileged.)
+struct ComputeThreads {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl ComputeThreads {
+    fn new(threads: usize, nice: i32) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new().name(format!("infercell-compute-{i}")).spawn(move || {
+                lower_priority(nice);
+                loop {
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    // The pool is gone: so is this thread. A panic in a job fails that job only.
+                    let Ok(job) = job else { return };
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a compute thread");
+            }
+        }
+        Self { jobs }
+    }
+
+    /// Runs `f` on a compute thread; its result, or an error if it panicked.
+    async fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R, NnError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.send(job).map_err(|_| NnError::new(ErrorCode::RuntimeError, "the compute threads are gone"))?;
+        rx.await.map_err(|_| NnError::new(ErrorCode::RuntimeError, "the inference task failed (the engine panicked)"))
+    }
+}
+
+/// Lowers the calling thread's CPU priority by `nice` (Linux: per thread).
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        let me = Some(rustix::thread::gettid());
+        let now = rustix::process::getpriority_process(me).unwrap_or(0);
+        if let Err(e) = rustix::process::setpriority_process(me, (now + nice).min(19)) {
+            tracing::warn!(error = %e, "cannot lower the compute thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 impl Graphs {
     /// `engines` in order of preference for `auto`; `threads` computes may run at once.
     pub fn new(engines: Vec<Arc<dyn Engine>>, cap_bytes: u64, threads: usize) -> Self {
         Self {
+            threads: ComputeThreads::new(threads.max(1), COMPUTE_NICE),
             engines,
             gpu: std::sync::OnceLock::new(),
             gpu_budget: None,
@@ -342,7 +409,7 @@ impl Graphs {
                 None
             };
             let record = meter.clone();
-            Self::compute_on(
+            self.compute_on(
                 pool,
                 move |running| {
                     // Recorded by the compute itself: it goes on if the call's deadline drops the
@@ -383,13 +450,15 @@ impl Graphs {
         &self,
         f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
     ) -> Result<R, NnError> {
-        Self::compute_on(&self.pool, move |_| f(), None).await
+        self.compute_on(&self.pool, move |_| f(), None).await
     }
 
-    /// Runs `f` on a blocking thread once `pool` has a free slot. With a `meter`, the compute
-    /// counts as running from the moment it is handed to its thread (no await in between, so
-    /// a dropped caller cannot miss it) until `f` drops the guard it is given.
+    /// Runs `f` once `pool` has a free slot: the CPU pool's on a compute thread, the GPU
+    /// pool's (which wait on the device, not the CPU) on a blocking thread. With a `meter`, the
+    /// compute counts as running from the moment it is handed to its thread (no await in
+    /// between, so a dropped caller cannot miss it) until `f` drops the guard it is given.
     async fn compute_on<R: Send + 'static>(
+        &self,
         pool: &Arc<Semaphore>,
         f: impl FnOnce(Option<super::Running>) -> Result<R, NnError> + Send + 'static,
         meter: Option<&Arc<super::NnMeter>>,
@@ -400,12 +469,17 @@ impl Graphs {
             .await
             .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))?;
         let running = meter.map(|m| m.running());
-        tokio::task::spawn_blocking(move || {
+        let job = move || {
             let _permit = permit;
             f(running)
-        })
-        .await
-        .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("inference task failed: {e}")))?
+        };
+        if Arc::ptr_eq(pool, &self.pool) {
+            self.threads.run(job).await?
+        } else {
+            tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("inference task failed: {e}")))?
+        }
     }
 }
 
@@ -559,6 +633,25 @@ mod tests {
         // The noisy tenant keeps at most half the cache's bytes.
         let noisy = graphs.state.lock().expect("state").entries.values().filter(|e| e.owner == "noisy").count();
         assert!(noisy * 30 <= 50, "{noisy} graphs of the noisy tenant");
+    }
+
+    /// Computes run below the async threads' priority, on threads of their own.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn computes_run_at_a_lower_priority() {
+        let graphs = Graphs::new(Vec::new(), 1 << 20, 1);
+        let nice = |()| rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("nice");
+        let here = nice(());
+        let (there, name) = graphs
+            .compute(move || Ok((nice(()), std::thread::current().name().map(str::to_string))))
+            .await
+            .expect("runs");
+        assert_eq!(there, (here + COMPUTE_NICE).min(19));
+        assert_eq!(name.as_deref(), Some("infercell-compute-0"));
+        // A panicking compute fails alone; the thread serves the next.
+        let err = graphs.compute(|| -> Result<(), NnError> { panic!("engine bug") }).await.expect_err("panicked");
+        assert!(err.message.contains("panicked"), "{err:?}");
+        graphs.compute(|| Ok(())).await.expect("the next compute runs");
     }
 
     #[tokio::test]

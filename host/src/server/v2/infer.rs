@@ -20,6 +20,9 @@ use crate::oip::{self, Tensor};
 use crate::server::RequestId;
 use crate::tenants::Principal;
 
+/// Request bodies up to this size are parsed on the async thread that received them.
+const PARSE_INLINE_MAX: usize = 64 << 10;
+
 /// `POST /v2/models/{m}[/versions/{v}]/infer`.
 pub async fn infer(
     State(app): State<Arc<App>>,
@@ -55,7 +58,19 @@ pub async fn infer(
     let body = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(format!("request body is over the {limit}-byte limit")))?;
-    let mut request = oip::parse_request(&body, header_length).map_err(ApiError::BadRequest)?;
+    // A large body is parsed on a compute thread, like the compute it feeds: a megabyte of
+    // JSON takes milliseconds, which on an async thread would hold up every other tenant's
+    // calls behind it.
+    let mut request = if body.len() <= PARSE_INLINE_MAX {
+        oip::parse_request(&body, header_length).map_err(ApiError::BadRequest)?
+    } else {
+        let body = body.clone();
+        app.graphs
+            .compute(move || Ok(oip::parse_request(&body, header_length)))
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("parsing the request failed: {}", e.message)))?
+            .map_err(ApiError::BadRequest)?
+    };
     // Everything the caller can get wrong is checked before anything runs: such calls are not
     // billed.
     let declared_outputs = served.outputs();
