@@ -242,7 +242,7 @@ pub fn over_quota(
         }
     } else if versions >= plan.max_versions {
         return Ok(Some(format!(
-            "`{name}` has {versions} live versions, the most the `{plan_name}` plan allows (max_versions = {}): delete it, or its versions, first",
+            "`{name}` has {versions} live versions, the most the `{plan_name}` plan allows (max_versions = {}): delete it first (its name and version numbers stay reserved)",
             plan.max_versions
         )));
     }

@@ -263,6 +263,16 @@ fn a_compute_past_the_call_memory_is_refused_before_the_engine_allocates() {
     assert_eq!(infer(1).status(), 200);
     assert!(server.rss_bytes() < 2 << 30, "the server never allocated the 400 GB");
     neighbour_is_served(&server, &good, "a /v2 compute past the plan's model_memory");
+    // ONNX Runtime allocates inside its session: its outputs are held to the same bytes once
+    // made (32 rows: 128 MiB over 64 MiB), and the call gets none of them.
+    if onnxruntime_present() {
+        let manifest = "name = \"wide-ort\"\nengine = \"onnxruntime\"\n";
+        assert_eq!(server.push_model(&evil, manifest, infercell_tests::onnx::wide()).status(), 201);
+        let body = |n: usize| json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [n, 1], "data": vec![1.0; n] }] });
+        let msg = expect_error(server.post("/v2/models/wide-ort/infer", Some(&evil), body(32).to_string()), 413);
+        assert!(msg.contains("the outputs take 134217728 bytes") && msg.contains("model_memory"), "{msg}");
+        assert_eq!(server.post("/v2/models/wide-ort/infer", Some(&evil), body(1).to_string()).status(), 200);
+    }
 }
 
 /// A model whose tensor's shape comes from an input's values: tract makes a plan per value

@@ -22,10 +22,11 @@ fn every_storage_quota_refuses_with_507_and_keeps_what_is_stored() {
     for _ in 0..2 {
         assert_eq!(server.upload(&key, "name = \"echo\"\n", component("echo")).status(), 201);
     }
-    let blobs = count(&server, "blobs");
+    let (blobs, artifacts) = (count(&server, "blobs"), count(&server, "artifacts"));
     let msg = expect_error(server.upload(&key, "name = \"echo\"\n", component("hello")), 507);
     assert!(msg.contains("`echo` has 2 live versions") && msg.contains("max_versions = 2"), "{msg}");
     assert_eq!(count(&server, "blobs"), blobs, "the refused component left no blob");
+    assert_eq!(count(&server, "artifacts"), artifacts, "nor a compiled artifact");
     assert_eq!(server.invoke(&key, "acme/echo", "still here").text().unwrap(), "still here");
     let listed: Value = server.get("/v1/functions/echo", Some(&key)).json().unwrap();
     assert_eq!(listed["versions"].as_array().unwrap().len(), 2, "{listed}");
@@ -80,4 +81,23 @@ fn deleting_collects_blobs_and_artifacts_no_version_names() {
     assert_eq!(server.upload(&a, "name = \"hello\"\n", component("hello")).status(), 201);
     let hello: Value = server.invoke(&a, "a/hello", "").json().unwrap();
     assert_eq!(hello["message"], "Hello, world!");
+}
+
+/// Bytes count across kinds: a model that would pass the plan's `max_storage_bytes` beside
+/// what is stored is refused, and leaves no version and no blob.
+#[test]
+fn a_model_past_the_storage_bytes_is_refused() {
+    let server = Server::start_with_config(Some("[plans.free]\nmax_storage_bytes = \"1MiB\"\n"));
+    let key = server.tenant("acme", "free");
+    server.push_digits(&key);
+    let blobs = count(&server, "blobs");
+    // y = x + w, w a 2 MiB constant.
+    use infercell_tests::onnx::{node, one_node_model};
+    let add = node("Add", &["x", "w"], "y", Vec::new());
+    let big = one_node_model(add, &[("x", &[1, 1 << 19])], &[("w", &[1, 1 << 19], vec![0.5f32; 1 << 19])]);
+    let msg = expect_error(server.push_model(&key, "name = \"big\"\nengine = \"tract\"\n", big), 507);
+    assert!(msg.contains("max_storage_bytes of 1048576"), "{msg}");
+    assert_eq!(count(&server, "blobs"), blobs, "the refused model left no blob");
+    let models: Value = server.get("/v1/models", Some(&key)).json().unwrap();
+    assert_eq!(models["models"].as_array().unwrap().len(), 1, "{models}");
 }

@@ -79,14 +79,20 @@ pub const INLINE_MAX: Duration = Duration::from_micros(200);
 /// Most (model, shapes) compute costs remembered.
 const MAX_COSTS: usize = 4096;
 
-/// A model and the names, types and shapes of its inputs.
+/// A model and the names, types and shapes of its inputs; for a model that makes a plan per
+/// input value, the values of the inputs small enough to be pinned too (a new value is a new
+/// plan: never measured, so never inline).
 fn cost_key(model: &Arc<dyn LoadedModel>, inputs: &[(String, super::HostTensor)]) -> (usize, u64) {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let values = model.specializes();
     for (name, tensor) in inputs {
         name.hash(&mut hasher);
         tensor.dims.hash(&mut hasher);
         tensor.ty.oip_name().hash(&mut hasher);
+        if values && tensor.data.len() / tensor.ty.size().max(1) <= super::tract::MAX_PINNED_ELEMENTS {
+            tensor.data.hash(&mut hasher);
+        }
     }
     (Arc::as_ptr(model) as *const () as usize, hasher.finish())
 }
@@ -301,13 +307,8 @@ impl Graphs {
             state.stats.misses += 1;
         }
         let prober = self.prober.clone();
-        let _share = self
-            .share_of(tenant)
-            .acquire_owned()
-            .await
-            .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))?;
         let (model, size, took) = self
-            .compute(move || {
+            .compute_for(tenant, move || {
                 let started = Instant::now();
                 let bytes = bytes()?;
                 if let Some(prober) = &prober {
@@ -397,20 +398,11 @@ impl Graphs {
             let pool = if model.runs_inline() { &self.pool } else { &self.gpu_pool };
             // The tenant's share first, then a slot of the pool: a tenant over its share waits
             // behind its own computes, not in front of the others'.
-            let _share = if model.runs_inline() {
-                let share = self.share_of(tenant);
-                Some(
-                    share
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))?,
-                )
-            } else {
-                None
-            };
+            let share = if model.runs_inline() { Some(self.share_permit(tenant).await?) } else { None };
             let record = meter.clone();
             self.compute_on(
                 pool,
+                share,
                 move |running| {
                     // Recorded by the compute itself: it goes on if the call's deadline drops the
                     // caller (until it reaches a boundary and sees the cancel), and the call waits
@@ -425,6 +417,17 @@ impl Graphs {
             )
             .await?
         };
+        // Engines that allocate out of sight (ONNX Runtime) are held to the bytes here, once
+        // their outputs exist: the call gets none of them.
+        let made: u64 = outputs.iter().map(|(_, t)| t.data.len() as u64).sum();
+        if made > max_bytes {
+            return Err(NnError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "this input needs more memory than the call may use: the outputs take {made} bytes, over the {max_bytes} bytes left to it (the function's memory limit; on /v2 the plan's model_memory)"
+                ),
+            ));
+        }
         if let Ok(mut costs) = self.costs.lock() {
             // Keyed by tenant input (shapes): bounded, forgotten all at once when full.
             if costs.len() >= MAX_COSTS {
@@ -433,6 +436,17 @@ impl Graphs {
             costs.insert(key, took);
         }
         Ok(outputs)
+    }
+
+    /// A slot of `tenant`'s share of the CPU pool. The share is taken before a slot of the
+    /// pool, so a tenant over its share waits behind its own computes, not in front of the
+    /// others'; and it is held by the job itself, so a call cut at its deadline frees it only
+    /// when its work really ends.
+    async fn share_permit(&self, tenant: &str) -> Result<tokio::sync::OwnedSemaphorePermit, NnError> {
+        self.share_of(tenant)
+            .acquire_owned()
+            .await
+            .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))
     }
 
     /// `tenant`'s share of the CPU pool, which its computes and graph loads (each with its
@@ -450,7 +464,17 @@ impl Graphs {
         &self,
         f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
     ) -> Result<R, NnError> {
-        self.compute_on(&self.pool, move |_| f(), None).await
+        self.compute_on(&self.pool, None, move |_| f(), None).await
+    }
+
+    /// [`Graphs::compute`] for `tenant`: within its share of the pool.
+    pub async fn compute_for<R: Send + 'static>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
+    ) -> Result<R, NnError> {
+        let share = self.share_permit(tenant).await?;
+        self.compute_on(&self.pool, Some(share), move |_| f(), None).await
     }
 
     /// Runs `f` once `pool` has a free slot: the CPU pool's on a compute thread, the GPU
@@ -460,6 +484,7 @@ impl Graphs {
     async fn compute_on<R: Send + 'static>(
         &self,
         pool: &Arc<Semaphore>,
+        share: Option<tokio::sync::OwnedSemaphorePermit>,
         f: impl FnOnce(Option<super::Running>) -> Result<R, NnError> + Send + 'static,
         meter: Option<&Arc<super::NnMeter>>,
     ) -> Result<R, NnError> {
@@ -470,7 +495,7 @@ impl Graphs {
             .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))?;
         let running = meter.map(|m| m.running());
         let job = move || {
-            let _permit = permit;
+            let _permits = (share, permit);
             f(running)
         };
         if Arc::ptr_eq(pool, &self.pool) {

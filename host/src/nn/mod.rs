@@ -282,14 +282,19 @@ pub struct NnMeter {
     pub cancel: Cancel,
 }
 
+/// What stops one running compute.
+type CancelHook = Box<dyn FnOnce() + Send>;
+
 /// A call's deadline, seen from its computes: once cancelled, a compute stops at its next
 /// boundary (tract: between two nodes; ONNX Runtime: its terminate flag; the GPU engine:
-/// between two dispatches) and fails with `timeout`, so its thread and compute slot are free
+/// between two steps, and while it waits on the device) and fails with `timeout`, so its thread and compute slot are free
 /// again at once. Engines register what stops them with [`Cancel::on_cancel`].
 #[derive(Default)]
 pub struct Cancel {
     cancelled: std::sync::atomic::AtomicBool,
-    hooks: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    /// What stops the computes running now, by the id [`Cancel::on_cancel`] gave them.
+    hooks: std::sync::Mutex<Vec<(u64, CancelHook)>>,
+    next_hook: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Cancel {
@@ -303,7 +308,7 @@ impl Cancel {
     pub fn cancel(&self) {
         if !self.cancelled.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let hooks = std::mem::take(&mut *self.hooks.lock().unwrap_or_else(|e| e.into_inner()));
-            for hook in hooks {
+            for (_, hook) in hooks {
                 hook();
             }
         }
@@ -313,15 +318,24 @@ impl Cancel {
         self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Runs `hook` when the call is cancelled (at once when it already is).
-    pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
+    /// Runs `hook` when the call is cancelled (at once when it already is). The compute that
+    /// registered it drops it with [`Cancel::forget`] when it ends, so a call's many computes
+    /// do not pile hooks up.
+    pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) -> u64 {
+        let id = self.next_hook.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_cancelled() {
             drop(hooks);
             hook();
         } else {
-            hooks.push(Box::new(hook));
+            hooks.push((id, Box::new(hook)));
         }
+        id
+    }
+
+    /// Drops the hook `id` (its compute ended).
+    pub fn forget(&self, id: u64) {
+        self.hooks.lock().unwrap_or_else(|e| e.into_inner()).retain(|(hook, _)| *hook != id);
     }
 
     /// `Err(timeout)` once cancelled: what a compute returns at a boundary.

@@ -157,16 +157,19 @@ impl OrtModel {
             Some(cancel) => {
                 let options = std::sync::Arc::new(ort::session::RunOptions::new().map_err(runtime_error)?);
                 let stop = options.clone();
-                cancel.on_cancel(move || {
+                let hook = cancel.on_cancel(move || {
                     let _ = stop.terminate();
                 });
-                Some(options)
+                Some((options, cancel, hook))
             }
         };
         let run = match &options {
-            Some(options) => session.run_with_options(ordered, options),
+            Some((options, _, _)) => session.run_with_options(ordered, options),
             None => session.run(ordered),
         };
+        if let Some((_, cancel, hook)) = &options {
+            cancel.forget(*hook);
+        }
         let result = run
             .map_err(|e| {
                 if cancel.is_some_and(super::Cancel::is_cancelled) { super::Cancel::error() } else { runtime_error(e) }

@@ -38,16 +38,15 @@ pub struct Prober {
 impl Prober {
     /// Loads `bytes` on `engine` in a child process limited to `max_bytes` of address space.
     pub fn check(&self, engine: &str, bytes: &[u8]) -> Result<(), NnError> {
-        self.spawn(engine, bytes, None).map_err(|e| {
-            e.unwrap_or_else(|| {
-                NnError::new(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "loading this model needs more than {} MiB of memory (nn.load_memory_bytes); it was not loaded",
-                        self.max_bytes >> 20
-                    ),
-                )
-            })
+        self.spawn(engine, bytes, None).map_err(|e| match e {
+            Failure::Refused(e) | Failure::Failed(e) => e,
+            Failure::OutOfMemory => NnError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "loading this model needs more than {} MiB of memory (nn.load_memory_bytes); it was not loaded",
+                    self.max_bytes >> 20
+                ),
+            ),
         })
     }
 
@@ -60,8 +59,9 @@ impl Prober {
         stdin.extend_from_slice(bytes);
         stdin.extend_from_slice(&encoded);
         match self.spawn(engine, &stdin, Some(encoded.len())) {
-            Ok(()) | Err(Some(_)) => Ok(()),
-            Err(None) => Err(NnError::new(
+            Ok(()) | Err(Failure::Refused(_)) => Ok(()),
+            Err(Failure::Failed(e)) => Err(e),
+            Err(Failure::OutOfMemory) => Err(NnError::new(
                 ErrorCode::TooLarge,
                 format!(
                     "building this model's plan for these inputs needs more than {} MiB of memory (nn.load_memory_bytes): refused before it ran",
@@ -71,10 +71,8 @@ impl Prober {
         }
     }
 
-    /// Runs the child on `stdin` (the model, then `inputs` bytes of inputs when given). `Err(Some)`
-    /// is the engine's own refusal; `Err(None)`, a child that did not finish within its memory
-    /// or time.
-    fn spawn(&self, engine: &str, stdin: &[u8], inputs: Option<usize>) -> Result<(), Option<NnError>> {
+    /// Runs the child on `stdin` (the model, then `inputs` bytes of inputs when given).
+    fn spawn(&self, engine: &str, stdin: &[u8], inputs: Option<usize>) -> Result<(), Failure> {
         let mut command = Command::new(&self.binary);
         command.args(["nn-probe", "--engine", engine, "--max-bytes", &self.max_bytes.to_string()]);
         if let Some(ort) = &self.onnxruntime {
@@ -85,7 +83,9 @@ impl Prober {
         }
         let mut child =
             command.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).env_clear().spawn().map_err(
-                |e| Some(NnError::new(ErrorCode::RuntimeError, format!("cannot start the model probe: {e}"))),
+                |e| {
+                    Failure::Failed(NnError::new(ErrorCode::RuntimeError, format!("cannot start the model probe: {e}")))
+                },
             )?;
         // Read its stderr as it comes (at most 64 KiB kept): a chatty child must not block on a
         // full pipe while we wait for it.
@@ -116,7 +116,7 @@ impl Prober {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(Some(NnError::new(
+                    return Err(Failure::Failed(NnError::new(
                         ErrorCode::TooLarge,
                         format!("preparing this model took longer than {} s", self.timeout.as_secs()),
                     )));
@@ -139,11 +139,21 @@ impl Prober {
                     "RuntimeError" => ErrorCode::RuntimeError,
                     _ => ErrorCode::UnsupportedOperation,
                 };
-                Err(Some(NnError::new(code, message.to_string())))
+                Err(Failure::Refused(NnError::new(code, message.to_string())))
             }
-            _ => Err(None),
+            _ => Err(Failure::OutOfMemory),
         }
     }
+}
+
+/// How a probe child did not succeed.
+enum Failure {
+    /// The engine refused the model or inputs (the child finished within its limits).
+    Refused(NnError),
+    /// The child could not start or did not finish in time.
+    Failed(NnError),
+    /// The child ended past its memory.
+    OutOfMemory,
 }
 
 /// `inputs` for the child: per tensor its type's name, its dimensions, and its bytes when it

@@ -38,6 +38,9 @@ pub struct FileStore {
     /// Absolute path of `views/`, for the preopen (wasmtime opens it by path).
     views_path: PathBuf,
     next_view: AtomicU64,
+    /// Held from a put's quota check until its row is written: concurrent puts cannot pass
+    /// `max_files` or `max_storage_bytes` together.
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// A function version's directory of granted files; removed when dropped (after the last call
@@ -61,7 +64,14 @@ impl FileStore {
         }
         root.create_dir_all("views")?;
         let views_path = std::fs::canonicalize(data_dir.join("views"))?;
-        Ok(Self { db, files: root.open_dir("files")?, views: root.open_dir("views")?, views_path, next_view: 0.into() })
+        Ok(Self {
+            db,
+            files: root.open_dir("files")?,
+            views: root.open_dir("views")?,
+            views_path,
+            next_view: 0.into(),
+            writing: Default::default(),
+        })
     }
 
     /// Stores `bytes` as the tenant's file `name`, replacing it atomically.
@@ -75,6 +85,7 @@ impl FileStore {
     ) -> Result<FileInfo, RegistryError> {
         // Room first: a new name counts against `max_files`, and the tenant's bytes change by
         // the new size less the old.
+        let _writing = self.writing.lock().await;
         let (t, n, p, quota, size) =
             (tenant.to_string(), name.to_string(), plan_name.to_string(), plan.clone(), bytes.len() as u64);
         self.db

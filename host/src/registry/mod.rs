@@ -244,20 +244,13 @@ impl Registry {
         .await
         .map_err(|e| anyhow::anyhow!("compile task failed: {e}"))??;
         let size = component.len() as u64;
-        // Outbound HTTP is linked for every function but useless without hosts: say so at upload.
-        if let Some(import) = prepared.info.imports.iter().find(|i| i.starts_with("wasi:http/outgoing-handler"))
-            && manifest.capabilities.allowed_hosts.is_empty()
-        {
-            return Err(RegistryError::Invalid(format!(
-                "the component imports `{import}`, which needs the `allowed_hosts` grant: list the hosts it may call under [capabilities]"
-            )));
-        }
-        // `/v2/models/{name}` serves models and tensor functions: one name, one of them.
-        if prepared.is_predictor() && !self.models.named(tenant, &manifest.name).await?.is_empty() {
-            return Err(RegistryError::Conflict(format!(
-                "a model named `{}` exists: a tensor function (predictor world) needs a name of its own, as both are served at /v2/models/{{name}}",
-                manifest.name
-            )));
+        if let Err(refused) = self.check_prepared(tenant, &manifest, &prepared).await {
+            // The artifact just compiled goes too, unless a live version runs the same bytes.
+            let d = vec![digest.clone()];
+            if let Ok(unused) = self.db.call(move |conn| Ok(db::unreferenced(conn, &d)?)).await {
+                unused.iter().for_each(|digest| self.runtime.forget_artifact(digest));
+            }
+            return Err(refused);
         }
 
         let row = FunctionVersion {
@@ -305,8 +298,11 @@ impl Registry {
             .await?
             .map_err(RegistryError::Quota);
         if version.is_err() {
-            // Refused: the blob just written goes unless another version names it.
-            self.blobs.sweep(&self.db, vec![digest.clone()]).await?;
+            // Refused: the blob just written and the compiled artifact go unless another
+            // version names them.
+            for removed in self.blobs.sweep(&self.db, vec![digest.clone()]).await? {
+                self.runtime.forget_artifact(&removed);
+            }
         }
         drop(writing);
         let version = version?;
@@ -396,6 +392,31 @@ impl Registry {
             return Err(not_found(name));
         }
         Ok(versions)
+    }
+
+    /// What a compiled upload must pass before it is stored.
+    async fn check_prepared(
+        &self,
+        tenant: &str,
+        manifest: &Manifest,
+        prepared: &crate::runtime::Prepared,
+    ) -> Result<(), RegistryError> {
+        // Outbound HTTP is linked for every function but useless without hosts: say so at upload.
+        if let Some(import) = prepared.info.imports.iter().find(|i| i.starts_with("wasi:http/outgoing-handler"))
+            && manifest.capabilities.allowed_hosts.is_empty()
+        {
+            return Err(RegistryError::Invalid(format!(
+                "the component imports `{import}`, which needs the `allowed_hosts` grant: list the hosts it may call under [capabilities]"
+            )));
+        }
+        // `/v2/models/{name}` serves models and tensor functions: one name, one of them.
+        if prepared.is_predictor() && !self.models.named(tenant, &manifest.name).await?.is_empty() {
+            return Err(RegistryError::Conflict(format!(
+                "a model named `{}` exists: a tensor function (predictor world) needs a name of its own, as both are served at /v2/models/{{name}}",
+                manifest.name
+            )));
+        }
+        Ok(())
     }
 
     /// Deletes every version of a function; returns how many. Version numbers are not reused.

@@ -58,15 +58,15 @@ pub async fn infer(
     let body = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(format!("request body is over the {limit}-byte limit")))?;
-    // A large body is parsed on a compute thread, like the compute it feeds: a megabyte of
-    // JSON takes milliseconds, which on an async thread would hold up every other tenant's
-    // calls behind it.
+    // A large body is parsed on a compute thread, within the tenant's share, like the compute
+    // it feeds: a megabyte of JSON takes milliseconds, which on an async thread would hold up
+    // every other tenant's calls behind it.
     let mut request = if body.len() <= PARSE_INLINE_MAX {
         oip::parse_request(&body, header_length).map_err(ApiError::BadRequest)?
     } else {
         let body = body.clone();
         app.graphs
-            .compute(move || Ok(oip::parse_request(&body, header_length)))
+            .compute_for(&tenant, move || Ok(oip::parse_request(&body, header_length)))
             .await
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("parsing the request failed: {}", e.message)))?
             .map_err(ApiError::BadRequest)?
