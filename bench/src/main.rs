@@ -49,7 +49,7 @@ async fn main() -> Result<()> {
         }
         Some("serve-bare") => serve_bare().await,
         Some("fairness") => fairness(arg(&args, "--seconds", 5)).await,
-        Some("isolation") => isolation::run(arg(&args, "--seconds", 5)).await,
+        Some("isolation") => isolation::run(arg(&args, "--seconds", 5), arg(&args, "--rounds", 3) as usize).await,
         Some("nn") => nn::run(arg(&args, "--iters", 5000) as u32).await,
         Some("gpu") => {
             let batches: Vec<u32> = args

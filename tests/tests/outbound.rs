@@ -203,3 +203,46 @@ fn requests_and_bytes_per_call_are_capped_by_the_plan() {
         .sum();
     assert_eq!(requests, 5, "3 + 1 + 1 requests sent, the refused ones not counted");
 }
+
+/// An upstream that reads the request, then sends `answer` and holds the connection open
+/// without another byte.
+fn stalled(answer: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(answer.as_bytes());
+                std::thread::sleep(std::time::Duration::from_secs(20));
+            });
+        }
+    });
+    port
+}
+
+/// An upstream that never answers, or stops halfway through its body, is cut by the
+/// operator's first-byte and between-bytes timeouts: the guest sees an error value, and the
+/// call goes on to answer well inside its own deadline.
+#[test]
+fn a_stalled_upstream_is_cut_by_the_outbound_timeouts() {
+    let silent = stalled("");
+    let halfway = stalled("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf");
+    let config = format!("{LOOPBACK_ALLOWED}first_byte_timeout = \"300ms\"\nbetween_bytes_timeout = \"300ms\"\n");
+    let server = Server::start_with_config(Some(&config));
+    let key = server.tenant("acme", "standard");
+    let manifest = format!(
+        "name = \"fetch\"\n[limits]\ntimeout = \"10s\"\n[capabilities]\nallowed_hosts = [\"127.0.0.1:{silent}\", \"127.0.0.1:{halfway}\"]\n"
+    );
+    assert_eq!(server.upload(&key, &manifest, component("fetch")).status(), 201);
+    for (port, what) in [(silent, "no answer"), (halfway, "half a body")] {
+        let started = std::time::Instant::now();
+        let resp = server.invoke(&key, &format!("acme/fetch?to=127.0.0.1:{port}/"), "");
+        assert_eq!(resp.status(), 200, "{what}");
+        let got = resp.text().unwrap();
+        assert!(got.starts_with("error"), "{what}: {got}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{what}: cut after {:?}", started.elapsed());
+    }
+}

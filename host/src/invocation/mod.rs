@@ -186,6 +186,25 @@ struct Ran {
     took: Duration,
 }
 
+/// Answers past this many tensor bytes are encoded on a compute thread, within the tenant's
+/// share: encoding a megabyte of JSON takes milliseconds, which on an async thread would hold
+/// up every other tenant's calls behind it.
+const ENCODE_INLINE_MAX: usize = 64 << 10;
+
+async fn encode_off_executor(app: &App, tenant: &str, answer: Answer, encode: Encode) -> Result<Response, ApiError> {
+    let bytes = match &answer {
+        Answer::Tensors(tensors) => tensors.iter().map(|t| t.data.len()).sum(),
+        Answer::Response(_) => 0,
+    };
+    if bytes <= ENCODE_INLINE_MAX {
+        return encode(answer);
+    }
+    app.graphs
+        .compute_for(tenant, move || Ok(encode(answer)))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding the answer failed: {}", e.message)))?
+}
+
 /// The route's encoder: the answer in its protocol's response. An `Err` means the answer
 /// cannot be sent (a response the host refuses, an output the caller did not ask for): the
 /// call is then an [`Outcome::Error`] answered with that error.
@@ -235,7 +254,7 @@ impl Admitted {
 
         let encode_started = Instant::now();
         let (mut response, outcome) = match ran.result {
-            Ok(answer) => match encode(answer) {
+            Ok(answer) => match encode_off_executor(&app, &tenant, answer, encode).await {
                 Ok(response) => (response, outcome),
                 Err(e) => (e.into_response(), Some(Outcome::Error)),
             },
