@@ -84,6 +84,15 @@ fn setup() -> (Server, String, String) {
     (server, evil, good)
 }
 
+/// A server with `config`, an abuser (`evil`, standard) and a neighbour (`good`, free, echo).
+fn abuser_beside_a_neighbour(config: Option<&str>) -> (Server, String, String) {
+    let server = Server::start_with_config(config);
+    let evil = server.tenant("evil", "standard");
+    let good = server.tenant("good", "free");
+    server.deploy(&good, "echo");
+    (server, evil, good)
+}
+
 fn neighbour_is_served(server: &Server, good: &str, case: &str) {
     let resp = server.invoke(good, "good/echo", "still fine");
     assert_eq!(resp.status(), 200, "after {case}");
@@ -214,10 +223,7 @@ fn imports_and_manifests_that_ask_for_too_much_are_refused_at_upload() {
 /// child process, refused, and the server never tries (it would abort).
 #[test]
 fn a_model_declaring_giant_shapes_is_refused_and_the_server_lives() {
-    let server = Server::start();
-    let evil = server.tenant("evil", "standard");
-    let good = server.tenant("good", "free");
-    server.deploy(&good, "echo");
+    let (server, evil, good) = abuser_beside_a_neighbour(None);
     let giant = std::fs::read(repo_root().join("tests/fixtures/giant-constant.onnx")).unwrap();
     let msg = expect_error(server.push_model(&evil, "name = \"giant\"\nengine = \"tract\"\n", giant), 400);
     assert!(msg.contains("needs more than 2048 MiB of memory"), "{msg}");
@@ -233,10 +239,7 @@ fn a_model_declaring_giant_shapes_is_refused_and_the_server_lives() {
 /// the server never allocates them; one row is served.
 #[test]
 fn a_compute_past_the_call_memory_is_refused_before_the_engine_allocates() {
-    let server = Server::start_with_config(Some("[plans.standard]\nmodel_memory = \"64MiB\"\n"));
-    let evil = server.tenant("evil", "standard");
-    let good = server.tenant("good", "free");
-    server.deploy(&good, "echo");
+    let (server, evil, good) = abuser_beside_a_neighbour(Some("[plans.standard]\nmodel_memory = \"64MiB\"\n"));
     let resp = server.push_model(&evil, "name = \"wide\"\nengine = \"tract\"\n", infercell_tests::onnx::wide());
     assert_eq!(resp.status(), 201, "{}", resp.text().unwrap());
     let manifest = "name = \"wide\"\n[limits]\nmemory = \"32MiB\"\n[capabilities]\nmodels = [\"wide\"]\n";
@@ -281,10 +284,7 @@ fn a_compute_past_the_call_memory_is_refused_before_the_engine_allocates() {
 /// server builds anything, the refusal is remembered, and small shapes are served.
 #[test]
 fn a_shape_from_input_values_that_would_fold_a_giant_tensor_is_refused() {
-    let server = Server::start();
-    let evil = server.tenant("evil", "standard");
-    let good = server.tenant("good", "free");
-    server.deploy(&good, "echo");
+    let (server, evil, good) = abuser_beside_a_neighbour(None);
     let model = infercell_tests::onnx::constant_of_input_shape();
     let resp = server.push_model(&evil, "name = \"zeros\"\nengine = \"tract\"\n", model);
     assert_eq!(resp.status(), 201, "{}", resp.text().unwrap());
