@@ -52,19 +52,34 @@ pub async fn run(seconds: u64, rounds: usize) -> Result<()> {
     // medians are compared (on a shared machine one phase's p99 alone swings run to run).
     let paced = load::Mode::Paced(Duration::from_millis(1));
     let (mut alone, mut sizes, mut deadline, mut cut) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tiny_only, mut huge_only, mut alternating) = (Vec::new(), Vec::new(), Vec::new());
+    let both = [tiny.body.clone(), huge.body.clone()];
+    // The hostile client runs on a thread and runtime of its own (see `load::run_apart`).
+    let apart = |target: &load::Target, bodies: &[bytes::Bytes], connections| {
+        load::run_apart(target, bodies, connections, duration, paced)
+    };
+    let join = |h: std::thread::JoinHandle<Result<load::Report>>| h.join().map_err(|_| anyhow::anyhow!("panicked"))?;
     for _ in 0..rounds {
         alone.push(load::run(&quiet, 4, duration).await?);
         // Tiny and huge inputs, one connection each, back to back (any status accepted).
-        let (beside, _, _) = tokio::join!(
-            load::run(&quiet, 4, duration),
-            load::run_mode(&tiny, 1, duration, paced),
-            load::run_mode(&huge, 1, duration, paced)
-        );
-        sizes.push(beside?);
+        let (t, h) =
+            (apart(&tiny, std::slice::from_ref(&tiny.body), 1), apart(&huge, std::slice::from_ref(&huge.body), 1));
+        sizes.push(load::run(&quiet, 4, duration).await?);
+        join(t)?;
+        join(h)?;
+        let t = apart(&tiny, std::slice::from_ref(&tiny.body), 1);
+        tiny_only.push(load::run(&quiet, 4, duration).await?);
+        join(t)?;
+        let h = apart(&huge, std::slice::from_ref(&huge.body), 1);
+        huge_only.push(load::run(&quiet, 4, duration).await?);
+        join(h)?;
+        let a = apart(&tiny, &both, 2);
+        alternating.push(load::run(&quiet, 4, duration).await?);
+        join(a)?;
         // Two connections of computes cut at their deadline (504 each).
-        let (beside, hostile) = tokio::join!(load::run(&quiet, 4, duration), load::run_mode(&slow, 2, duration, paced));
-        deadline.push(beside?);
-        cut.push(hostile?);
+        let s = apart(&slow, std::slice::from_ref(&slow.body), 2);
+        deadline.push(load::run(&quiet, 4, duration).await?);
+        cut.push(join(s)?);
     }
     println!(
         "isolation: quiet tenant (/v2 digits, 4 closed-loop connections) beside a hostile one, {rounds} rounds of {seconds} s, medians:"
@@ -79,6 +94,9 @@ pub async fn run(seconds: u64, rounds: usize) -> Result<()> {
         ("quiet alone", &alone),
         ("beside tiny + huge (4096-row) inputs", &sizes),
         ("beside computes past their deadline", &deadline),
+        ("beside tiny only", &tiny_only),
+        ("beside huge only", &huge_only),
+        ("beside 2 conns alternating", &alternating),
     ] {
         let each: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.p99_ms)).collect();
         println!(
