@@ -44,17 +44,6 @@ pub async fn run(target: &Target, connections: usize, duration: Duration) -> Res
 }
 
 pub async fn run_mode(target: &Target, connections: usize, duration: Duration, mode: Mode) -> Result<Report> {
-    run_bodies(target, std::slice::from_ref(&target.body), connections, duration, mode).await
-}
-
-/// Like [`run_mode`], each connection sending `bodies` in turn (the target's own body unused).
-pub async fn run_bodies(
-    target: &Target,
-    bodies: &[bytes::Bytes],
-    connections: usize,
-    duration: Duration,
-    mode: Mode,
-) -> Result<Report> {
     let uri: hyper::Uri = target.url.parse()?;
     let authority = uri.authority().context("url has no host")?.to_string();
     let deadline = Instant::now() + duration;
@@ -62,7 +51,7 @@ pub async fn run_bodies(
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (uri, authority, bearer) = (uri.clone(), authority.clone(), target.bearer.clone());
-        let (bodies, echo, headers) = (bodies.to_vec(), target.echo, target.headers.clone());
+        let (payload, echo, headers) = (target.body.clone(), target.echo, target.headers.clone());
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(&authority).await?;
             stream.set_nodelay(true)?;
@@ -71,10 +60,7 @@ pub async fn run_bodies(
             tokio::spawn(conn);
             let mut latencies = Vec::new();
             let mut next = Instant::now();
-            let mut turn = 0;
             while Instant::now() < deadline {
-                let payload = &bodies[turn % bodies.len()];
-                turn += 1;
                 if let Mode::Paced(interval) = mode {
                     tokio::time::sleep_until(next.into()).await;
                     next += interval;
@@ -95,7 +81,7 @@ pub async fn run_bodies(
                 let body = resp.into_body().collect().await?.to_bytes();
                 if let Mode::ClosedLoop = mode {
                     anyhow::ensure!(status == 200, "status {status}");
-                    anyhow::ensure!(!echo || body == *payload, "wrong body");
+                    anyhow::ensure!(!echo || body == payload, "wrong body");
                 }
                 latencies.push(t.elapsed());
             }
@@ -116,20 +102,18 @@ pub async fn run_bodies(
     Ok(Report { rps: all.len() as f64 / elapsed, p50_ms: pct(0.50), p99_ms: pct(0.99) })
 }
 
-/// Runs [`run_bodies`] on a thread and runtime of its own, as a separate client would: its
+/// Runs [`run_mode`] on a thread and runtime of its own, as a separate client would: its
 /// connections' I/O (megabyte bodies) never waits in the same task queues as the measured ones.
 pub fn run_apart(
     target: &Target,
-    bodies: &[bytes::Bytes],
     connections: usize,
     duration: Duration,
     mode: Mode,
 ) -> std::thread::JoinHandle<Result<Report>> {
-    let (target, bodies) = (target.clone(), bodies.to_vec());
+    let target = target.clone();
     std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run_bodies(
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run_mode(
             &target,
-            &bodies,
             connections,
             duration,
             mode,
