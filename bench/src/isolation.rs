@@ -29,9 +29,10 @@ fn v2(server: &Infercell, tenant: &str, model: &str, body: bytes::Bytes) -> Resu
     })
 }
 
-pub async fn run(seconds: u64, rounds: usize) -> Result<()> {
-    let config = "[plans.standard]\nmodel_timeout = \"500ms\"\n";
-    let server = Infercell::start(config, &[("quiet", "standard"), ("hostile", "standard")])?;
+/// `priority` is the server's `nn.compute_priority` (`idle`, the default, or `low`).
+pub async fn run(seconds: u64, rounds: usize, priority: &str) -> Result<()> {
+    let config = format!("[plans.standard]\nmodel_timeout = \"500ms\"\n[nn]\ncompute_priority = \"{priority}\"\n");
+    let server = Infercell::start(&config, &[("quiet", "standard"), ("hostile", "standard")])?;
     let digits = std::fs::read(crate::repo_root().join("samples/digits/digits.onnx"))?;
     for tenant in ["quiet", "hostile"] {
         server.push_model(tenant, "digits", &digits)?;
@@ -77,7 +78,7 @@ pub async fn run(seconds: u64, rounds: usize) -> Result<()> {
         cut.push(join(s)?);
     }
     println!(
-        "isolation: quiet tenant (/v2 digits, 4 closed-loop connections) beside a hostile one, {rounds} rounds of {seconds} s, medians:"
+        "isolation: quiet tenant (/v2 digits, 4 closed-loop connections) beside a hostile one, compute threads at priority {priority}, {rounds} rounds of {seconds} s, medians:"
     );
     println!("  {:<40} {:>10} {:>10} {:>10}   p99 ms of each round", "", "req/s", "p50 ms", "p99 ms");
     let median = |runs: &[load::Report], f: fn(&load::Report) -> f64| {

@@ -49,7 +49,10 @@ async fn main() -> Result<()> {
         }
         Some("serve-bare") => serve_bare().await,
         Some("fairness") => fairness(arg(&args, "--seconds", 5)).await,
-        Some("isolation") => isolation::run(arg(&args, "--seconds", 5), arg(&args, "--rounds", 3) as usize).await,
+        Some("isolation") => {
+            let priority = args.windows(2).find(|w| w[0] == "--priority").map_or("idle", |w| w[1].as_str());
+            isolation::run(arg(&args, "--seconds", 5), arg(&args, "--rounds", 3) as usize, priority).await
+        }
         Some("nn") => nn::run(arg(&args, "--iters", 5000) as u32).await,
         Some("gpu") => {
             let batches: Vec<u32> = args
@@ -65,7 +68,7 @@ async fn main() -> Result<()> {
         Some("p3v2") => p3(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, true).await,
         _ => {
             eprintln!(
-                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | nn [--iters N] | gpu [--batch 1,32] [--iters N] | p3 [--seconds S] [--connections C] | p3v2 [--seconds S] [--connections C] | serve-bare"
+                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | isolation [--seconds S] [--rounds R] [--priority idle|low] | nn [--iters N] | gpu [--batch 1,32] [--iters N] | p3 [--seconds S] [--connections C] | p3v2 [--seconds S] [--connections C] | serve-bare"
             );
             std::process::exit(2)
         }

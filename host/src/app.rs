@@ -12,6 +12,7 @@ use crate::db::Db;
 use crate::metering::Metering;
 use crate::metering::quota::Quotas;
 use crate::metrics::Metrics;
+use crate::nn::graphs::ComputePriority;
 use crate::nn::onnxruntime::OnnxRuntime;
 use crate::nn::tract::Tract;
 use crate::nn::{Engine, Graphs};
@@ -38,6 +39,10 @@ pub struct App {
     pub audit: Audit,
     /// CPU and GPUs, discovered on first use.
     pub devices: crate::nn::devices::Devices,
+    /// Which version answers each function's and model's bare name.
+    pub releases: crate::releases::Releases,
+    /// Slots of the mirrored calls running at once.
+    pub shadow_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where the admin key came from, for the start-up message.
@@ -74,7 +79,9 @@ impl App {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,
         };
-        let mut graphs = Graphs::new(engines(&config.nn.onnxruntime), config.nn.graph_cache_bytes, threads);
+        let priority = ComputePriority::parse(&config.nn.compute_priority).unwrap_or(ComputePriority::Idle);
+        let mut graphs =
+            Graphs::with_priority(engines(&config.nn.onnxruntime), config.nn.graph_cache_bytes, threads, priority);
         graphs.prober = prober(&config);
         if config.nn.gpu == "auto" {
             graphs.enable_gpu(config.nn.gpu_memory_bytes, config.nn.gpu_fusion);
@@ -83,6 +90,12 @@ impl App {
         let load_time = metrics.graph_load.clone();
         graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
         let audit = Audit::new(db.clone());
+        let releases = crate::releases::Releases::open(
+            db.clone(),
+            audit.clone(),
+            metrics.release_rollbacks.clone(),
+            metrics.release_promotions.clone(),
+        )?;
         let files = crate::registry::files::FileStore::open(db.clone(), data_dir, &root)?;
         let secrets = crate::registry::secrets::SecretStore::open(
             db.clone(),
@@ -119,6 +132,8 @@ impl App {
             calls: Default::default(),
             audit,
             devices: Default::default(),
+            releases,
+            shadow_slots: Arc::new(tokio::sync::Semaphore::new(crate::invocation::SHADOW_SLOTS)),
         });
         // Devices are discovered at start, off the callers' path.
         let discovering = app.clone();

@@ -29,6 +29,7 @@ fsync = false
 [nn]
 graph_cache_bytes = "1GiB"
 compute_threads = 0
+compute_priority = "idle"
 onnxruntime = ""
 load_memory_bytes = "2GiB"
 gpu = "auto"
@@ -169,6 +170,8 @@ pub struct NnConfig {
     pub graph_cache_bytes: u64,
     /// Inference computes running at once; 0 = one per core.
     pub compute_threads: usize,
+    /// `idle` (Linux `SCHED_IDLE`: request threads always go first) or `low` (nice +10).
+    pub compute_priority: String,
     /// Path of ONNX Runtime's `libonnxruntime.so`; empty = the `ORT_DYLIB_PATH` environment
     /// variable, and when neither is set the server runs on tract alone.
     pub onnxruntime: String,
@@ -393,6 +396,10 @@ impl Config {
         }
         anyhow::ensure!(self.runtime.max_instances > 0, "runtime.max_instances must be at least 1");
         anyhow::ensure!(matches!(self.nn.gpu.as_str(), "auto" | "off"), "nn.gpu must be auto or off");
+        anyhow::ensure!(
+            crate::nn::graphs::ComputePriority::parse(&self.nn.compute_priority).is_some(),
+            "nn.compute_priority must be idle or low"
+        );
         Ok(())
     }
 

@@ -122,6 +122,31 @@ CREATE TABLE platform_keys (
     last_used_at TEXT
 );
 "#,
+    // Releases: which version answers a function's (or model's) bare name, with its canary,
+    // mirror and aliases (one JSON value), and every change to it.
+    r#"
+CREATE TABLE releases (
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    release TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, kind, name)
+);
+CREATE TABLE release_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    at TEXT NOT NULL,
+    event TEXT NOT NULL,
+    from_version INTEGER,
+    to_version INTEGER,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX release_history_by_name ON release_history (tenant, kind, name, seq);
+"#,
 ];
 
 /// A shared handle to the metadata database.

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod nn;
 pub mod oip;
 pub mod registry;
+pub mod releases;
 pub mod runtime;
 pub mod server;
 pub mod tenants;

@@ -38,6 +38,16 @@ pub struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReleaseLabels {
+    pub tenant: String,
+    /// function or model.
+    pub kind: String,
+    pub name: String,
+    /// automatic (a canary judged by its health) or manual (a command).
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UploadLabels {
     pub outcome: String,
 }
@@ -71,6 +81,8 @@ pub struct Metrics {
     pub denials: Family<DenialLabels, Counter>,
     pub usage_batch_size: Histogram,
     pub usage_commit: Histogram,
+    pub release_rollbacks: Family<ReleaseLabels, Counter>,
+    pub release_promotions: Family<ReleaseLabels, Counter>,
     gpu_memory: Gauge,
     gpu_budget: Gauge,
     gpu_evictions: Counter,
@@ -130,6 +142,14 @@ impl Metrics {
             "Time a call waits for its usage record to commit",
             usage_commit.clone(),
         );
+        let release_rollbacks = Family::<ReleaseLabels, Counter>::default();
+        registry.register(
+            "release_rollbacks",
+            "Releases rolled back: canaries stopped and stable versions put back",
+            release_rollbacks.clone(),
+        );
+        let release_promotions = Family::<ReleaseLabels, Counter>::default();
+        registry.register("release_promotions", "Canaries promoted to stable", release_promotions.clone());
         let graph_load = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register("graph_load_seconds", "Time to load and optimize a model graph", graph_load.clone());
         let graph_hits = Counter::default();
@@ -172,6 +192,8 @@ impl Metrics {
             denials,
             usage_batch_size,
             usage_commit,
+            release_rollbacks,
+            release_promotions,
         }
     }
 

@@ -29,12 +29,28 @@ enum Command {
     /// Manage tenants (admin key).
     #[command(subcommand)]
     Tenant(TenantCommand),
-    /// Upload the function in DIR (reads DIR/function.toml) as a new version.
+    /// Upload the function in DIR (reads DIR/function.toml) as a new version. Once the function
+    /// has a release, the new version serves only when released (--release, --canary P, or
+    /// `release set` later).
     Deploy {
         dir: PathBuf,
+        /// Make the new version the stable version.
+        #[arg(long, conflicts_with = "canary")]
+        release: bool,
+        /// Start the new version as a canary taking this percentage of the calls.
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<u32>,
+        #[command(flatten)]
+        steps: CanaryArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Which version serves a function's bare name: releases, canaries, rollback, mirrors.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Named pointers to versions (`prod`, `beta`): call them as NAME@ALIAS.
+    #[command(subcommand)]
+    Alias(AliasCommand),
     /// List, show or delete functions.
     #[command(subcommand)]
     Functions(FunctionsCommand),
@@ -304,6 +320,126 @@ enum ModelCommand {
     /// Delete a model (all versions).
     Delete {
         name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// How a canary steps and is judged.
+#[derive(Args, Clone, Default)]
+pub struct CanaryArgs {
+    /// Percentage added every healthy interval (must land on 100); none: hold until promoted.
+    #[arg(long)]
+    step: Option<u32>,
+    /// How long each step lasts and health is judged over: 30s, 5m, ...
+    #[arg(long)]
+    interval: Option<String>,
+    /// Error rate (5xx) over which the canary is rolled back (default 0.01).
+    #[arg(long)]
+    max_error_rate: Option<f64>,
+    /// p99 latency over which the canary is rolled back.
+    #[arg(long)]
+    max_p99_ms: Option<f64>,
+    /// Calls the canary needs in an interval before it is judged (default 20).
+    #[arg(long)]
+    min_requests: Option<u64>,
+}
+
+/// What a release command is about.
+#[derive(Args, Clone)]
+pub struct ReleaseTarget {
+    /// The function (or, with --model, the model).
+    name: String,
+    /// NAME is a model.
+    #[arg(long)]
+    model: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ReleaseCommand {
+    /// The stable version, canary, mirror, aliases and history.
+    Status {
+        #[command(flatten)]
+        target: ReleaseTarget,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make VERSION the stable version (every unpinned call).
+    Set {
+        #[command(flatten)]
+        target: ReleaseTarget,
+        version: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send a percentage of the calls to VERSION, stepping up while it is healthy and rolling
+    /// it back at once when it is not.
+    Canary {
+        #[command(flatten)]
+        target: ReleaseTarget,
+        version: u32,
+        #[arg(long)]
+        percent: u32,
+        #[command(flatten)]
+        steps: CanaryArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make the canary the stable version now.
+    Promote {
+        #[command(flatten)]
+        target: ReleaseTarget,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop the canary; without one, put the previous stable version back (or --to N).
+    Rollback {
+        #[command(flatten)]
+        target: ReleaseTarget,
+        #[arg(long)]
+        to: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Copy a percentage of the live calls to VERSION after each answer (shadow traffic), or
+    /// stop it with --off.
+    Mirror {
+        #[command(flatten)]
+        target: ReleaseTarget,
+        #[arg(required_unless_present = "off")]
+        version: Option<u32>,
+        #[arg(long, conflicts_with = "off")]
+        percent: Option<u32>,
+        #[arg(long)]
+        off: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AliasCommand {
+    /// Point ALIAS at VERSION (made or moved).
+    Set {
+        #[command(flatten)]
+        target: ReleaseTarget,
+        alias: String,
+        version: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The aliases and the versions they name.
+    List {
+        #[command(flatten)]
+        target: ReleaseTarget,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove ALIAS.
+    Rm {
+        #[command(flatten)]
+        target: ReleaseTarget,
+        alias: String,
         #[command(flatten)]
         client: ClientArgs,
     },

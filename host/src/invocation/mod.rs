@@ -100,6 +100,19 @@ pub async fn admit(app: &Arc<App>, tenant: &str, target: Target<'_>) -> Result<A
     }
 }
 
+/// Mirrored calls running at once, platform-wide; a copy that finds none free is dropped.
+pub const SHADOW_SLOTS: usize = 8;
+
+/// Admits a mirrored copy of a call (see [`crate::releases`]): it takes none of the tenant's
+/// rate or concurrency (a mirror must not cost the live calls anything) but one of the
+/// platform's [`SHADOW_SLOTS`]; `None` when all are taken.
+pub fn admit_shadow(app: &Arc<App>, tenant: &str) -> Option<Admitted> {
+    let plan_name = app.tenants.plan_of(tenant)?;
+    let plan = app.config.plans.get(&plan_name)?.clone();
+    let slot = app.shadow_slots.clone().try_acquire_owned().ok()?;
+    Some(Admitted { app: app.clone(), tenant: tenant.to_string(), plan, slot: Admission::of(slot) })
+}
+
 /// Counts a refused call.
 fn refused(app: &App, tenant: &str, reason: &str) {
     app.metrics.refused.get_or_create(&RefusedLabels { tenant: tenant.to_string(), reason: reason.into() }).inc();
@@ -114,6 +127,9 @@ pub struct Call {
     pub bytes_in: usize,
     /// When the request was received (its parsing counts in `/v2` statistics).
     pub received: Instant,
+    /// A mirrored copy (billed as [`Kind::Shadow`], not in the function's metrics or `/v2`
+    /// statistics).
+    pub shadow: bool,
 }
 
 /// What a call runs.
@@ -236,7 +252,8 @@ impl Admitted {
             }
             Work::Model { model, .. } => (Kind::Model, model.name.clone(), model.version, None),
         };
-        let served_v2 = !matches!(work, Work::Handler { .. });
+        let kind = if call.shadow { Kind::Shadow } else { kind };
+        let served_v2 = !matches!(work, Work::Handler { .. }) && !call.shadow;
 
         let active = effects::ActiveGuard::new(&app);
         let ran = execute(&app, &tenant, &call, &plan, work).await;
@@ -260,7 +277,7 @@ impl Admitted {
             },
             Err(failure) => (ApiError::from(failure).into_response(), outcome),
         };
-        if let (Some(deployment), Some(outcome)) = (&deployment, outcome) {
+        if let (Some(deployment), Some(outcome), false) = (&deployment, outcome, call.shadow) {
             let fm = deployment.metrics.get_or_init(|| app.metrics.function(&tenant, &deployment.name));
             fm.duration.observe(ran.took.as_secs_f64());
             fm.outcome(outcome).inc();

@@ -55,6 +55,13 @@ pub struct Admission {
     _slot: OwnedSemaphorePermit,
 }
 
+impl Admission {
+    /// A slot of a pool of the caller's own (mirrored calls have theirs).
+    pub fn of(slot: OwnedSemaphorePermit) -> Self {
+        Self { _slot: slot }
+    }
+}
+
 /// Quota state of every tenant, created on first use from the tenant's plan.
 #[derive(Default)]
 pub struct Quotas {

@@ -123,6 +123,8 @@ impl Meters {
 pub enum Kind {
     Function,
     Model,
+    /// A copy of a call sent to a release's mirror version: run and billed, its answer dropped.
+    Shadow,
 }
 
 impl Kind {
@@ -130,11 +132,16 @@ impl Kind {
         match self {
             Kind::Function => "function",
             Kind::Model => "model",
+            Kind::Shadow => "shadow",
         }
     }
 
     pub(super) fn parse(s: &str) -> Self {
-        if s == "model" { Kind::Model } else { Kind::Function }
+        match s {
+            "model" => Kind::Model,
+            "shadow" => Kind::Shadow,
+            _ => Kind::Function,
+        }
     }
 }
 

@@ -97,8 +97,32 @@ fn cost_key(model: &Arc<dyn LoadedModel>, inputs: &[(String, super::HostTensor)]
     (Arc::as_ptr(model) as *const () as usize, hasher.finish())
 }
 
-/// How much lower than the server's async threads the compute threads run (a nice value).
+/// How much lower than the server's async threads the compute threads run under
+/// [`ComputePriority::Low`] (a nice value).
 pub const COMPUTE_NICE: i32 = 10;
+
+/// The CPU priority of the compute threads (`nn.compute_priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputePriority {
+    /// Linux `SCHED_IDLE`: a compute runs on a core only while no request thread wants it, and
+    /// a request thread that wakes takes the core at once. A neighbour's latency does not
+    /// depend on how long another tenant's computes (or their input parsing) are; under a CPU
+    /// the guests keep busy, computes get almost no time.
+    Idle,
+    /// Nice +10: computes keep about a tenth of a contended core, but the scheduler lets one
+    /// finish its time slice (1 to 5 ms) before a woken request thread runs.
+    Low,
+}
+
+impl ComputePriority {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "idle" => Some(Self::Idle),
+            "low" => Some(Self::Low),
+            _ => None,
+        }
+    }
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -112,13 +136,13 @@ struct ComputeThreads {
 }
 
 impl ComputeThreads {
-    fn new(threads: usize, nice: i32) -> Self {
+    fn new(threads: usize, priority: ComputePriority) -> Self {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new().name(format!("infercell-compute-{i}")).spawn(move || {
-                lower_priority(nice);
+                lower_priority(priority);
                 loop {
                     let job = match queue.lock() {
                         Ok(queue) => queue.recv(),
@@ -147,25 +171,49 @@ impl ComputeThreads {
     }
 }
 
-/// Lowers the calling thread's CPU priority by `nice` (Linux: per thread).
-fn lower_priority(nice: i32) {
+/// Lowers the calling thread's CPU priority (Linux: per thread).
+fn lower_priority(priority: ComputePriority) {
     #[cfg(target_os = "linux")]
-    if nice > 0 {
-        let me = Some(rustix::thread::gettid());
-        let now = rustix::process::getpriority_process(me).unwrap_or(0);
-        if let Err(e) = rustix::process::setpriority_process(me, (now + nice).min(19)) {
-            tracing::warn!(error = %e, "cannot lower the compute thread's priority");
+    match priority {
+        ComputePriority::Idle => {
+            use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            let set = thread_priority::unix::set_thread_priority_and_policy(
+                thread_priority::unix::thread_native_id(),
+                ThreadPriority::Min,
+                idle,
+            );
+            if let Err(e) = set {
+                tracing::warn!(error = ?e, "cannot give the compute thread the idle CPU priority");
+            }
+        }
+        ComputePriority::Low => {
+            let me = Some(rustix::thread::gettid());
+            let now = rustix::process::getpriority_process(me).unwrap_or(0);
+            if let Err(e) = rustix::process::setpriority_process(me, (now + COMPUTE_NICE).min(19)) {
+                tracing::warn!(error = %e, "cannot lower the compute thread's priority");
+            }
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    let _ = priority;
 }
 
 impl Graphs {
     /// `engines` in order of preference for `auto`; `threads` computes may run at once.
     pub fn new(engines: Vec<Arc<dyn Engine>>, cap_bytes: u64, threads: usize) -> Self {
+        Self::with_priority(engines, cap_bytes, threads, ComputePriority::Idle)
+    }
+
+    /// [`Graphs::new`], with the compute threads at `priority`.
+    pub fn with_priority(
+        engines: Vec<Arc<dyn Engine>>,
+        cap_bytes: u64,
+        threads: usize,
+        priority: ComputePriority,
+    ) -> Self {
         Self {
-            threads: ComputeThreads::new(threads.max(1), COMPUTE_NICE),
+            threads: ComputeThreads::new(threads.max(1), priority),
             engines,
             gpu: std::sync::OnceLock::new(),
             gpu_budget: None,
@@ -664,19 +712,27 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn computes_run_at_a_lower_priority() {
-        let graphs = Graphs::new(Vec::new(), 1 << 20, 1);
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let policy = |()| thread_priority::unix::thread_schedule_policy().expect("policy");
         let nice = |()| rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("nice");
-        let here = nice(());
+        let graphs = Graphs::new(Vec::new(), 1 << 20, 1);
         let (there, name) = graphs
-            .compute(move || Ok((nice(()), std::thread::current().name().map(str::to_string))))
+            .compute(move || Ok((policy(()), std::thread::current().name().map(str::to_string))))
             .await
             .expect("runs");
-        assert_eq!(there, (here + COMPUTE_NICE).min(19));
+        assert_eq!(there, ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle));
         assert_eq!(name.as_deref(), Some("infercell-compute-0"));
+        assert_ne!(policy(()), there, "the async threads keep their priority");
         // A panicking compute fails alone; the thread serves the next.
         let err = graphs.compute(|| -> Result<(), NnError> { panic!("engine bug") }).await.expect_err("panicked");
         assert!(err.message.contains("panicked"), "{err:?}");
         graphs.compute(|| Ok(())).await.expect("the next compute runs");
+
+        let here = nice(());
+        let low = Graphs::with_priority(Vec::new(), 1 << 20, 1, ComputePriority::Low);
+        let (there, policy) = low.compute(move || Ok((nice(()), policy(())))).await.expect("runs");
+        assert_eq!(there, (here + COMPUTE_NICE).min(19));
+        assert_eq!(policy, ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other));
     }
 
     #[tokio::test]

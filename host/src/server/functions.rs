@@ -15,16 +15,75 @@ use serde_json::json;
 use super::{App, AuditTarget};
 use crate::error::ApiError;
 use crate::metrics::UploadLabels;
+use crate::registry::RegistryError;
+use crate::releases::{Actor, Event, Subject};
 use crate::tenants::{Principal, Role};
 
 const DEPLOYERS: &[Role] = &[Role::Owner, Role::Deployer];
 
-/// `POST /v1/functions`: multipart `manifest` + `component` -> 201 `{"name","version","digest","imports"}`.
+/// How a new version is released (`deploy --release`, `deploy --canary P [...]`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeployQuery {
+    /// The new version becomes the stable version.
+    #[serde(default)]
+    release: bool,
+    /// The new version starts as a canary taking this percentage.
+    #[serde(default)]
+    canary: Option<u32>,
+    #[serde(default)]
+    step: Option<u32>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    max_error_rate: Option<f64>,
+    #[serde(default)]
+    max_p99_ms: Option<f64>,
+    #[serde(default)]
+    min_requests: Option<u64>,
+}
+
+impl DeployQuery {
+    /// The canary asked for, checked, for `version`.
+    fn canary(&self, version: u32) -> Result<Option<crate::releases::CanarySpec>, ApiError> {
+        let Some(percent) = self.canary else { return Ok(None) };
+        let body = super::releases::CanaryBody {
+            version,
+            percent,
+            step: self.step,
+            interval: self.interval.clone(),
+            max_error_rate: self.max_error_rate,
+            max_p99_ms: self.max_p99_ms,
+            min_requests: self.min_requests,
+        };
+        body.spec().map(Some)
+    }
+}
+
+/// `POST /v1/functions[?release=true|?canary=P&step=S&...]`: multipart `manifest` +
+/// `component` -> 201 `{"name","version","digest","imports","size","serving"}`.
 pub async fn upload_function(
     State(app): State<Arc<App>>,
     principal: Principal,
+    query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let query = match query {
+        Ok(Query(query)) if !(query.release && query.canary.is_some()) => query,
+        refused => {
+            if let Ok(mut multipart) = multipart {
+                while let Ok(Some(field)) = multipart.next_field().await {
+                    let _ = field.bytes().await;
+                }
+            }
+            return Err(match refused {
+                Err(e) => ApiError::BadRequest(e.body_text()),
+                Ok(_) => ApiError::BadRequest(
+                    "a deploy is either released (release=true) or a canary (canary=P), not both".into(),
+                ),
+            });
+        }
+    };
     let tenant = match principal.tenant_with(DEPLOYERS) {
         Ok(tenant) => tenant.to_string(),
         Err(e) => {
@@ -38,7 +97,7 @@ pub async fn upload_function(
             return Err(e.into());
         }
     };
-    let result = upload(&app, &tenant, principal.role, multipart).await;
+    let result = upload(&app, &tenant, &principal, &query, multipart).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) if e.status().is_client_error() => "rejected",
@@ -51,9 +110,13 @@ pub async fn upload_function(
 async fn upload(
     app: &App,
     tenant: &str,
-    role: Role,
+    principal: &Principal,
+    query: &DeployQuery,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let role = principal.role;
+    // A bad canary is refused before anything is stored.
+    query.canary(1)?;
     let (manifest, component) = read_parts(multipart, "component", "the .wasm bytes").await?;
     // Secrets are the owner's: a deployer could otherwise grant one to a function that returns it.
     if role != Role::Owner
@@ -70,9 +133,77 @@ async fn upload(
         .get(tenant)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("the key's tenant no longer exists".into()))?;
+    let name = crate::registry::Manifest::parse(&manifest).map(|m| m.name).map_err(ApiError::BadRequest)?;
+    let actor = Actor::Key(&principal.key_id);
+    // A canary starts beside the version serving now. Without a release, the newest version
+    // serves: it is pinned as the stable version before the upload, so the new one never
+    // takes every call, not even for a moment.
+    let pinned = query.canary.is_some() && app.releases.get(Subject::Function, tenant, &name).stable.is_none();
+    if pinned {
+        let newest = match app.registry.versions(tenant, &name).await {
+            Ok(versions) => versions.last().map(|v| v.version),
+            Err(RegistryError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(newest) = newest else {
+            return Err(ApiError::Conflict(format!(
+                "`{name}` has no version yet: there is no stable version for a canary to run beside (deploy it first)"
+            )));
+        };
+        app.releases
+            .change(Subject::Function, tenant, &name, actor, |release| {
+                release.stable = Some(newest);
+                Ok(Event {
+                    event: "set",
+                    from: None,
+                    to: Some(newest),
+                    reason: "the serving version, before a canary deploy".into(),
+                })
+            })
+            .await?;
+    }
     let started = Instant::now();
-    let version = app.registry.upload(tenant, &tenant_row.plan, &manifest, component).await?;
+    let version = match app.registry.upload(tenant, &tenant_row.plan, &manifest, component).await {
+        Ok(version) => version,
+        Err(e) => {
+            if pinned {
+                // Nothing was deployed: the newest version serves again, as before.
+                let _ = app
+                    .releases
+                    .change(Subject::Function, tenant, &name, actor, |release| {
+                        let from = release.stable.take();
+                        Ok(Event { event: "set", from, to: None, reason: "the canary deploy was refused".into() })
+                    })
+                    .await;
+            }
+            return Err(e.into());
+        }
+    };
     app.metrics.compile_duration.observe(started.elapsed().as_secs_f64());
+    if query.release {
+        app.releases
+            .change(Subject::Function, tenant, &name, actor, |release| {
+                let from = release.stable;
+                release.previous = from;
+                release.stable = Some(version.version);
+                Ok(Event { event: "set", from, to: Some(version.version), reason: "released at deploy".into() })
+            })
+            .await?;
+    }
+    if let Some(spec) = query.canary(version.version)? {
+        let newest_other = app.releases.get(Subject::Function, tenant, &name).stable;
+        app.releases
+            .change(Subject::Function, tenant, &name, actor, |release| {
+                super::releases::start_canary(release, spec, newest_other)
+            })
+            .await?;
+    }
+    let release = app.releases.get(Subject::Function, tenant, &name);
+    let serving = release.stable.is_none_or(|v| v == version.version);
+    let release = match release.stable {
+        Some(_) => Some(app.releases.status(Subject::Function, tenant, &name).await?),
+        None => None,
+    };
     tracing::info!(tenant, function = %version.name, version = version.version, digest = %version.digest, "function deployed");
     let target = AuditTarget(format!("{}@{} {}", version.name, version.version, version.digest));
     let mut response = (
@@ -83,6 +214,8 @@ async fn upload(
             "digest": version.digest,
             "imports": version.imports,
             "size": version.size,
+            "serving": serving,
+            "release": release,
         })),
     )
         .into_response();
@@ -167,6 +300,7 @@ pub async fn delete_function(
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant_with(DEPLOYERS)?;
     let deleted = app.registry.delete(tenant, &name).await?;
+    app.releases.forget(Subject::Function, tenant, &name).await?;
     tracing::info!(tenant, function = %name, deleted, "function deleted");
     Ok(Json(json!({ "name": name, "deleted_versions": deleted })).into_response())
 }

@@ -3,7 +3,7 @@
 //! commit) is [`crate::invocation`]'s.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -13,6 +13,7 @@ use axum::response::Response;
 use super::{App, FunctionResponse, RequestId, guest_status};
 use crate::error::ApiError;
 use crate::invocation::{self, Answer, Call, Target, Work};
+use crate::releases::{ROUTE_KEY_HEADER, Subject, VERSION_HEADER};
 use crate::runtime::{GuestRequest, GuestResponse};
 use crate::tenants::{Principal, Role};
 
@@ -27,6 +28,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "upgrade",
     "infercell-request-id",
     invocation::USAGE_HEADER,
+    VERSION_HEADER,
 ];
 
 pub async fn invoke_root(
@@ -48,6 +50,27 @@ pub async fn invoke_rest(
     invoke(state, principal, params, rest, req).await
 }
 
+/// What `name@...` pins: a version number, an alias (it starts with a letter), or nothing.
+enum Pin<'a> {
+    Release,
+    Version(u32),
+    Alias(&'a str),
+}
+
+/// Splits `function[@N|@alias]`.
+fn parse_target(target: &str) -> Result<(&str, Pin<'_>), ApiError> {
+    let Some((name, pin)) = target.split_once('@') else { return Ok((target, Pin::Release)) };
+    if pin.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Ok((name, Pin::Alias(pin)));
+    }
+    let v: u32 = pin.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "`{pin}` is not a version number or an alias (use name@1, name@2, ..., name@prod)"
+        ))
+    })?;
+    Ok((name, Pin::Version(v)))
+}
+
 async fn invoke(
     State(app): State<Arc<App>>,
     principal: Principal,
@@ -58,21 +81,26 @@ async fn invoke(
     let received = std::time::Instant::now();
     let tenant = params.get("tenant").map(String::as_str).unwrap_or_default();
     let target = params.get("function").map(String::as_str).unwrap_or_default();
-    let (function, version) = match target.split_once('@') {
-        Some((name, v)) => {
-            let v: u32 = v.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
-                ApiError::BadRequest(format!("`{v}` is not a version number (use name@1, name@2, ...)"))
-            })?;
-            (name, Some(v))
-        }
-        None => (target, None),
-    };
+    let (function, pin) = parse_target(target)?;
     // The role first (it says nothing about what exists); then another tenant's functions do
     // not exist for this key.
     principal.tenant_with(INVOKERS)?;
     if principal.tenant.as_deref() != Some(tenant) {
         return Err(ApiError::NotFound(format!("no function named `{function}`")));
     }
+    // The release picks the version of an unpinned call (none set: the newest serves).
+    let route = match pin {
+        Pin::Release => {
+            let key = req.headers().get(ROUTE_KEY_HEADER).map(HeaderValue::as_bytes);
+            app.releases.route(Subject::Function, tenant, function, key)
+        }
+        Pin::Version(_) | Pin::Alias(_) => None,
+    };
+    let version = match pin {
+        Pin::Release => route.map(|r| r.version),
+        Pin::Version(v) => Some(v),
+        Pin::Alias(alias) => Some(app.releases.alias(Subject::Function, tenant, function, alias)?),
+    };
     let deployment = app.registry.resolve(tenant, function, version).await?;
     if deployment.prepared.is_predictor() {
         return Err(ApiError::BadRequest(format!(
@@ -101,13 +129,92 @@ async fn invoke(
     };
 
     let admitted = invocation::admit(&app, tenant, Target::Function(&deployment)).await?;
-    let call = Call { request_id, actor: principal.key_id.clone(), bytes_in: request.body.len(), received };
-    let limits = ResponseLimits::of(&app);
-    let encode = Box::new(move |answer| match answer {
-        Answer::Response(response) => guest_response(&limits, response),
-        Answer::Tensors(_) => Err(ApiError::Function("a handler answered with tensors".into())),
+    let mirror = route.and_then(|r| r.mirror).map(|version| Mirrored {
+        version,
+        request: request.clone(),
+        served: Arc::new(Mutex::new(None)),
     });
-    admitted.run(call, Work::Handler { deployment, request }, encode).await
+    let call =
+        Call { request_id, actor: principal.key_id.clone(), bytes_in: request.body.len(), received, shadow: false };
+    let version = deployment.version;
+    let mut response =
+        admitted.run(call, Work::Handler { deployment, request }, encoder(&app, mirror.as_ref())).await?;
+    response.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
+    if route.is_some() {
+        let failed = response.status().is_server_error();
+        app.releases.observe(Subject::Function, tenant, function, version, failed, received.elapsed());
+    }
+    if let Some(mirror) = mirror {
+        let (app2, tenant, function, actor) =
+            (app.clone(), tenant.to_string(), function.to_string(), principal.key_id.clone());
+        app.calls.spawn(async move { shadow(app2, tenant, function, actor, mirror).await });
+    }
+    Ok(response)
+}
+
+/// An answer's status and body, kept to compare a mirror's answer with.
+type Kept = Arc<Mutex<Option<(u16, Vec<u8>)>>>;
+
+/// A call whose copy goes to a mirror version: the request, and the answer served.
+struct Mirrored {
+    version: u32,
+    request: GuestRequest,
+    served: Kept,
+}
+
+/// The handler encoder: the function's answer, checked; with a mirror, a copy of it kept.
+fn encoder(app: &App, keep: Option<&Mirrored>) -> invocation::Encode {
+    let limits = ResponseLimits::of(app);
+    let keep = keep.map(|m| m.served.clone());
+    Box::new(move |answer| match answer {
+        Answer::Response(response) => {
+            if let Some(keep) = keep
+                && let Ok(mut kept) = keep.lock()
+            {
+                *kept = Some((response.status, response.body.clone()));
+            }
+            guest_response(&limits, response)
+        }
+        Answer::Tensors(_) => Err(ApiError::Function("a handler answered with tensors".into())),
+    })
+}
+
+/// Runs a mirrored copy of a call on the mirror version, after the caller's answer: billed as
+/// a shadow call, its answer compared with the served one and dropped.
+async fn shadow(app: Arc<App>, tenant: String, function: String, actor: String, mirror: Mirrored) {
+    let Ok(deployment) = app.registry.resolve(&tenant, &function, Some(mirror.version)).await else { return };
+    if deployment.prepared.is_predictor() {
+        return;
+    }
+    let Some(admitted) = invocation::admit_shadow(&app, &tenant) else {
+        tracing::debug!(tenant, function, "no slot for a mirrored call; dropped");
+        return;
+    };
+    let started = std::time::Instant::now();
+    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    let call = Call { request_id, actor, bytes_in: mirror.request.body.len(), received: started, shadow: true };
+    let answered =
+        Mirrored { version: mirror.version, request: GuestRequest::default(), served: Arc::new(Mutex::new(None)) };
+    let work = Work::Handler { deployment, request: mirror.request };
+    let status = match admitted.run(call, work, encoder(&app, Some(&answered))).await {
+        Ok(response) => response.status(),
+        Err(e) => e.status(),
+    };
+    let served = mirror.served.lock().ok().and_then(|mut s| s.take());
+    let shadowed = answered.served.lock().ok().and_then(|mut s| s.take());
+    let agreed = match (served, shadowed) {
+        (Some(served), Some(shadowed)) => Some(served == shadowed),
+        (Some(_), None) => Some(false),
+        (None, _) => None,
+    };
+    app.releases.observe_shadow(
+        Subject::Function,
+        &tenant,
+        &function,
+        status.is_server_error(),
+        started.elapsed(),
+        agreed,
+    );
 }
 
 /// What a function's response may be (`server.max_response_bytes`, `max_response_headers`).

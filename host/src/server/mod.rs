@@ -12,6 +12,7 @@ mod functions;
 mod invoke;
 mod keys;
 mod models;
+mod releases;
 mod secrets;
 mod tenants;
 mod v2;
@@ -58,11 +59,37 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/functions/{name}", get(functions::get_function).delete(functions::delete_function))
         .route("/v1/functions/{name}/logs", get(functions::function_logs))
+        .route("/v1/functions/{name}/release", get(releases::status::<false>).put(releases::set::<false>))
+        .route("/v1/functions/{name}/release/canary", post(releases::canary::<false>))
+        .route("/v1/functions/{name}/release/promote", post(releases::promote::<false>))
+        .route("/v1/functions/{name}/release/rollback", post(releases::rollback::<false>))
+        .route(
+            "/v1/functions/{name}/release/mirror",
+            axum::routing::put(releases::mirror::<false>).delete(releases::mirror_off::<false>),
+        )
+        .route("/v1/functions/{name}/aliases", get(releases::aliases::<false>))
+        .route(
+            "/v1/functions/{name}/aliases/{alias}",
+            axum::routing::put(releases::set_alias::<false>).delete(releases::remove_alias::<false>),
+        )
         .route(
             "/v1/models",
             post(models::push_model).layer(DefaultBodyLimit::max(upload_limit)).get(models::list_models),
         )
         .route("/v1/models/{name}", get(models::get_model).delete(models::delete_model))
+        .route("/v1/models/{name}/release", get(releases::status::<true>).put(releases::set::<true>))
+        .route("/v1/models/{name}/release/canary", post(releases::canary::<true>))
+        .route("/v1/models/{name}/release/promote", post(releases::promote::<true>))
+        .route("/v1/models/{name}/release/rollback", post(releases::rollback::<true>))
+        .route(
+            "/v1/models/{name}/release/mirror",
+            axum::routing::put(releases::mirror::<true>).delete(releases::mirror_off::<true>),
+        )
+        .route("/v1/models/{name}/aliases", get(releases::aliases::<true>))
+        .route(
+            "/v1/models/{name}/aliases/{alias}",
+            axum::routing::put(releases::set_alias::<true>).delete(releases::remove_alias::<true>),
+        )
         .route("/v1/files", get(files::list_files))
         .route(
             "/v1/files/{name}",
@@ -112,6 +139,15 @@ fn audit_action(method: &axum::http::Method, route: &str) -> String {
         ("DELETE", "/v1/keys/{id}") => "key.revoke",
         ("POST", "/v1/functions") => "function.deploy",
         ("DELETE", "/v1/functions/{name}") => "function.delete",
+        ("PUT", "/v1/functions/{name}/release" | "/v1/models/{name}/release") => "release.set",
+        ("POST", "/v1/functions/{name}/release/canary" | "/v1/models/{name}/release/canary") => "release.canary",
+        ("POST", "/v1/functions/{name}/release/promote" | "/v1/models/{name}/release/promote") => "release.promote",
+        ("POST", "/v1/functions/{name}/release/rollback" | "/v1/models/{name}/release/rollback") => "release.rollback",
+        ("PUT" | "DELETE", "/v1/functions/{name}/release/mirror" | "/v1/models/{name}/release/mirror") => {
+            "release.mirror"
+        }
+        ("PUT", "/v1/functions/{name}/aliases/{alias}" | "/v1/models/{name}/aliases/{alias}") => "alias.set",
+        ("DELETE", "/v1/functions/{name}/aliases/{alias}" | "/v1/models/{name}/aliases/{alias}") => "alias.remove",
         ("POST", "/v1/models") => "model.push",
         ("DELETE", "/v1/models/{name}") => "model.delete",
         ("PUT", "/v1/files/{name}") => "file.put",
@@ -254,6 +290,16 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     tracing::info!(%addr, "listening");
     let service = hyper_util::service::TowerToHyperService::new(router(app.clone()));
+    // Canaries are judged once a second, for as long as the server runs.
+    let judging = app.clone();
+    let judge = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            judging.releases.judge().await;
+        }
+    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -280,6 +326,7 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
         }
     }
     drop(listener);
+    judge.abort();
     graceful.shutdown().await;
     // Calls whose clients hung up run on without a connection: they end (and are committed)
     // before the process does.

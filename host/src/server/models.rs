@@ -90,5 +90,6 @@ pub async fn delete_model(
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant_with(DEPLOYERS)?;
     let deleted = app.registry.models.delete(tenant, &name).await?;
+    app.releases.forget(crate::releases::Subject::Model, tenant, &name).await?;
     Ok(Json(json!({ "name": name, "deleted_versions": deleted })).into_response())
 }

@@ -15,7 +15,7 @@ use super::http::{Client, server_error};
 use super::summary::{join, short_digest};
 use crate::registry::Manifest;
 
-pub(super) async fn deploy(c: &Client, dir: &Path) -> anyhow::Result<()> {
+pub(super) async fn deploy(c: &Client, dir: &Path, query: &[(&str, String)]) -> anyhow::Result<()> {
     let manifest_path = dir.join("function.toml");
     let manifest_text =
         std::fs::read_to_string(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
@@ -60,18 +60,31 @@ pub(super) async fn deploy(c: &Client, dir: &Path) -> anyhow::Result<()> {
             .file_name(file_name)
             .mime_str("application/wasm")?,
     );
-    let result = c.send_json(c.request(reqwest::Method::POST, "/v1/functions")?.multipart(form)).await;
+    let result = c.send_json(c.request(reqwest::Method::POST, "/v1/functions")?.query(query).multipart(form)).await;
     bar.finish_and_clear();
     let v = result?;
     c.print(&v, |v| {
-        format!(
-            "deployed {}@{} ({}, {} bytes)\nimports: {}",
-            v["name"].as_str().unwrap_or_default(),
+        let name = v["name"].as_str().unwrap_or_default();
+        let mut out = format!(
+            "deployed {name}@{} ({}, {} bytes)\nimports: {}",
             v["version"],
             short_digest(v["digest"].as_str().unwrap_or_default()),
             v["size"],
             join(&v["imports"])
-        )
+        );
+        let canary = &v["release"]["canary"];
+        if canary["version"] == v["version"] && canary["state"] == "progressing" {
+            out.push_str(&format!(
+                "\ncanary: {}% of the calls, beside stable @{} (infercell release status {name})",
+                canary["percent"], v["release"]["stable"]
+            ));
+        } else if v["serving"] == false {
+            out.push_str(&format!(
+                "\nnot serving yet: {name} has a release (infercell release set {name} {}, or release canary)",
+                v["version"]
+            ));
+        }
+        out
     });
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod functions;
 mod http;
+mod releases;
 mod summary;
 
 use std::path::Path;
@@ -207,7 +208,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 out
             });
         }
-        Command::Deploy { dir, client } => deploy(&Client::new(&client)?, &dir).await?,
+        Command::Deploy { dir, release, canary, steps, client } => {
+            deploy(&Client::new(&client)?, &dir, &releases::deploy_query(release, canary, &steps)).await?
+        }
+        Command::Release(command) => releases::release(command).await?,
+        Command::Alias(command) => releases::alias(command).await?,
         Command::Functions(FunctionsCommand::List { client }) => {
             let c = Client::new(&client)?;
             let v = c.send_json(c.request(reqwest::Method::GET, "/v1/functions")?).await?;

@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::invocation::{self, Answer, Call, Target, Work};
 use crate::nn::{ElemType, HostTensor, TensorInfo};
 use crate::oip::{self, Tensor};
+use crate::releases::{ROUTE_KEY_HEADER, Subject, VERSION_HEADER};
 use crate::server::RequestId;
 use crate::tenants::Principal;
 
@@ -34,7 +35,12 @@ pub async fn infer(
     let (name, version) = params(&p);
     let name = name.to_string();
     let tenant = tenant_of(&principal)?.to_string();
-    let served = resolve_with(&app, &tenant, &name, version, false).await?;
+    let key = req.headers().get(ROUTE_KEY_HEADER).map(HeaderValue::as_bytes);
+    let (served, routed) = resolve_with(&app, &tenant, &name, version, Some(key)).await?;
+    let subject = match &served {
+        Served::Model { .. } => Subject::Model,
+        Served::Predictor { .. } => Subject::Function,
+    };
 
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let header_length = match req.headers().get(HEADER_LENGTH) {
@@ -96,11 +102,12 @@ pub async fn infer(
             Work::Predictor { deployment, inputs }
         }
     };
-    let call = Call { request_id, actor: principal.key_id.clone(), bytes_in: body.len(), received };
+    let call = Call { request_id, actor: principal.key_id.clone(), bytes_in: body.len(), received, shadow: false };
+    let served_name = name.clone();
     let encode = Box::new(move |answer| match answer {
         Answer::Tensors(outputs) => {
-            let encoded =
-                oip::encode_response(&name, &version.to_string(), &request, outputs).map_err(ApiError::BadRequest)?;
+            let encoded = oip::encode_response(&served_name, &version.to_string(), &request, outputs)
+                .map_err(ApiError::BadRequest)?;
             let mut response = Response::new(Body::from(encoded.body));
             let content_type =
                 if encoded.header_length.is_some() { "application/octet-stream" } else { "application/json" };
@@ -112,7 +119,13 @@ pub async fn infer(
         }
         Answer::Response(_) => Err(ApiError::Function("a tensor function answered with an HTTP response".into())),
     });
-    admitted.run(call, work, encode).await
+    let mut response = admitted.run(call, work, encode).await?;
+    response.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
+    if routed {
+        let failed = response.status().is_server_error();
+        app.releases.observe(subject, &tenant, &name, version, failed, received.elapsed());
+    }
+    Ok(response)
 }
 
 /// The declared input a request tensor names, with its datatype checked.

@@ -23,6 +23,7 @@ use crate::nn::TensorInfo;
 use crate::oip;
 use crate::registry::models::ModelVersion;
 use crate::registry::{Deployment, RegistryError};
+use crate::releases::Subject;
 use crate::tenants::{Principal, Role};
 
 /// Who may use `/v2`: everyone who may invoke.
@@ -110,47 +111,85 @@ fn tenant_of(principal: &Principal) -> Result<&str, ApiError> {
 /// name (pushing or deploying the second is a 409), so the order only matters for speed: models
 /// resolve from memory.
 async fn resolve(app: &App, tenant: &str, name: &str, version: Option<&str>) -> Result<Served, ApiError> {
-    resolve_with(app, tenant, name, version, true).await
+    Ok(resolve_with(app, tenant, name, version, None).await?.0)
 }
 
-/// [`resolve`]; without `with_versions` a tensor function's version list (a database read) is
-/// left empty: inference does not need it.
+/// What a `/v2` version segment pins: a number, an alias (it starts with a letter), or
+/// nothing (the release's route).
+enum Pin<'a> {
+    Release,
+    Number(u32),
+    Alias(&'a str),
+}
+
+/// The version to serve of `subject` `name` (`None`: the newest), and whether the release
+/// routed it (such calls count toward its canary's health). `call` is a call's route key;
+/// `None` for metadata.
+fn pick(
+    app: &App,
+    subject: Subject,
+    tenant: &str,
+    name: &str,
+    pin: &Pin<'_>,
+    call: Option<Option<&[u8]>>,
+) -> Result<(Option<u32>, bool), ApiError> {
+    Ok(match pin {
+        Pin::Number(n) => (Some(*n), false),
+        Pin::Alias(alias) => (Some(app.releases.alias(subject, tenant, name, alias)?), false),
+        // Metadata shows the stable version; only calls are split to a canary.
+        Pin::Release if call.is_none() => (app.releases.get(subject, tenant, name).stable, false),
+        Pin::Release => match app.releases.route(subject, tenant, name, call.flatten()) {
+            Some(route) => (Some(route.version), true),
+            None => (None, false),
+        },
+    })
+}
+
+/// [`resolve`] for metadata (`call` None: with every version's number, the stable version
+/// when none is named), or for a call with its `infercell-route-key` (`Some(key)`: the
+/// release's route, without the version list, a database read inference does not need). Also
+/// says whether the release routed the call.
 async fn resolve_with(
     app: &App,
     tenant: &str,
     name: &str,
     version: Option<&str>,
-    with_versions: bool,
-) -> Result<Served, ApiError> {
-    let number: Option<u32> = match version {
-        None => None,
-        Some(v) => Some(
-            v.parse()
-                .map_err(|_| ApiError::NotFound(format!("`{name}` has no version `{v}` (versions are 1, 2, ...)")))?,
-        ),
+    call: Option<Option<&[u8]>>,
+) -> Result<(Served, bool), ApiError> {
+    let with_versions = call.is_none();
+    let pin = match version {
+        None => Pin::Release,
+        Some(v) if v.starts_with(|c: char| c.is_ascii_alphabetic()) => Pin::Alias(v),
+        Some(v) => Pin::Number(v.parse().map_err(|_| {
+            ApiError::NotFound(format!(
+                "`{name}` has no version `{v}` (versions are 1, 2, ...; aliases start with a letter)"
+            ))
+        })?),
     };
     let all = app.registry.models.named(tenant, name).await?;
     if !all.is_empty() {
         let versions: Vec<u32> = all.iter().map(|v| v.version).collect();
+        let (number, routed) = pick(app, Subject::Model, tenant, name, &pin, call)?;
         let chosen = match number {
             None => all.last().cloned(),
             Some(n) => all.iter().find(|m| m.version == n).cloned(),
         };
         return match chosen {
-            Some(version) => Ok(Served::Model { version, versions }),
+            Some(version) => Ok((Served::Model { version, versions }, routed)),
             None => Err(ApiError::NotFound(format!(
                 "model `{name}` has no version `{}` (versions: {versions:?})",
-                version.unwrap_or_default()
+                number.map_or_else(|| version.unwrap_or_default().to_string(), |n| n.to_string())
             ))),
         };
     }
+    let (number, routed) = pick(app, Subject::Function, tenant, name, &pin, call)?;
     match app.registry.resolve(tenant, name, number).await {
         Ok(deployment) if deployment.prepared.is_predictor() => {
             let versions = match with_versions {
                 true => app.registry.versions(tenant, name).await?.iter().map(|v| v.version).collect(),
                 false => Vec::new(),
             };
-            Ok(Served::Predictor { deployment, versions })
+            Ok((Served::Predictor { deployment, versions }, routed))
         }
         // A tensor function without that version: say so.
         Err(e @ RegistryError::NoVersion { .. }) => Err(e.into()),

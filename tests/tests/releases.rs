@@ -1,0 +1,287 @@
+//! Releases, as a user meets them: a release holds new uploads back, `@N` and `@alias` pin,
+//! a failing canary is rolled back on its own, route keys stick, rollback is one command,
+//! mirrors report their agreement, and a restart keeps all of it.
+//!
+//! One function `svc` has three versions: v1 and v3 are the echo sample (200, the body back),
+//! v2 is the hostile guest, which fails `/internal` with a 500.
+
+#![allow(clippy::unwrap_used)]
+
+use infercell_tests::{Server, component, expect_error, wait_until};
+use serde_json::{Value, json};
+
+const ECHO: &str = "name = \"svc\"\n[limits]\nmemory = \"64MiB\"\ntimeout = \"5s\"\n";
+const FAILING: &str = "name = \"svc\"\n[limits]\nmemory = \"16MiB\"\ntimeout = \"5s\"\n";
+
+fn send(
+    server: &Server,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::blocking::Response {
+    let mut req = reqwest::blocking::Client::new().request(method, format!("{}{path}", server.url)).bearer_auth(key);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().unwrap()
+}
+
+fn ok(resp: reqwest::blocking::Response) -> Value {
+    let status = resp.status();
+    let text = resp.text().unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn status(server: &Server, key: &str) -> Value {
+    ok(server.get("/v1/functions/svc/release", Some(key)))
+}
+
+/// Calls `/fn/acme/svc/internal`; returns (status, infercell-version).
+fn call(server: &Server, key: &str, target: &str, route_key: Option<&str>) -> (u16, u32) {
+    let mut req = reqwest::blocking::Client::new()
+        .post(format!("{}/fn/acme/{target}/internal", server.url))
+        .bearer_auth(key)
+        .body("hi");
+    if let Some(k) = route_key {
+        req = req.header("infercell-route-key", k);
+    }
+    let resp = req.send().unwrap();
+    let version = resp.headers()["infercell-version"].to_str().unwrap().parse().unwrap();
+    (resp.status().as_u16(), version)
+}
+
+fn setup() -> (Server, String) {
+    let server = Server::start();
+    let key = server.tenant("acme", "standard");
+    for (manifest, guest) in [(ECHO, "echo"), (FAILING, "hostile"), (ECHO, "echo")] {
+        assert_eq!(server.upload(&key, manifest, component(guest)).status(), 201);
+    }
+    (server, key)
+}
+
+#[test]
+fn a_release_holds_uploads_back_pins_route_and_rolls_back() {
+    let (mut server, key) = setup();
+    // No release: the newest version serves, as before.
+    assert_eq!(call(&server, &key, "svc", None), (200, 3));
+    assert_eq!(status(&server, &key)["serving"], 3);
+    assert_eq!(status(&server, &key)["stable"], Value::Null);
+
+    // Released at v1, a new upload does not serve until it is released.
+    let v = ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 1}))));
+    assert_eq!(v["stable"], 1);
+    let uploaded: Value = server.upload(&key, ECHO, component("echo")).json().unwrap();
+    assert_eq!((uploaded["version"].as_u64(), uploaded["serving"].as_bool()), (Some(4), Some(false)));
+    for _ in 0..5 {
+        assert_eq!(call(&server, &key, "svc", None), (200, 1));
+    }
+
+    // `@N` and `@alias` pin, whatever the release says.
+    assert_eq!(call(&server, &key, "svc@2", None), (500, 2));
+    ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/aliases/beta", Some(json!({"version": 2}))));
+    assert_eq!(call(&server, &key, "svc@beta", None), (500, 2));
+    ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/aliases/beta", Some(json!({"version": 3}))));
+    assert_eq!(call(&server, &key, "svc@beta", None), (200, 3), "an alias moves in one command");
+    let missing = server.invoke(&key, "acme/svc@gamma/internal", "");
+    assert!(expect_error(missing, 404).contains("svc@gamma"));
+    let bad = send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/aliases/2x", Some(json!({"version": 2})));
+    assert!(expect_error(bad, 400).contains("start"), "aliases start with a letter");
+    let nowhere = send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/aliases/x", Some(json!({"version": 9})));
+    expect_error(nowhere, 404);
+
+    // One command back: set v3, then rollback returns to v1.
+    ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 3}))));
+    assert_eq!(call(&server, &key, "svc", None), (200, 3));
+    let out = server.cli(&key, &["release", "rollback", "svc", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["stable"].as_u64(), v["previous"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(call(&server, &key, "svc", None), (200, 1));
+    let v =
+        ok(send(&server, &key, reqwest::Method::POST, "/v1/functions/svc/release/rollback", Some(json!({"to": 3}))));
+    assert_eq!(v["stable"], 3);
+    let events: Vec<&str> = v["history"].as_array().unwrap().iter().map(|h| h["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["set", "set", "rollback", "rollback"]);
+
+    // What cannot be done is refused and changes nothing.
+    let nowhere = send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 42})));
+    assert!(expect_error(nowhere, 404).contains("no version 42"));
+    let bad_step = send(
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "/v1/functions/svc/release/canary",
+        Some(json!({"version": 2, "percent": 10, "step": 25})),
+    );
+    assert!(expect_error(bad_step, 400).contains("never lands on 100%"));
+    let no_canary = send(&server, &key, reqwest::Method::POST, "/v1/functions/svc/release/promote", None);
+    assert!(expect_error(no_canary, 409).contains("no canary"));
+    assert_eq!(status(&server, &key)["stable"], 3);
+
+    // An invoker may call, not move a release.
+    let (_, invoker) = server.key(&key, "invoker");
+    let denied =
+        send(&server, &invoker, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 1})));
+    expect_error(denied, 403);
+    assert_eq!(status(&server, &key)["stable"], 3);
+
+    // A restart keeps the release and the aliases.
+    server.stop();
+    server.restart();
+    assert_eq!(call(&server, &key, "svc", None), (200, 3));
+    assert_eq!(call(&server, &key, "svc@beta", None), (200, 3));
+    assert_eq!(status(&server, &key)["previous"], 1);
+}
+
+#[test]
+fn a_failing_canary_is_rolled_back_on_its_own() {
+    let (mut server, key) = setup();
+    ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 1}))));
+
+    // The same route key always gets the same version while a canary runs (v3, healthy).
+    let body = json!({"version": 3, "percent": 50, "interval": "1h"});
+    ok(send(&server, &key, reqwest::Method::POST, "/v1/functions/svc/release/canary", Some(body)));
+    let keyed: Vec<(String, u32)> =
+        (0..12).map(|i| format!("user-{i}")).map(|k| (k.clone(), call(&server, &key, "svc", Some(&k)).1)).collect();
+    for (k, version) in &keyed {
+        for _ in 0..3 {
+            assert_eq!(call(&server, &key, "svc", Some(k)).1, *version, "{k}");
+        }
+    }
+    assert!(keyed.iter().any(|(_, v)| *v == 1) && keyed.iter().any(|(_, v)| *v == 3), "{keyed:?}");
+    let busy = send(
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "/v1/functions/svc/release/canary",
+        Some(json!({"version": 2, "percent": 5})),
+    );
+    assert!(expect_error(busy, 409).contains("canary at 50% already"));
+    let stopped = server.cli(&key, &["release", "rollback", "svc", "--json"]);
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    assert_eq!(status(&server, &key)["stable"], 1, "stopping a canary keeps the stable version");
+
+    let out = server.cli(
+        &key,
+        &["release", "canary", "svc", "2", "--percent", "50", "--interval", "1h", "--min-requests", "5", "--json"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["canary"]["state"], "progressing");
+
+    // Every call of v2 fails: once it has 5 in the interval it is rolled back, within a tick.
+    wait_until("the canary to be rolled back", || {
+        call(&server, &key, "svc", None);
+        status(&server, &key)["canary"]["state"] == "rolled_back"
+    });
+    let v = status(&server, &key);
+    assert_eq!(v["stable"], 1);
+    let last = v["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["event"].as_str(), last["from"].as_u64(), last["to"].as_u64()),
+        (Some("rollback"), Some(2), Some(1))
+    );
+    assert!(last["reason"].as_str().unwrap().starts_with("error rate 1.000 over"), "{last}");
+    assert_eq!(last["actor"], "system");
+    for _ in 0..20 {
+        assert_eq!(call(&server, &key, "svc", None), (200, 1), "every later call is the stable version's");
+    }
+    assert_eq!(
+        server.metric(
+            "infercell_release_rollbacks_total{tenant=\"acme\",kind=\"function\",name=\"svc\",cause=\"automatic\"}"
+        ),
+        1.0
+    );
+    let audit = ok(server.get("/v1/audit", Some(&key)));
+    let rollbacks: Vec<&Value> =
+        audit["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "release.rollback").collect();
+    assert_eq!(rollbacks.len(), 2, "the one by hand and the automatic one: {rollbacks:?}");
+    assert_ne!(rollbacks[0]["actor"], "system", "by hand: the key's id");
+    assert_eq!(rollbacks[1]["actor"], "system");
+    assert!(rollbacks[1]["detail"].as_str().unwrap().contains("error rate"), "{}", rollbacks[1]);
+
+    // A rolled-back version may be released again, explicitly; the restart keeps its state.
+    server.stop();
+    server.restart();
+    assert_eq!(status(&server, &key)["canary"]["state"], "rolled_back");
+    ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 2}))));
+    assert_eq!(call(&server, &key, "svc", None), (500, 2));
+}
+
+#[test]
+fn a_healthy_canary_steps_up_and_is_promoted_and_resumes_after_a_restart() {
+    let (mut server, key) = setup();
+    ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 1}))));
+    // Deployed as a canary: v4 (echo) at 20%, +40% every second once it has 2 calls.
+    let dir = tempfile::tempdir().unwrap();
+    let echo = infercell_tests::repo_root().join("samples/target/wasm32-wasip2/release/echo.wasm");
+    std::fs::write(dir.path().join("function.toml"), format!("component = {:?}\n{ECHO}", echo.display().to_string()))
+        .unwrap();
+    let dir = dir.path().to_str().unwrap();
+    let deployed =
+        server.cli(&key, &["deploy", dir, "--canary", "20", "--step", "40", "--interval", "1s", "--min-requests", "2"]);
+    assert!(deployed.status.success(), "{}", String::from_utf8_lossy(&deployed.stderr));
+    let text = String::from_utf8_lossy(&deployed.stdout);
+    assert!(text.contains("canary: 20%"), "{text}");
+    assert_eq!(status(&server, &key)["canary"]["version"], 4);
+
+    // A restart mid-canary resumes it at its percentage.
+    server.stop();
+    server.restart();
+    assert_eq!(status(&server, &key)["canary"]["state"], "progressing");
+    wait_until("the canary to be promoted", || {
+        for _ in 0..10 {
+            call(&server, &key, "svc", None);
+        }
+        status(&server, &key)["canary"]["state"] == "promoted"
+    });
+    let v = status(&server, &key);
+    assert_eq!((v["stable"].as_u64(), v["previous"].as_u64()), (Some(4), Some(1)));
+    let events: Vec<&str> = v["history"].as_array().unwrap().iter().map(|h| h["event"].as_str().unwrap()).collect();
+    assert_eq!(events.first(), Some(&"set"));
+    assert_eq!(events.last(), Some(&"promote"));
+    assert!(events.contains(&"canary"), "{events:?}");
+    assert_eq!(call(&server, &key, "svc", None), (200, 4));
+    assert!(
+        server.metric(
+            "infercell_release_promotions_total{tenant=\"acme\",kind=\"function\",name=\"svc\",cause=\"automatic\"}"
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn a_mirror_copies_calls_and_reports_agreement() {
+    let (server, key) = setup();
+    ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 1}))));
+    // v3 is the same echo: every copy agrees.
+    let out = server.cli(&key, &["release", "mirror", "svc", "3", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for _ in 0..10 {
+        assert_eq!(call(&server, &key, "svc", None), (200, 1), "the caller gets the stable answer");
+    }
+    wait_until("10 mirrored calls", || status(&server, &key)["mirror"]["calls"] == 10);
+    assert_eq!(status(&server, &key)["mirror"]["agreement"], 1.0);
+    // v2 fails every copy: the caller never sees it, the status does.
+    ok(send(
+        &server,
+        &key,
+        reqwest::Method::PUT,
+        "/v1/functions/svc/release/mirror",
+        Some(json!({"version": 2, "percent": 50})),
+    ));
+    for _ in 0..10 {
+        assert_eq!(call(&server, &key, "svc", None), (200, 1));
+    }
+    wait_until("5 mirrored calls", || status(&server, &key)["mirror"]["calls"] == 5);
+    let mirror = status(&server, &key)["mirror"].clone();
+    assert_eq!((mirror["agreement"].as_f64(), mirror["error_rate"].as_f64()), (Some(0.0), Some(1.0)), "{mirror}");
+    // Shadow calls are billed as such.
+    let bill = ok(server.get("/v1/billing?format=json", Some(&key)));
+    let kinds: Vec<&str> = bill["functions"].as_array().unwrap().iter().filter_map(|f| f["kind"].as_str()).collect();
+    assert!(kinds.contains(&"shadow"), "{bill}");
+    let off = server.cli(&key, &["release", "mirror", "svc", "--off", "--json"]);
+    assert!(off.status.success(), "{}", String::from_utf8_lossy(&off.stderr));
+    assert_eq!(status(&server, &key)["mirror"], Value::Null);
+}
