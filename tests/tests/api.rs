@@ -238,7 +238,10 @@ fn versions_are_immutable_and_addressable() {
     assert_eq!(newest.json::<Value>().unwrap()["message"], "Hello, v2!");
     assert_eq!(server.invoke(&key, "acme/echo@1", "one").text().unwrap(), "one");
     assert!(expect_error(server.invoke(&key, "acme/echo@3", ""), 404).contains("no version 3"));
-    assert!(expect_error(server.invoke(&key, "acme/echo@zero", ""), 400).contains("version"));
+    assert!(expect_error(server.invoke(&key, "acme/echo@0", ""), 400).contains("version"));
+    assert!(expect_error(server.invoke(&key, "acme/echo@1x", ""), 400).contains("alias"));
+    // A name after `@` is an alias; one that was never set does not exist.
+    assert!(expect_error(server.invoke(&key, "acme/echo@zero", ""), 404).contains("echo@zero"));
     let v: Value = server.get("/v1/functions/echo", Some(&key)).json().unwrap();
     assert_eq!(v["latest_version"], 2);
     assert_eq!(v["versions"].as_array().unwrap().len(), 2);

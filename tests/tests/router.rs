@@ -135,9 +135,10 @@ async fn a_call_runs_through_the_pipeline_and_is_billed_once() {
     // Another tenant's function does not exist for this key; a bad version is the caller's error.
     error_of(&surface.call(Method::POST, "/fn/acme/echo", Some(&other), "", Vec::new()).await, StatusCode::NOT_FOUND);
     error_of(
-        &surface.call(Method::POST, "/fn/acme/echo@x", Some(&acme), "", Vec::new()).await,
+        &surface.call(Method::POST, "/fn/acme/echo@0", Some(&acme), "", Vec::new()).await,
         StatusCode::BAD_REQUEST,
     );
+    error_of(&surface.call(Method::POST, "/fn/acme/echo@x", Some(&acme), "", Vec::new()).await, StatusCode::NOT_FOUND);
     error_of(&surface.call(Method::POST, "/fn/acme/echo@9", Some(&acme), "", Vec::new()).await, StatusCode::NOT_FOUND);
 
     let records = surface.records(&acme).await;
