@@ -11,10 +11,14 @@
 //! - `isolation`: a quiet tenant's `/v2` calls beside a neighbour alternating tiny and huge
 //!   inputs, or sending computes past their deadline. Goal: quiet p99 ratio <= 2.0.
 //!
+//! - `drill`: the rollback drill under steady load (`scripts/rollback-drill.sh`): release
+//!   changes fail no request; a failing canary is rolled back within two intervals.
+//!
 //! Run `bench/run.sh` (release build); results go to `bench/RESULTS.md` by hand, with the
 //! machine and commit. Nothing here is a test: timings never gate CI.
 
 mod bare;
+mod drill;
 mod gpu;
 mod isolation;
 mod load;
@@ -53,6 +57,7 @@ async fn main() -> Result<()> {
             let priority = args.windows(2).find(|w| w[0] == "--priority").map_or("idle", |w| w[1].as_str());
             isolation::run(arg(&args, "--seconds", 5), arg(&args, "--rounds", 3) as usize, priority).await
         }
+        Some("drill") => drill::run(arg(&args, "--connections", 4) as usize, arg(&args, "--interval", 5)).await,
         Some("nn") => nn::run(arg(&args, "--iters", 5000) as u32).await,
         Some("gpu") => {
             let batches: Vec<u32> = args
@@ -68,7 +73,7 @@ async fn main() -> Result<()> {
         Some("p3v2") => p3(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, true).await,
         _ => {
             eprintln!(
-                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | isolation [--seconds S] [--rounds R] [--priority idle|low] | nn [--iters N] | gpu [--batch 1,32] [--iters N] | p3 [--seconds S] [--connections C] | p3v2 [--seconds S] [--connections C] | serve-bare"
+                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | isolation [--seconds S] [--rounds R] [--priority idle|low] | drill [--connections C] [--interval S] | nn [--iters N] | gpu [--batch 1,32] [--iters N] | p3 [--seconds S] [--connections C] | p3v2 [--seconds S] [--connections C] | serve-bare"
             );
             std::process::exit(2)
         }
@@ -188,6 +193,19 @@ impl Infercell {
             .output()?;
         anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         Ok(())
+    }
+
+    /// Runs the CLI as `tenant` (from the repository root); its stdout.
+    fn cli(&self, tenant: &str, args: &[&str]) -> Result<String> {
+        let bin = std::env::current_exe()?.parent().context("exe dir")?.join("infercell");
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .env("INFERCELL_URL", &self.server.url)
+            .env("INFERCELL_KEY", self.keys.get(tenant).context("key")?)
+            .current_dir(repo_root())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "infercell {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn target(&self, tenant: &str) -> load::Target {
