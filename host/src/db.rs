@@ -147,6 +147,10 @@ CREATE TABLE release_history (
 );
 CREATE INDEX release_history_by_name ON release_history (tenant, kind, name, seq);
 "#,
+    // A function version's smoke tests (`[[smoke]]`), run at upload: the report, as JSON.
+    r#"
+ALTER TABLE functions ADD COLUMN smoke TEXT;
+"#,
 ];
 
 /// A shared handle to the metadata database.

@@ -285,3 +285,86 @@ fn a_mirror_copies_calls_and_reports_agreement() {
     assert!(off.status.success(), "{}", String::from_utf8_lossy(&off.stderr));
     assert_eq!(status(&server, &key)["mirror"], Value::Null);
 }
+
+#[test]
+fn a_version_whose_smoke_tests_fail_is_stored_but_not_released() {
+    let server = Server::start();
+    let key = server.tenant("acme", "standard");
+    let passing = format!("{ECHO}[[smoke]]\npath = \"/ping\"\nbody = \"ping\"\ncontains = [\"ping\"]\n");
+    assert_eq!(server.upload(&key, &passing, component("echo")).status(), 201);
+    ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 1}))));
+    // v2 answers /internal with a 500 where its smoke test wants a 200.
+    let failing =
+        format!("{FAILING}[[smoke]]\npath = \"/internal\"\n\n[[smoke]]\npath = \"/ok\"\ncontains = [\"ok\"]\n");
+    let v: Value = server.upload(&key, &failing, component("hostile")).json().unwrap();
+    assert_eq!((v["version"].as_u64(), v["smoke"]["passed"].as_bool()), (Some(2), Some(false)), "{v}");
+    let versions = ok(server.get("/v1/functions/svc", Some(&key)));
+    let smoke = &versions["versions"][1]["smoke"];
+    assert_eq!(smoke["results"][0]["status"], 500, "{smoke}");
+    assert_eq!(smoke["results"][1]["passed"], true, "{smoke}");
+    assert_eq!(versions["versions"][0]["smoke"]["passed"], true);
+
+    let refused = send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 2})));
+    assert!(expect_error(refused, 409).contains("smoke tests"));
+    let refused = send(
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "/v1/functions/svc/release/canary",
+        Some(json!({"version": 2, "percent": 10})),
+    );
+    expect_error(refused, 409);
+    assert_eq!(call(&server, &key, "svc", None), (200, 1));
+
+    // `deploy --release` of a failing version stores it and says why it is not released.
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = infercell_tests::repo_root().join("tests/guests/target/wasm32-wasip2/release/hostile.wasm");
+    std::fs::write(
+        dir.path().join("function.toml"),
+        format!("component = {:?}\n{failing}", hostile.display().to_string()),
+    )
+    .unwrap();
+    let out = server.cli(&key, &["deploy", dir.path().to_str().unwrap(), "--release"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("svc@3 is stored but not released") && err.contains("GET /internal"), "{err}");
+    assert_eq!(call(&server, &key, "svc", None), (200, 1), "the stable version still serves");
+    // ... unless forced.
+    let forced = server.cli(&key, &["release", "set", "svc", "3", "--force", "--json"]);
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    assert_eq!(call(&server, &key, "svc", None), (500, 3));
+
+    // A smoke test that cannot be a request is refused at upload, and nothing is stored.
+    let bad = format!("{ECHO}[[smoke]]\npath = \"ping\"\n");
+    assert!(expect_error(server.upload(&key, &bad, component("echo")), 400).contains("must start with /"));
+    assert_eq!(ok(server.get("/v1/functions/svc", Some(&key)))["latest_version"], 3);
+}
+
+#[test]
+fn deploying_without_a_release_keeps_the_newest_version_until_a_canary_or_release() {
+    let server = Server::start();
+    let key = server.tenant("acme", "standard");
+    // A canary needs a version to run beside.
+    let dir = tempfile::tempdir().unwrap();
+    let echo = infercell_tests::repo_root().join("samples/target/wasm32-wasip2/release/echo.wasm");
+    std::fs::write(dir.path().join("function.toml"), format!("component = {:?}\n{ECHO}", echo.display().to_string()))
+        .unwrap();
+    let dir = dir.path().to_str().unwrap();
+    let out = server.cli(&key, &["deploy", dir, "--canary", "10"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no version yet"), "{out:?}");
+    assert_eq!(server.get("/v1/functions/svc", Some(&key)).status(), 404, "nothing stored");
+    // Deployed twice without flags: the newest serves, as it always did.
+    server.cli(&key, &["deploy", dir]);
+    server.cli(&key, &["deploy", dir]);
+    assert_eq!(call(&server, &key, "svc", None), (200, 2));
+    // A canary deploy pins the serving version first: v3 never takes every call.
+    let out = server.cli(&key, &["deploy", dir, "--canary", "10", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["release"]["stable"].as_u64(), v["release"]["canary"]["version"].as_u64()), (Some(2), Some(3)));
+    let served: Vec<u32> = (0..20).map(|_| call(&server, &key, "svc", None).1).collect();
+    assert_eq!(served.iter().filter(|v| **v == 3).count(), 2, "{served:?}");
+    let text = server.cli(&key, &["release", "status", "svc"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("svc: stable @2") && text.contains("canary @3 at 10%: progressing"), "{text}");
+}

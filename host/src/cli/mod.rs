@@ -42,6 +42,9 @@ enum Command {
         canary: Option<u32>,
         #[command(flatten)]
         steps: CanaryArgs,
+        /// Release it (or start the canary) although its smoke tests fail.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -369,6 +372,9 @@ pub enum ReleaseCommand {
         #[command(flatten)]
         target: ReleaseTarget,
         version: u32,
+        /// Although its smoke tests failed.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -382,6 +388,9 @@ pub enum ReleaseCommand {
         percent: u32,
         #[command(flatten)]
         steps: CanaryArgs,
+        /// Although its smoke tests failed.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -398,6 +407,9 @@ pub enum ReleaseCommand {
         target: ReleaseTarget,
         #[arg(long)]
         to: Option<u32>,
+        /// Roll back to --to N although its smoke tests failed.
+        #[arg(long, requires = "to")]
+        force: bool,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -30,7 +30,44 @@ pub struct Manifest {
     /// A tensor function's outputs (`[[outputs]]`), for `/v2` metadata.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<crate::nn::TensorInfo>,
+    /// Requests run in the sandbox at upload (`[[smoke]]`); a version whose smoke tests fail is
+    /// stored, and cannot be released without `force`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smoke: Vec<SmokeTest>,
 }
+
+/// `[[smoke]]`: one request and what its answer must be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeTest {
+    /// Default `GET` (`POST` when a body is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The path after the function, e.g. `/` or `/hello?name=x`.
+    #[serde(default = "root_path")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The expected status (default 200).
+    #[serde(default = "ok_status")]
+    pub status: u16,
+    /// Fragments the answer's body must contain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contains: Vec<String>,
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+/// At most this many smoke tests per manifest (each runs in a fresh sandbox at upload).
+pub const MAX_SMOKE_TESTS: usize = 16;
 
 /// `[limits]`: each capped by the plan; absent = the plan's default.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -92,6 +129,25 @@ impl Manifest {
                     "invalid manifest: tensor `{}` has shape {:?}; -1 is any",
                     tensor.name, tensor.shape
                 ));
+            }
+        }
+        if manifest.smoke.len() > MAX_SMOKE_TESTS {
+            return Err(format!(
+                "invalid manifest: at most {MAX_SMOKE_TESTS} [[smoke]] tests, not {}",
+                manifest.smoke.len()
+            ));
+        }
+        for test in &manifest.smoke {
+            if !test.path.starts_with('/') {
+                return Err(format!("invalid manifest: smoke test path `{}` must start with /", test.path));
+            }
+            if axum::http::StatusCode::from_u16(test.status).is_err() || test.status < 100 {
+                return Err(format!("invalid manifest: smoke test status {} is not an HTTP status", test.status));
+            }
+            if let Some(method) = &test.method
+                && axum::http::Method::from_bytes(method.as_bytes()).is_err()
+            {
+                return Err(format!("invalid manifest: smoke test method `{method}` is not an HTTP method"));
             }
         }
         for file in &manifest.capabilities.files {

@@ -65,6 +65,30 @@ pub struct FunctionVersion {
     pub size: u64,
     pub created_at: String,
     pub manifest: Manifest,
+    /// Its smoke tests' report, when its manifest has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoke: Option<SmokeReport>,
+}
+
+/// What a version's smoke tests (`[[smoke]]`) gave at upload.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SmokeReport {
+    pub passed: bool,
+    pub results: Vec<SmokeResult>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SmokeResult {
+    pub method: String,
+    pub path: String,
+    pub expected_status: u16,
+    /// The status answered (an error the function returned, a trap or a timeout as the
+    /// status a caller would get).
+    pub status: u16,
+    pub passed: bool,
+    /// What did not match, or the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// A function with its newest version, for listings.
@@ -261,6 +285,7 @@ impl Registry {
             size,
             created_at: crate::clock::now_rfc3339(),
             manifest: manifest.clone(),
+            smoke: None,
         };
         // The blob is written only once every check passed (a refused upload leaves nothing);
         // the quota is checked again in the transaction that adds the version.
@@ -311,6 +336,7 @@ impl Registry {
         let deployment = Arc::new(
             self.deployment(tenant, &manifest.name, version, digest, prepared, limits, &manifest, plan_cfg).await?,
         );
+        let smoke = if manifest.smoke.is_empty() { None } else { Some(self.smoke(&deployment, &manifest).await?) };
         if let Ok(mut cache) = self.cache.write()
             && self.generation.load(Ordering::SeqCst) == generation
         {
@@ -321,7 +347,73 @@ impl Registry {
                 *latest = (*latest).max(version);
             }
         }
-        Ok(FunctionVersion { version, ..row })
+        Ok(FunctionVersion { version, smoke, ..row })
+    }
+
+    /// Runs the version's smoke tests, each in a fresh sandbox with its grants, and records the
+    /// report with the version. Not billed: the platform runs them, not a caller.
+    async fn smoke(&self, deployment: &Deployment, manifest: &Manifest) -> Result<SmokeReport, RegistryError> {
+        let mut results = Vec::new();
+        for test in &manifest.smoke {
+            let method = test.method.clone().unwrap_or_else(|| if test.body.is_some() { "POST" } else { "GET" }.into());
+            let (path, query) = test.path.split_once('?').unwrap_or((&test.path, ""));
+            let request = crate::runtime::GuestRequest {
+                method: method.to_ascii_uppercase(),
+                path: path.to_string(),
+                query: query.to_string(),
+                headers: test.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect(),
+                body: test.body.clone().unwrap_or_default().into_bytes(),
+            };
+            let outcome =
+                self.runtime.invoke(&deployment.prepared, &deployment.limits, &deployment.grants, request).await;
+            let (status, failure) = match outcome.result {
+                Ok(answer) => {
+                    let body = String::from_utf8_lossy(&answer.body);
+                    let missing: Vec<&str> =
+                        test.contains.iter().filter(|f| !body.contains(f.as_str())).map(String::as_str).collect();
+                    let failure = if answer.status != test.status {
+                        Some(format!("answered {} (expected {})", answer.status, test.status))
+                    } else if !missing.is_empty() {
+                        Some(format!("the body does not contain {missing:?}"))
+                    } else {
+                        None
+                    };
+                    (answer.status, failure)
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let status = crate::error::ApiError::from(e).status().as_u16();
+                    let failure = (status != test.status || !test.contains.is_empty())
+                        .then(|| format!("failed with {status}: {message} (expected {})", test.status));
+                    (status, failure)
+                }
+            };
+            results.push(SmokeResult {
+                method,
+                path: test.path.clone(),
+                expected_status: test.status,
+                status,
+                passed: failure.is_none(),
+                failure,
+            });
+        }
+        let report = SmokeReport { passed: results.iter().all(|r| r.passed), results };
+        let (t, n, v, json) = (
+            deployment.tenant.clone(),
+            deployment.name.clone(),
+            deployment.version,
+            serde_json::to_string(&report).map_err(anyhow::Error::from)?,
+        );
+        self.db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE functions SET smoke = ?1 WHERE tenant = ?2 AND name = ?3 AND version = ?4",
+                    params![json, t, n, v],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(report)
     }
 
     /// The tenant's live functions.
@@ -358,7 +450,7 @@ impl Registry {
             .db
             .call(move |conn| {
                 let mut stmt = conn.prepare(
-                    "SELECT name, version, digest, imports, size, created_at, manifest FROM functions
+                    "SELECT name, version, digest, imports, size, created_at, manifest, smoke FROM functions
                      WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL ORDER BY version",
                 )?;
                 let rows = stmt.query_map(params![t, n], |r| {
@@ -370,11 +462,12 @@ impl Registry {
                         r.get::<_, u64>(4)?,
                         r.get::<_, String>(5)?,
                         r.get::<_, String>(6)?,
+                        r.get::<_, Option<String>>(7)?,
                     ))
                 })?;
                 let mut out = Vec::new();
                 for row in rows {
-                    let (name, version, digest, imports, size, created_at, manifest) = row?;
+                    let (name, version, digest, imports, size, created_at, manifest, smoke) = row?;
                     out.push(FunctionVersion {
                         name,
                         version,
@@ -383,6 +476,7 @@ impl Registry {
                         size,
                         created_at,
                         manifest: serde_json::from_str(&manifest)?,
+                        smoke: smoke.map(|s| serde_json::from_str(&s)).transpose()?,
                     });
                 }
                 Ok(out)
@@ -408,6 +502,11 @@ impl Registry {
             return Err(RegistryError::Invalid(format!(
                 "the component imports `{import}`, which needs the `allowed_hosts` grant: list the hosts it may call under [capabilities]"
             )));
+        }
+        if prepared.is_predictor() && !manifest.smoke.is_empty() {
+            return Err(RegistryError::Invalid(
+                "[[smoke]] tests are HTTP requests: a tensor function (predictor world) cannot have them".into(),
+            ));
         }
         // `/v2/models/{name}` serves models and tensor functions: one name, one of them.
         if prepared.is_predictor() && !self.models.named(tenant, &manifest.name).await?.is_empty() {

@@ -41,6 +41,9 @@ pub struct DeployQuery {
     max_p99_ms: Option<f64>,
     #[serde(default)]
     min_requests: Option<u64>,
+    /// Release it (or start the canary) although its smoke tests fail.
+    #[serde(default)]
+    force: bool,
 }
 
 impl DeployQuery {
@@ -55,6 +58,7 @@ impl DeployQuery {
             max_error_rate: self.max_error_rate,
             max_p99_ms: self.max_p99_ms,
             min_requests: self.min_requests,
+            force: self.force,
         };
         body.spec().map(Some)
     }
@@ -135,32 +139,39 @@ async fn upload(
         .ok_or_else(|| ApiError::Unauthorized("the key's tenant no longer exists".into()))?;
     let name = crate::registry::Manifest::parse(&manifest).map(|m| m.name).map_err(ApiError::BadRequest)?;
     let actor = Actor::Key(&principal.key_id);
-    // A canary starts beside the version serving now. Without a release, the newest version
-    // serves: it is pinned as the stable version before the upload, so the new one never
-    // takes every call, not even for a moment.
-    let pinned = query.canary.is_some() && app.releases.get(Subject::Function, tenant, &name).stable.is_none();
-    if pinned {
+    // A release or canary deploy keeps the version serving now: without a release the newest
+    // version serves, so it is pinned as the stable version before the upload, and the new
+    // one never takes every call, not even for a moment (nor when its smoke tests fail).
+    let mut pinned = false;
+    if (query.release || query.canary.is_some()) && app.releases.get(Subject::Function, tenant, &name).stable.is_none()
+    {
         let newest = match app.registry.versions(tenant, &name).await {
             Ok(versions) => versions.last().map(|v| v.version),
             Err(RegistryError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        let Some(newest) = newest else {
-            return Err(ApiError::Conflict(format!(
-                "`{name}` has no version yet: there is no stable version for a canary to run beside (deploy it first)"
-            )));
-        };
-        app.releases
-            .change(Subject::Function, tenant, &name, actor, |release| {
-                release.stable = Some(newest);
-                Ok(Event {
-                    event: "set",
-                    from: None,
-                    to: Some(newest),
-                    reason: "the serving version, before a canary deploy".into(),
-                })
-            })
-            .await?;
+        match newest {
+            None if query.canary.is_some() => {
+                return Err(ApiError::Conflict(format!(
+                    "`{name}` has no version yet: there is no stable version for a canary to run beside (deploy it first)"
+                )));
+            }
+            None => {}
+            Some(newest) => {
+                app.releases
+                    .change(Subject::Function, tenant, &name, actor, |release| {
+                        release.stable = Some(newest);
+                        Ok(Event {
+                            event: "set",
+                            from: None,
+                            to: Some(newest),
+                            reason: "the serving version, before a release deploy".into(),
+                        })
+                    })
+                    .await?;
+                pinned = true;
+            }
+        }
     }
     let started = Instant::now();
     let version = match app.registry.upload(tenant, &tenant_row.plan, &manifest, component).await {
@@ -172,7 +183,7 @@ async fn upload(
                     .releases
                     .change(Subject::Function, tenant, &name, actor, |release| {
                         let from = release.stable.take();
-                        Ok(Event { event: "set", from, to: None, reason: "the canary deploy was refused".into() })
+                        Ok(Event { event: "set", from, to: None, reason: "the release deploy was refused".into() })
                     })
                     .await;
             }
@@ -180,6 +191,22 @@ async fn upload(
         }
     };
     app.metrics.compile_duration.observe(started.elapsed().as_secs_f64());
+    // A version whose smoke tests failed is stored (its report says why), not released.
+    let smoke_failed = version.smoke.as_ref().is_some_and(|s| !s.passed);
+    if (query.release || query.canary.is_some()) && smoke_failed && !query.force {
+        let failures: Vec<String> = version
+            .smoke
+            .iter()
+            .flat_map(|s| &s.results)
+            .filter_map(|r| r.failure.as_ref().map(|f| format!("{} {}: {f}", r.method, r.path)))
+            .collect();
+        return Err(ApiError::Conflict(format!(
+            "{}@{} is stored but not released: its smoke tests failed ({}); release it anyway with force",
+            version.name,
+            version.version,
+            failures.join("; ")
+        )));
+    }
     if query.release {
         app.releases
             .change(Subject::Function, tenant, &name, actor, |release| {
@@ -216,6 +243,7 @@ async fn upload(
             "size": version.size,
             "serving": serving,
             "release": release,
+            "smoke": version.smoke,
         })),
     )
         .into_response();

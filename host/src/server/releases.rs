@@ -21,19 +21,47 @@ fn subject(model: bool) -> Subject {
     if model { Subject::Model } else { Subject::Function }
 }
 
-/// The live versions of `name`, oldest first, with whether each passed its smoke tests; 404
-/// when there is none.
+/// The live versions of `name`, oldest first; 404 when there is none.
 async fn versions(app: &App, subject: Subject, tenant: &str, name: &str) -> Result<Vec<u32>, ApiError> {
+    Ok(checked(app, subject, tenant, name).await?.into_iter().map(|(v, _)| v).collect())
+}
+
+/// [`versions`], each with whether its smoke tests failed.
+async fn checked(app: &App, subject: Subject, tenant: &str, name: &str) -> Result<Vec<(u32, bool)>, ApiError> {
     Ok(match subject {
-        Subject::Function => app.registry.versions(tenant, name).await?.iter().map(|v| v.version).collect(),
+        Subject::Function => app
+            .registry
+            .versions(tenant, name)
+            .await?
+            .iter()
+            .map(|v| (v.version, v.smoke.as_ref().is_some_and(|s| !s.passed)))
+            .collect(),
         Subject::Model => {
             let all = app.registry.models.named(tenant, name).await?;
             if all.is_empty() {
                 return Err(RegistryError::NotFound { kind: "model", name: name.to_string() }.into());
             }
-            all.iter().map(|v| v.version).collect()
+            all.iter().map(|v| (v.version, false)).collect()
         }
     })
+}
+
+/// Refuses to release `version` when it does not exist, or its smoke tests failed (unless
+/// `force`).
+pub fn releasable(
+    known: &[(u32, bool)],
+    subject: Subject,
+    name: &str,
+    version: u32,
+    force: bool,
+) -> Result<(), ApiError> {
+    match known.iter().find(|(v, _)| *v == version) {
+        None => Err(no_version(subject, name, version)),
+        Some((_, true)) if !force => Err(ApiError::Conflict(format!(
+            "version {version} of `{name}` failed its smoke tests (GET /v1/functions/{name} shows them): fix it, or release it anyway with force"
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 fn no_version(subject: Subject, name: &str, version: u32) -> ApiError {
@@ -69,6 +97,9 @@ pub async fn status<const MODEL: bool>(
 #[serde(deny_unknown_fields)]
 pub struct SetBody {
     version: u32,
+    /// Release it although its smoke tests failed.
+    #[serde(default)]
+    force: bool,
 }
 
 /// `PUT .../{name}/release` `{"version":N}`: N serves every unpinned call. A canary in
@@ -82,10 +113,8 @@ pub async fn set<const MODEL: bool>(
     let tenant = principal.tenant_with(DEPLOYERS)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let subject = subject(MODEL);
-    let known = versions(&app, subject, tenant, &name).await?;
-    if !known.contains(&body.version) {
-        return Err(no_version(subject, &name, body.version));
-    }
+    let known = checked(&app, subject, tenant, &name).await?;
+    releasable(&known, subject, &name, body.version, body.force)?;
     let (_, event) = app
         .releases
         .change(subject, tenant, &name, Actor::Key(&principal.key_id), |release| {
@@ -122,6 +151,9 @@ pub struct CanaryBody {
     pub max_p99_ms: Option<f64>,
     #[serde(default)]
     pub min_requests: Option<u64>,
+    /// Start it although its smoke tests failed.
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl CanaryBody {
@@ -198,11 +230,9 @@ pub async fn canary<const MODEL: bool>(
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let spec = body.spec()?;
     let subject = subject(MODEL);
-    let known = versions(&app, subject, tenant, &name).await?;
-    if !known.contains(&spec.version) {
-        return Err(no_version(subject, &name, spec.version));
-    }
-    let newest_other = known.iter().rev().copied().find(|v| *v < spec.version);
+    let known = checked(&app, subject, tenant, &name).await?;
+    releasable(&known, subject, &name, spec.version, body.force)?;
+    let newest_other = known.iter().rev().map(|(v, _)| *v).find(|v| *v < spec.version);
     let (_, event) = app
         .releases
         .change(subject, tenant, &name, Actor::Key(&principal.key_id), |release| {
@@ -254,6 +284,9 @@ pub async fn promote<const MODEL: bool>(
 pub struct RollbackBody {
     #[serde(default)]
     to: Option<u32>,
+    /// Roll back to `to` although its smoke tests failed.
+    #[serde(default)]
+    force: bool,
 }
 
 /// `POST .../{name}/release/rollback` `[{"to":N}]`: stops a canary in progress; without one,
@@ -265,13 +298,11 @@ pub async fn rollback<const MODEL: bool>(
     body: Option<Json<RollbackBody>>,
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant_with(DEPLOYERS)?;
-    let to = body.map(|Json(b)| b.to).unwrap_or_default();
+    let (to, force) = body.map(|Json(b)| (b.to, b.force)).unwrap_or_default();
     let subject = subject(MODEL);
-    let known = versions(&app, subject, tenant, &name).await?;
-    if let Some(to) = to
-        && !known.contains(&to)
-    {
-        return Err(no_version(subject, &name, to));
+    let known = checked(&app, subject, tenant, &name).await?;
+    if let Some(to) = to {
+        releasable(&known, subject, &name, to, force)?;
     }
     let (_, event) = app
         .releases

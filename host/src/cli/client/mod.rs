@@ -208,8 +208,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 out
             });
         }
-        Command::Deploy { dir, release, canary, steps, client } => {
-            deploy(&Client::new(&client)?, &dir, &releases::deploy_query(release, canary, &steps)).await?
+        Command::Deploy { dir, release, canary, steps, force, client } => {
+            deploy(&Client::new(&client)?, &dir, &releases::deploy_query(release, canary, &steps, force)).await?
         }
         Command::Release(command) => releases::release(command).await?,
         Command::Alias(command) => releases::alias(command).await?,

@@ -6,8 +6,16 @@ use super::http::Client;
 use crate::cli::{AliasCommand, CanaryArgs, ReleaseCommand, ReleaseTarget};
 
 /// The query string of `deploy --release` / `deploy --canary P [--step ...]`.
-pub(super) fn deploy_query(release: bool, canary: Option<u32>, steps: &CanaryArgs) -> Vec<(&'static str, String)> {
+pub(super) fn deploy_query(
+    release: bool,
+    canary: Option<u32>,
+    steps: &CanaryArgs,
+    force: bool,
+) -> Vec<(&'static str, String)> {
     let mut query = Vec::new();
+    if force {
+        query.push(("force", "true".to_string()));
+    }
     if release {
         query.push(("release", "true".to_string()));
     }
@@ -35,20 +43,21 @@ pub(super) async fn release(command: ReleaseCommand) -> anyhow::Result<()> {
     use reqwest::Method;
     let (client, target, method, path, body) = match command {
         ReleaseCommand::Status { target, client } => (client, target, Method::GET, "release", None),
-        ReleaseCommand::Set { target, version, client } => {
-            (client, target, Method::PUT, "release", Some(json!({ "version": version })))
+        ReleaseCommand::Set { target, version, force, client } => {
+            (client, target, Method::PUT, "release", Some(json!({ "version": version, "force": force })))
         }
-        ReleaseCommand::Canary { target, version, percent, steps, client } => {
+        ReleaseCommand::Canary { target, version, percent, steps, force, client } => {
             let CanaryArgs { step, interval, max_error_rate, max_p99_ms, min_requests } = steps;
             let body = json!({
                 "version": version, "percent": percent, "step": step, "interval": interval,
                 "max_error_rate": max_error_rate, "max_p99_ms": max_p99_ms, "min_requests": min_requests,
+                "force": force,
             });
             (client, target, Method::POST, "release/canary", Some(body))
         }
         ReleaseCommand::Promote { target, client } => (client, target, Method::POST, "release/promote", None),
-        ReleaseCommand::Rollback { target, to, client } => {
-            (client, target, Method::POST, "release/rollback", Some(json!({ "to": to })))
+        ReleaseCommand::Rollback { target, to, force, client } => {
+            (client, target, Method::POST, "release/rollback", Some(json!({ "to": to, "force": force })))
         }
         ReleaseCommand::Mirror { target, off: true, client, .. } => {
             (client, target, Method::DELETE, "release/mirror", None)
