@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use infercell::nn::onnxruntime::OnnxRuntime;
 use infercell::nn::tract::Tract;
 use infercell::nn::{ElemType, Engine, Graphs, HostTensor};
-use infercell::runtime::nn::{BoxFuture, ModelSource, NnAccess};
+use infercell::runtime::nn::{BoxFuture, ModelPin, ModelSource, NnAccess};
 use infercell::runtime::{Grants, GuestRequest, Limits, Runtime, RuntimeConfig};
 
 use crate::repo_root;
@@ -36,7 +36,12 @@ struct Workload {
 struct OneModel(&'static str, Vec<u8>);
 
 impl ModelSource for OneModel {
-    fn lookup<'a>(&'a self, _tenant: &'a str, name: &'a str) -> BoxFuture<'a, Option<(String, String)>> {
+    fn lookup<'a>(
+        &'a self,
+        _tenant: &'a str,
+        name: &'a str,
+        _pin: &'a ModelPin,
+    ) -> BoxFuture<'a, Option<(String, String)>> {
         Box::pin(async move { (name == self.0).then(|| (format!("sha256:bench-{name}"), "auto".to_string())) })
     }
     fn read(&self, _digest: &str) -> anyhow::Result<Vec<u8>> {
@@ -84,7 +89,7 @@ async fn time_guest(engine: Arc<dyn Engine>, work: &Workload, iters: u32) -> Res
     let graphs = Arc::new(Graphs::new(vec![engine], 1 << 30, 1));
     let access = NnAccess {
         tenant: "bench".into(),
-        models: vec![work.model.into()],
+        models: [(work.model.to_string(), ModelPin::Current)].into(),
         gpu: false,
         load_bytes: false,
         max_model_bytes: 1 << 30,

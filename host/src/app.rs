@@ -40,7 +40,7 @@ pub struct App {
     /// CPU and GPUs, discovered on first use.
     pub devices: crate::nn::devices::Devices,
     /// Which version answers each function's and model's bare name.
-    pub releases: crate::releases::Releases,
+    pub releases: Arc<crate::releases::Releases>,
     /// Slots of the mirrored calls running at once.
     pub shadow_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -90,12 +90,12 @@ impl App {
         let load_time = metrics.graph_load.clone();
         graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
         let audit = Audit::new(db.clone());
-        let releases = crate::releases::Releases::open(
+        let releases = Arc::new(crate::releases::Releases::open(
             db.clone(),
             audit.clone(),
             metrics.release_rollbacks.clone(),
             metrics.release_promotions.clone(),
-        )?;
+        )?);
         let files = crate::registry::files::FileStore::open(db.clone(), data_dir, &root)?;
         let secrets = crate::registry::secrets::SecretStore::open(
             db.clone(),
@@ -111,6 +111,7 @@ impl App {
             graphs.clone(),
             files,
             secrets,
+            releases.clone(),
         );
         let metering = Metering::open(
             &data_dir.join("usage.db"),

@@ -151,6 +151,11 @@ CREATE INDEX release_history_by_name ON release_history (tenant, kind, name, seq
     r#"
 ALTER TABLE functions ADD COLUMN smoke TEXT;
 "#,
+    // The model version each granted model name resolved to when the function version was
+    // deployed (JSON: name -> "3", "@alias" or "current"); NULL for older versions.
+    r#"
+ALTER TABLE functions ADD COLUMN model_pins TEXT;
+"#,
 ];
 
 /// A shared handle to the metadata database.

@@ -128,7 +128,8 @@ pub async fn run_case(app: &App, tenant: &str, dir: &std::path::Path, name: &str
     if let Err(e) = models.push(tenant, &manifest, onnx.into(), "conformance", &plan).await {
         return Outcome::Refused(NnError::new(ErrorCode::UnsupportedOperation, e.to_string()));
     }
-    let (digest, selector) = models.lookup(tenant, &model_name).await.unwrap();
+    let (digest, selector) =
+        models.lookup(tenant, &model_name, &infercell::runtime::nn::ModelPin::Current).await.unwrap();
     let graphs = models.graphs().clone();
     let (source, d) = (models.clone(), digest.clone());
     let (model, _) = match graphs

@@ -62,6 +62,42 @@ pub fn onnx_model_typed(
     inputs: &[(&str, i32, &[i64])],
     initializers: Vec<pb::TensorProto>,
 ) -> Vec<u8> {
+    onnx_model_with_output(nodes, inputs, initializers, "y")
+}
+
+/// A model shaped like the digits model (`input` [1, 64] -> `probabilities` [1, 10]) that
+/// always answers `digit`: a second "version" of digits whose answers are told apart.
+pub fn digits_lookalike(digit: usize) -> Vec<u8> {
+    let one_hot: Vec<f32> = (0..10).map(|i| if i == digit { 1.0 } else { 0.0 }).collect();
+    let weights = pb::TensorProto {
+        name: "w".into(),
+        dims: vec![64, 10],
+        data_type: FLOAT,
+        float_data: vec![0.0; 640],
+        ..Default::default()
+    };
+    let bias = pb::TensorProto {
+        name: "b".into(),
+        dims: vec![1, 10],
+        data_type: FLOAT,
+        float_data: one_hot,
+        ..Default::default()
+    };
+    onnx_model_with_output(
+        vec![node("MatMul", &["input", "w"], "m", Vec::new()), node("Add", &["m", "b"], "probabilities", Vec::new())],
+        &[("input", FLOAT, &[1, 64])],
+        vec![weights, bias],
+        "probabilities",
+    )
+}
+
+/// [`onnx_model_typed`] with the graph output named `output`.
+pub fn onnx_model_with_output(
+    nodes: Vec<pb::NodeProto>,
+    inputs: &[(&str, i32, &[i64])],
+    initializers: Vec<pb::TensorProto>,
+    output: &str,
+) -> Vec<u8> {
     use prost::Message as _;
     let value_info = |name: &str, elem_type: i32, dims: &[i64]| pb::ValueInfoProto {
         name: name.into(),
@@ -89,7 +125,7 @@ pub fn onnx_model_typed(
         name: "g".into(),
         node: nodes,
         input: inputs.iter().map(|(n, t, d)| value_info(n, *t, d)).collect(),
-        output: vec![pb::ValueInfoProto { name: "y".into(), ..Default::default() }],
+        output: vec![pb::ValueInfoProto { name: output.into(), ..Default::default() }],
         initializer: initializers,
         ..Default::default()
     };

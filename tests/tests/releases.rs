@@ -368,3 +368,66 @@ fn deploying_without_a_release_keeps_the_newest_version_until_a_canary_or_releas
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("svc: stable @2") && text.contains("canary @3 at 10%: progressing"), "{text}");
 }
+
+/// The digit `acme/digits[@N]` answers for a blank image.
+fn digit(server: &Server, key: &str, target: &str) -> u64 {
+    let resp = server.invoke(key, &format!("acme/{target}"), &json!({ "pixels": vec![0; 64] }).to_string());
+    let v: Value = resp.json().unwrap();
+    v["digit"].as_u64().unwrap_or_else(|| panic!("{v}"))
+}
+
+#[test]
+fn a_function_version_keeps_the_model_version_it_was_deployed_with() {
+    let server = Server::start();
+    let key = server.tenant("acme", "standard");
+    let manifest = std::fs::read_to_string(infercell_tests::function_dir("digits").join("function.toml")).unwrap();
+    let push = |digit: usize| {
+        let resp = server.push_model(&key, "name = \"digits\"\n", infercell_tests::onnx::digits_lookalike(digit));
+        assert_eq!(resp.status(), 201, "{}", resp.text().unwrap());
+    };
+    push(3); // model v1 always answers 3
+    server.deploy(&key, "digits"); // function v1 resolves model digits@1
+    push(7); // model v2 answers 7
+    assert_eq!(digit(&server, &key, "digits"), 3, "function v1 keeps model v1");
+    let v = server.deploy(&key, "digits"); // function v2 resolves digits@2
+    assert_eq!(v["version"], 2);
+    assert_eq!(digit(&server, &key, "digits"), 7);
+    let versions = ok(server.get("/v1/functions/digits", Some(&key)));
+    assert_eq!(versions["versions"][0]["model_pins"], json!({"digits": "1"}));
+    assert_eq!(versions["versions"][1]["model_pins"], json!({"digits": "2"}));
+
+    // Rolling the function back brings its model back.
+    ok(send(&server, &key, reqwest::Method::PUT, "/v1/functions/digits/release", Some(json!({"version": 2}))));
+    let out = server.cli(&key, &["release", "rollback", "digits", "--to", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(digit(&server, &key, "digits"), 3);
+
+    // `digits@prod` follows the model's alias instead; the model's own release and alias commands.
+    let follows = manifest.replace("models = [\"digits\"]", "models = [\"digits@prod\"]");
+    assert_eq!(server.upload(&key, &follows, component("digits")).status(), 201); // function v3
+    let out = server.cli(&key, &["alias", "set", "digits", "prod", "2", "--model", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(digit(&server, &key, "digits@3"), 7);
+    server.cli(&key, &["alias", "set", "digits", "prod", "1", "--model"]);
+    assert_eq!(digit(&server, &key, "digits@3"), 3, "the alias moved; the function follows");
+    let pinned_missing = manifest.replace("models = [\"digits\"]", "models = [\"digits@9\"]");
+    assert!(expect_error(server.upload(&key, &pinned_missing, component("digits")), 400).contains("no version 9"));
+
+    // /v2/models/digits follows the model's release; a version segment may be an alias.
+    let v2 = |path: &str| -> reqwest::blocking::Response {
+        let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": vec![0.0; 64]}]});
+        server.post(path, Some(&key), body.to_string())
+    };
+    let answered = |resp: reqwest::blocking::Response| -> u64 {
+        let version = resp.headers()["infercell-version"].to_str().unwrap().parse().unwrap();
+        version
+    };
+    assert_eq!(answered(v2("/v2/models/digits/infer")), 2, "no release: the newest");
+    let out = server.cli(&key, &["release", "set", "digits", "1", "--model", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(answered(v2("/v2/models/digits/infer")), 1);
+    assert_eq!(answered(v2("/v2/models/digits/versions/prod/infer")), 1);
+    assert_eq!(answered(v2("/v2/models/digits/versions/2/infer")), 2);
+    let status = ok(server.get("/v1/models/digits/release", Some(&key)));
+    assert_eq!((status["model"].as_str(), status["stable"].as_u64()), (Some("digits"), Some(1)));
+}

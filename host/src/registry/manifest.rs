@@ -66,6 +66,19 @@ fn ok_status() -> u16 {
     200
 }
 
+/// A `capabilities.models` entry: the model's name, and what it pins (`digits@3`,
+/// `digits@prod`), if anything.
+pub fn model_grant(grant: &str) -> (&str, Option<crate::runtime::nn::ModelPin>) {
+    use crate::runtime::nn::ModelPin;
+    match grant.split_once('@') {
+        None => (grant, None),
+        Some((name, pin)) => match pin.parse() {
+            Ok(v) => (name, Some(ModelPin::Version(v))),
+            Err(_) => (name, Some(ModelPin::Alias(pin.to_string()))),
+        },
+    }
+}
+
 /// At most this many smoke tests per manifest (each runs in a fresh sandbox at upload).
 pub const MAX_SMOKE_TESTS: usize = 16;
 
@@ -171,11 +184,20 @@ impl Manifest {
             crate::runtime::http::check_entry(host)
                 .map_err(|e| format!("invalid manifest: capabilities.allowed_hosts: {e}"))?;
         }
-        for model in &manifest.capabilities.models {
+        for grant in &manifest.capabilities.models {
+            let (model, pin) = grant.split_once('@').map_or((grant.as_str(), None), |(m, p)| (m, Some(p)));
             if !valid_name(model) {
                 return Err(format!(
                     "invalid manifest: model name `{model}` in capabilities.models is not a valid name"
                 ));
+            }
+            if let Some(pin) = pin {
+                let version = pin.parse::<u32>().is_ok_and(|v| v > 0);
+                if !version && crate::releases::check_alias(pin).is_err() {
+                    return Err(format!(
+                        "invalid manifest: `{grant}` in capabilities.models: after @ comes a version (digits@3) or an alias (digits@prod)"
+                    ));
+                }
             }
         }
         Ok(manifest)

@@ -12,7 +12,7 @@ pub mod manifest;
 pub mod models;
 pub mod secrets;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
@@ -68,6 +68,10 @@ pub struct FunctionVersion {
     /// Its smoke tests' report, when its manifest has any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smoke: Option<SmokeReport>,
+    /// The model version each granted model name resolved to when it was deployed (`3`), the
+    /// alias it follows (`@prod`), or `current` (the model's release or newest version).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_pins: BTreeMap<String, String>,
 }
 
 /// What a version's smoke tests (`[[smoke]]`) gave at upload.
@@ -137,11 +141,12 @@ impl Registry {
         graphs: Arc<Graphs>,
         files: files::FileStore,
         secrets: secrets::SecretStore,
+        releases: Arc<crate::releases::Releases>,
     ) -> Self {
         let logs =
             FunctionLogs::new(config.runtime.log_lines_per_function, config.runtime.log_bytes_per_function as usize);
         let blobs = Arc::new(blobs);
-        let models = Arc::new(ModelStore::new(db.clone(), blobs.clone(), graphs));
+        let models = Arc::new(ModelStore::new(db.clone(), blobs.clone(), graphs, releases));
         let (files, secrets) = (Arc::new(files), Arc::new(secrets));
         Self {
             db,
@@ -194,6 +199,7 @@ impl Registry {
         limits: Limits,
         manifest: &Manifest,
         plan: &Plan,
+        pins: &BTreeMap<String, String>,
     ) -> Result<Deployment, RegistryError> {
         let view = if manifest.capabilities.files.is_empty() {
             None
@@ -211,7 +217,7 @@ impl Registry {
         config.extend(revealed);
         let grants = Grants {
             config: Arc::new(config),
-            nn: Some(self.nn_access(tenant, manifest, plan)),
+            nn: Some(self.nn_access(tenant, manifest, plan, pins)),
             files: view.as_ref().map(|v| v.path.clone()),
             allowed_hosts: Arc::new(if plan.outbound_http {
                 manifest.capabilities.allowed_hosts.clone()
@@ -286,6 +292,7 @@ impl Registry {
             created_at: crate::clock::now_rfc3339(),
             manifest: manifest.clone(),
             smoke: None,
+            model_pins: self.resolve_models(tenant, &manifest).await?,
         };
         // The blob is written only once every check passed (a refused upload leaves nothing);
         // the quota is checked again in the transaction that adds the version.
@@ -305,7 +312,8 @@ impl Registry {
                 }
                 let version = db::next_version(&tx, "functions", &t, &r.name, &r.digest, r.size, &r.created_at)?;
                 tx.execute(
-                    "INSERT INTO functions (tenant, name, version, digest, manifest, imports, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO functions (tenant, name, version, digest, manifest, imports, size, created_at, model_pins)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![
                         t,
                         r.name,
@@ -314,7 +322,8 @@ impl Registry {
                         serde_json::to_string(&r.manifest)?,
                         serde_json::to_string(&r.imports)?,
                         r.size,
-                        r.created_at
+                        r.created_at,
+                        serde_json::to_string(&r.model_pins)?
                     ],
                 )?;
                 tx.commit()?;
@@ -334,7 +343,18 @@ impl Registry {
 
         let generation = self.generation.load(Ordering::SeqCst);
         let deployment = Arc::new(
-            self.deployment(tenant, &manifest.name, version, digest, prepared, limits, &manifest, plan_cfg).await?,
+            self.deployment(
+                tenant,
+                &manifest.name,
+                version,
+                digest,
+                prepared,
+                limits,
+                &manifest,
+                plan_cfg,
+                &row.model_pins,
+            )
+            .await?,
         );
         let smoke = if manifest.smoke.is_empty() { None } else { Some(self.smoke(&deployment, &manifest).await?) };
         if let Ok(mut cache) = self.cache.write()
@@ -450,7 +470,7 @@ impl Registry {
             .db
             .call(move |conn| {
                 let mut stmt = conn.prepare(
-                    "SELECT name, version, digest, imports, size, created_at, manifest, smoke FROM functions
+                    "SELECT name, version, digest, imports, size, created_at, manifest, smoke, model_pins FROM functions
                      WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL ORDER BY version",
                 )?;
                 let rows = stmt.query_map(params![t, n], |r| {
@@ -463,11 +483,12 @@ impl Registry {
                         r.get::<_, String>(5)?,
                         r.get::<_, String>(6)?,
                         r.get::<_, Option<String>>(7)?,
+                        r.get::<_, Option<String>>(8)?,
                     ))
                 })?;
                 let mut out = Vec::new();
                 for row in rows {
-                    let (name, version, digest, imports, size, created_at, manifest, smoke) = row?;
+                    let (name, version, digest, imports, size, created_at, manifest, smoke, pins) = row?;
                     out.push(FunctionVersion {
                         name,
                         version,
@@ -477,6 +498,7 @@ impl Registry {
                         created_at,
                         manifest: serde_json::from_str(&manifest)?,
                         smoke: smoke.map(|s| serde_json::from_str(&s)).transpose()?,
+                        model_pins: pins.map(|p| serde_json::from_str(&p)).transpose()?.unwrap_or_default(),
                     });
                 }
                 Ok(out)
@@ -605,21 +627,23 @@ impl Registry {
 
     async fn load(&self, tenant: &str, name: &str, version: u32) -> Result<Deployment, RegistryError> {
         let (t, n) = (tenant.to_string(), name.to_string());
-        let row: Option<(String, String, String)> = self
+        let row: Option<(String, String, String, Option<String>)> = self
             .db
             .call(move |conn| {
                 Ok(conn
                     .query_row(
-                        "SELECT f.digest, f.manifest, t.plan FROM functions f JOIN tenants t ON t.name = f.tenant
+                        "SELECT f.digest, f.manifest, t.plan, f.model_pins FROM functions f JOIN tenants t ON t.name = f.tenant
                          WHERE f.tenant = ?1 AND f.name = ?2 AND f.version = ?3 AND f.deleted_at IS NULL",
                         params![t, n, version],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                     )
                     .optional()?)
             })
             .await?;
-        let (digest, manifest, plan) =
+        let (digest, manifest, plan, pins) =
             row.ok_or_else(|| RegistryError::NoVersion { kind: "function", name: name.to_string(), version })?;
+        let pins: BTreeMap<String, String> =
+            pins.map(|p| serde_json::from_str(&p)).transpose().map_err(anyhow::Error::from)?.unwrap_or_default();
         let manifest: Manifest = serde_json::from_str(&manifest).map_err(anyhow::Error::from)?;
         let plan_cfg = self.config.plans.get(&plan).ok_or_else(|| anyhow::anyhow!("unknown plan {plan}"))?;
         // A version stored under a bigger plan is clamped to the tenant's current plan.
@@ -628,16 +652,62 @@ impl Registry {
         let prepared = tokio::task::spawn_blocking(move || runtime.prepare_stored(&d, || blobs.get(&d)))
             .await
             .map_err(|e| anyhow::anyhow!("load task failed: {e}"))??;
-        self.deployment(tenant, name, version, digest, prepared, limits, &manifest, plan_cfg).await
+        self.deployment(tenant, name, version, digest, prepared, limits, &manifest, plan_cfg, &pins).await
+    }
+
+    /// The model version each of the manifest's granted models resolves to now: a name alone
+    /// is pinned to the model's current version (its release, or its newest) so that this
+    /// function version always loads that one; `name@N` is N (which must exist); `name@alias`
+    /// follows the alias. A model that does not exist yet is left `current`.
+    async fn resolve_models(
+        &self,
+        tenant: &str,
+        manifest: &Manifest,
+    ) -> Result<BTreeMap<String, String>, RegistryError> {
+        use crate::runtime::nn::ModelPin;
+        let mut pins = BTreeMap::new();
+        for grant in &manifest.capabilities.models {
+            let (name, pin) = manifest::model_grant(grant);
+            let pin = match pin {
+                Some(pin @ ModelPin::Version(v)) => {
+                    if self.models.pinned(tenant, name, &pin).await.is_none() {
+                        return Err(RegistryError::Invalid(format!(
+                            "capabilities.models names `{grant}`, but model `{name}` has no version {v}"
+                        )));
+                    }
+                    pin
+                }
+                Some(pin) => pin,
+                None => match self.models.pinned(tenant, name, &ModelPin::Current).await {
+                    Some(model) => ModelPin::Version(model.version),
+                    None => ModelPin::Current,
+                },
+            };
+            pins.insert(name.to_string(), pin.text());
+        }
+        Ok(pins)
     }
 }
 
 impl Registry {
     /// The wasi:nn grants of a function version under its tenant's plan.
-    fn nn_access(&self, tenant: &str, manifest: &Manifest, plan: &Plan) -> NnAccess {
+    fn nn_access(&self, tenant: &str, manifest: &Manifest, plan: &Plan, pins: &BTreeMap<String, String>) -> NnAccess {
+        use crate::runtime::nn::ModelPin;
+        let models = manifest
+            .capabilities
+            .models
+            .iter()
+            .map(|grant| {
+                let (name, pin) = manifest::model_grant(grant);
+                // The pin recorded at deploy; a version stored before pins were recorded follows
+                // the model's current version, as it always did.
+                let pin = pins.get(name).map(|p| ModelPin::parse_text(p)).or(pin).unwrap_or(ModelPin::Current);
+                (name.to_string(), pin)
+            })
+            .collect();
         NnAccess {
             tenant: tenant.to_string(),
-            models: manifest.capabilities.models.clone(),
+            models,
             gpu: manifest.capabilities.gpu && plan.gpu,
             load_bytes: manifest.capabilities.nn_load_bytes && plan.nn_load_bytes,
             max_model_bytes: plan.max_model_bytes,

@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rusqlite::{OptionalExtension as _, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::RegistryError;
 use super::blobs::{BlobStore, digest_of};
 use crate::db::{self, Db};
 use crate::nn::{ErrorCode, Graphs, TensorInfo};
-use crate::runtime::nn::{BoxFuture, ModelSource};
+use crate::runtime::nn::{BoxFuture, ModelPin, ModelSource};
 use crate::tenants::valid_name;
 
 /// The model manifest: `name` and optional `engine`, `device`, `description`.
@@ -101,6 +101,8 @@ pub struct ModelStore {
     /// Live versions per (tenant, name), absent names included, as `/v2` resolves them on every
     /// call; dropped for a name whenever it is pushed or deleted.
     named: std::sync::RwLock<NamedVersions>,
+    /// Models' releases and aliases, which `load-by-name` follows.
+    releases: Arc<crate::releases::Releases>,
 }
 
 /// Most (tenant, name) lookups remembered.
@@ -110,8 +112,24 @@ const MAX_NAMED: usize = 10_000;
 type NamedVersions = std::collections::HashMap<(String, String), Arc<Vec<ModelVersion>>>;
 
 impl ModelStore {
-    pub fn new(db: Db, blobs: Arc<BlobStore>, graphs: Arc<Graphs>) -> Self {
-        Self { db, blobs, graphs, named: Default::default() }
+    pub fn new(db: Db, blobs: Arc<BlobStore>, graphs: Arc<Graphs>, releases: Arc<crate::releases::Releases>) -> Self {
+        Self { db, blobs, graphs, named: Default::default(), releases }
+    }
+
+    /// The version `pin` names of the tenant's model `name` now: `Current` is the model's
+    /// stable version, or its newest while it has no release.
+    pub async fn pinned(&self, tenant: &str, name: &str, pin: &ModelPin) -> Option<ModelVersion> {
+        use crate::releases::Subject;
+        let version = match pin {
+            ModelPin::Version(v) => Some(*v),
+            ModelPin::Alias(alias) => Some(self.releases.alias(Subject::Model, tenant, name, alias).ok()?),
+            ModelPin::Current => self.releases.get(Subject::Model, tenant, name).stable,
+        };
+        let all = self.named(tenant, name).await.ok()?;
+        match version {
+            Some(v) => all.iter().find(|m| m.version == v).cloned(),
+            None => all.last().cloned(),
+        }
     }
 
     /// Every live version of the tenant's model `name`, oldest first (empty if there is none),
@@ -310,23 +328,15 @@ impl ModelStore {
 }
 
 impl ModelSource for ModelStore {
-    fn lookup<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Option<(String, String)>> {
+    fn lookup<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        pin: &'a ModelPin,
+    ) -> BoxFuture<'a, Option<(String, String)>> {
         Box::pin(async move {
-            let (t, n) = (tenant.to_string(), name.to_string());
-            self.db
-                .call(move |conn| {
-                    Ok(conn
-                        .query_row(
-                            "SELECT digest, engine, device FROM models WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL
-                             ORDER BY version DESC LIMIT 1",
-                            params![t, n],
-                            |r| Ok((r.get(0)?, selector(&r.get::<_, String>(1)?, &r.get::<_, String>(2)?))),
-                        )
-                        .optional()?)
-                })
-                .await
-                .ok()
-                .flatten()
+            let model = self.pinned(tenant, name, pin).await?;
+            Some((model.digest.clone(), selector(&model.engine, &model.device)))
         })
     }
 

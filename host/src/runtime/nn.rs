@@ -26,11 +26,48 @@ pub struct ExecContext(Arc<dyn LoadedModel>);
 /// A boxed future, for the object-safe [`ModelSource`].
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Which version of a granted model `load-by-name` gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPin {
+    /// Exactly this version: the one the function version resolved when it was deployed, or the
+    /// one its manifest names (`digits@3`).
+    Version(u32),
+    /// The version an alias names at call time (`digits@prod`).
+    Alias(String),
+    /// The model's release, or its newest version (a model that did not exist at deploy, or
+    /// a version deployed before pins were recorded).
+    Current,
+}
+
+impl ModelPin {
+    /// How a function version's record shows it: `3`, `@prod`, `current`.
+    pub fn text(&self) -> String {
+        match self {
+            ModelPin::Version(v) => v.to_string(),
+            ModelPin::Alias(a) => format!("@{a}"),
+            ModelPin::Current => "current".into(),
+        }
+    }
+
+    pub fn parse_text(text: &str) -> Self {
+        match (text.strip_prefix('@'), text.parse()) {
+            (Some(alias), _) => ModelPin::Alias(alias.to_string()),
+            (None, Ok(v)) => ModelPin::Version(v),
+            _ => ModelPin::Current,
+        }
+    }
+}
+
 /// Where `load-by-name` finds a tenant's models: implemented by the registry.
 pub trait ModelSource: Send + Sync {
-    /// The digest and engine selector (`crate::registry::models::selector`) of the newest
-    /// version of `tenant`'s model `name`.
-    fn lookup<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Option<(String, String)>>;
+    /// The digest and engine selector (`crate::registry::models::selector`) of the version
+    /// `pin` names of `tenant`'s model `name`.
+    fn lookup<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        pin: &'a ModelPin,
+    ) -> BoxFuture<'a, Option<(String, String)>>;
     /// The model bytes of `digest`.
     fn read(&self, digest: &str) -> anyhow::Result<Vec<u8>>;
 }
@@ -39,7 +76,9 @@ pub trait ModelSource: Send + Sync {
 #[derive(Clone)]
 pub struct NnAccess {
     pub tenant: String,
-    pub models: Vec<String>,
+    /// The granted model names (`capabilities.models`, pins stripped) and the version each
+    /// resolves to.
+    pub models: std::collections::HashMap<String, ModelPin>,
     pub gpu: bool,
     /// `graph::load` from raw bytes is granted (`capabilities.nn_load_bytes`).
     pub load_bytes: bool,
@@ -284,11 +323,11 @@ impl graph::Host for NnView<'_> {
         // Ungranted and unknown names get the same answer.
         let not_found =
             || NnError::new(ErrorCode::NotFound, format!("no model named `{name}` is available to this function"));
-        if !access.models.contains(&name) {
+        let Some(pin) = access.models.get(&name) else {
             self.deny("models", &name, "not in the manifest's capabilities.models");
             return self.nn_err(not_found());
-        }
-        let Some((digest, engine)) = access.source.lookup(&access.tenant, &name).await else {
+        };
+        let Some((digest, engine)) = access.source.lookup(&access.tenant, &name, pin).await else {
             return self.nn_err(not_found());
         };
         self.load_graph(digest, &engine, None).await
