@@ -410,6 +410,19 @@ fn a_function_version_keeps_the_model_version_it_was_deployed_with() {
     assert_eq!(digit(&server, &key, "digits@3"), 7);
     server.cli(&key, &["alias", "set", "digits", "prod", "1", "--model"]);
     assert_eq!(digit(&server, &key, "digits@3"), 3, "the alias moved; the function follows");
+    // What changed between two versions, as a reviewer reads it.
+    let out = server.cli(&key, &["functions", "diff", "digits", "1", "3", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let diff: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fields: Vec<&str> = diff["changes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["model_pins", "capabilities.models"], "{diff}");
+    let out = server.cli(&key, &["functions", "diff", "digits", "1", "3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("capabilities.models: -[\"digits\"] +[\"digits@prod\"]"), "{text}");
+    let same = server.cli(&key, &["functions", "diff", "digits", "1", "1"]);
+    assert!(String::from_utf8_lossy(&same.stdout).contains("no differences"));
+    let missing = server.cli(&key, &["functions", "diff", "digits", "1", "9"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no version 9"));
     let pinned_missing = manifest.replace("models = [\"digits\"]", "models = [\"digits@9\"]");
     assert!(expect_error(server.upload(&key, &pinned_missing, component("digits")), 400).contains("no version 9"));
 

@@ -476,6 +476,15 @@ enum FunctionsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// What changed between two versions: digest, size, imports, grants, limits, model pins,
+    /// smoke tests.
+    Diff {
+        name: String,
+        from: u32,
+        to: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show a function's recent log lines.
     Logs {
         name: String,

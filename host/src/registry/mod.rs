@@ -133,6 +133,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Db,
         blobs: BlobStore,

@@ -258,6 +258,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 format!("deleted {} ({} versions)", v["name"].as_str().unwrap_or_default(), v["deleted_versions"])
             });
         }
+        Command::Functions(FunctionsCommand::Diff { name, from, to, client }) => {
+            let c = Client::new(&client)?;
+            let v = c.send_json(c.request(reqwest::Method::GET, &format!("/v1/functions/{name}"))?).await?;
+            let diff = releases::diff(&name, &v, from, to)?;
+            c.print(&diff, releases::diff_summary);
+        }
         Command::Functions(FunctionsCommand::Logs { name, limit, client }) => {
             let c = Client::new(&client)?;
             let v = c

@@ -1,5 +1,6 @@
 //! `infercell release ...`, `infercell alias ...` and the release flags of `deploy`.
 
+use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use super::http::Client;
@@ -171,6 +172,61 @@ fn status_summary(v: &Value) -> String {
                 version(&h["to"]),
                 h["reason"].as_str().unwrap_or_default()
             ));
+        }
+    }
+    out
+}
+
+/// `functions diff F A B`: `{"function","from","to","changes":[{"field","from","to"}]}` from a
+/// `GET /v1/functions/F` answer; fields are `digest`, `size`, `imports`, `capabilities.*`,
+/// `limits.*`, `model_pins`, `smoke`, `description`.
+pub(super) fn diff(name: &str, function: &Value, from: u32, to: u32) -> anyhow::Result<Value> {
+    let find = |n: u32| {
+        function["versions"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["version"] == n))
+            .with_context(|| format!("{name} has no version {n}"))
+    };
+    let (a, b) = (find(from)?, find(to)?);
+    let mut changes = Vec::new();
+    let mut compare = |field: String, x: &Value, y: &Value| {
+        if x != y {
+            changes.push(json!({ "field": field, "from": x, "to": y }));
+        }
+    };
+    for field in ["digest", "size", "imports", "model_pins"] {
+        compare(field.to_string(), &a[field], &b[field]);
+    }
+    compare("smoke".into(), &a["smoke"]["passed"], &b["smoke"]["passed"]);
+    compare("description".into(), &a["manifest"]["description"], &b["manifest"]["description"]);
+    for section in ["limits", "capabilities"] {
+        let keys: std::collections::BTreeSet<&String> = [&a["manifest"][section], &b["manifest"][section]]
+            .iter()
+            .filter_map(|v| v.as_object())
+            .flat_map(|o| o.keys())
+            .collect();
+        for key in keys {
+            compare(format!("{section}.{key}"), &a["manifest"][section][key], &b["manifest"][section][key]);
+        }
+    }
+    Ok(json!({ "function": name, "from": from, "to": to, "changes": changes }))
+}
+
+pub(super) fn diff_summary(v: &Value) -> String {
+    let name = v["function"].as_str().unwrap_or_default();
+    let changes = v["changes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if changes.is_empty() {
+        return format!("{name}@{} and @{}: no differences", v["from"], v["to"]);
+    }
+    let mut out = format!("{name}@{} -> @{}", v["from"], v["to"]);
+    for change in changes {
+        let field = change["field"].as_str().unwrap_or_default();
+        if let (Some(x), Some(y)) = (change["from"].as_array(), change["to"].as_array()) {
+            let removed: Vec<String> = x.iter().filter(|i| !y.contains(i)).map(Value::to_string).collect();
+            let added: Vec<String> = y.iter().filter(|i| !x.contains(i)).map(Value::to_string).collect();
+            out.push_str(&format!("\n  {field}: -[{}] +[{}]", removed.join(", "), added.join(", ")));
+        } else {
+            out.push_str(&format!("\n  {field}: {} -> {}", change["from"], change["to"]));
         }
     }
     out
