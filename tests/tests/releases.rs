@@ -432,8 +432,7 @@ fn a_function_version_keeps_the_model_version_it_was_deployed_with() {
         server.post(path, Some(&key), body.to_string())
     };
     let answered = |resp: reqwest::blocking::Response| -> u64 {
-        let version = resp.headers()["infercell-version"].to_str().unwrap().parse().unwrap();
-        version
+        resp.headers()["infercell-version"].to_str().unwrap().parse().unwrap()
     };
     assert_eq!(answered(v2("/v2/models/digits/infer")), 2, "no release: the newest");
     let out = server.cli(&key, &["release", "set", "digits", "1", "--model", "--json"]);
