@@ -41,8 +41,9 @@ pub struct App {
     pub devices: crate::nn::devices::Devices,
     /// Which version answers each function's and model's bare name.
     pub releases: Arc<crate::releases::Releases>,
-    /// Slots of the mirrored calls running at once.
+    /// Slots of the mirrored calls running at once, platform-wide and per tenant.
     pub shadow_slots: Arc<tokio::sync::Semaphore>,
+    pub shadow_slots_per_tenant: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// Where the admin key came from, for the start-up message.
@@ -135,6 +136,7 @@ impl App {
             devices: Default::default(),
             releases,
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(crate::invocation::SHADOW_SLOTS)),
+            shadow_slots_per_tenant: Default::default(),
         });
         // Devices are discovered at start, off the callers' path.
         let discovering = app.clone();

@@ -375,6 +375,41 @@ pub fn config_type(datatype: &str) -> String {
     }
 }
 
+/// Whether a mirror's outputs agree with the served ones: the same names, datatypes and shapes,
+/// and values equal (floats within an absolute 1e-5 plus a relative 1e-3, the spread two
+/// engines or two exports of one model show; other types exactly).
+pub fn outputs_agree(served: &[Tensor], mirrored: &[Tensor]) -> bool {
+    served.len() == mirrored.len()
+        && served.iter().all(|a| {
+            mirrored.iter().any(|b| {
+                a.name == b.name
+                    && a.datatype == b.datatype
+                    && a.shape == b.shape
+                    && values_agree(&a.datatype, &a.data, &b.data)
+            })
+        })
+}
+
+fn values_agree(datatype: &str, a: &[u8], b: &[u8]) -> bool {
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-5 + 1e-3 * y.abs() || (x.is_nan() && y.is_nan());
+    match datatype {
+        _ if a.len() != b.len() => false,
+        "FP32" => a.chunks_exact(4).zip(b.chunks_exact(4)).all(|(x, y)| {
+            close(
+                f64::from(f32::from_le_bytes([x[0], x[1], x[2], x[3]])),
+                f64::from(f32::from_le_bytes([y[0], y[1], y[2], y[3]])),
+            )
+        }),
+        "FP64" => a.chunks_exact(8).zip(b.chunks_exact(8)).all(|(x, y)| {
+            let (mut xb, mut yb) = ([0u8; 8], [0u8; 8]);
+            xb.copy_from_slice(x);
+            yb.copy_from_slice(y);
+            close(f64::from_le_bytes(xb), f64::from_le_bytes(yb))
+        }),
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -489,5 +524,19 @@ mod tests {
 
         req.outputs = vec![RequestedOutput { name: "nope".into(), binary: None }];
         assert!(encode_response("m", "1", &req, vec![y, z]).unwrap_err().contains("unknown output `nope`"));
+    }
+
+    #[test]
+    fn mirrored_outputs_agree_within_tolerance() {
+        let t = |values: &[f32]| Tensor {
+            name: "y".into(),
+            datatype: "FP32".into(),
+            shape: vec![values.len() as i64],
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        assert!(outputs_agree(&[t(&[1.0, 0.5])], &[t(&[1.0004, 0.5])]));
+        assert!(!outputs_agree(&[t(&[1.0, 0.5])], &[t(&[1.01, 0.5])]));
+        assert!(!outputs_agree(&[t(&[1.0, 0.5])], &[t(&[1.0])]), "another shape");
+        assert!(!outputs_agree(&[t(&[1.0])], &[]), "an output missing");
     }
 }

@@ -334,6 +334,13 @@ fn a_version_whose_smoke_tests_fail_is_stored_but_not_released() {
     assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
     assert_eq!(call(&server, &key, "svc", None), (500, 3));
 
+    // Without a release, a version whose smoke tests fail does not become the one that serves.
+    assert_eq!(server.upload(&key, &passing.replace("\"svc\"", "\"lone\""), component("echo")).status(), 201);
+    let lone_failing = failing.replace("\"svc\"", "\"lone\"");
+    assert_eq!(server.upload(&key, &lone_failing, component("hostile")).status(), 201);
+    let resp = server.invoke(&key, "acme/lone/ok", "");
+    assert_eq!(resp.headers()["infercell-version"], "1", "the newest version that passed serves");
+
     // A smoke test that cannot be a request is refused at upload, and nothing is stored.
     let bad = format!("{ECHO}[[smoke]]\npath = \"ping\"\n");
     assert!(expect_error(server.upload(&key, &bad, component("echo")), 400).contains("must start with /"));
@@ -442,4 +449,82 @@ fn a_function_version_keeps_the_model_version_it_was_deployed_with() {
     assert_eq!(answered(v2("/v2/models/digits/versions/2/infer")), 2);
     let status = ok(server.get("/v1/models/digits/release", Some(&key)));
     assert_eq!((status["model"].as_str(), status["stable"].as_u64()), (Some("digits"), Some(1)));
+
+    // A model's mirror compares outputs: v3 answers as v1 does, v2 does not.
+    push(3);
+    let mirror = |version: &str, calls: u64| -> Value {
+        let out = server.cli(&key, &["release", "mirror", "digits", version, "--model", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for _ in 0..calls {
+            assert_eq!(answered(v2("/v2/models/digits/infer")), 1, "the caller gets the stable answer");
+        }
+        let status = || ok(server.get("/v1/models/digits/release", Some(&key)));
+        wait_until("the mirrored calls", || status()["mirror"]["calls"] == calls);
+        status()["mirror"].clone()
+    };
+    assert_eq!(mirror("3", 4)["agreement"], 1.0);
+    assert_eq!(mirror("2", 3)["agreement"], 0.0);
+}
+
+#[test]
+fn release_commands_refuse_what_cannot_be_done_and_change_nothing() {
+    let (server, key) = setup();
+    let put = |path: &str, body: Value| send(&server, &key, reqwest::Method::PUT, path, Some(body));
+    let post = |path: &str, body: Option<Value>| send(&server, &key, reqwest::Method::POST, path, body);
+    // No release yet: nothing to roll back.
+    assert!(expect_error(post("/v1/functions/svc/release/rollback", None), 409).contains("no release"));
+    // A deployer may move releases; another tenant's function does not exist for its key.
+    let (_, deployer) = server.key(&key, "deployer");
+    ok(send(&server, &deployer, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 1}))));
+    let other = server.tenant("other", "standard");
+    expect_error(
+        send(&server, &other, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 1}))),
+        404,
+    );
+    expect_error(server.get("/v1/functions/svc/release", Some(&other)), 404);
+    expect_error(
+        send(&server, &other, reqwest::Method::PUT, "/v1/functions/svc/aliases/prod", Some(json!({"version": 1}))),
+        404,
+    );
+
+    // A release with no previous version has nowhere to roll back to.
+    assert!(expect_error(post("/v1/functions/svc/release/rollback", None), 409).contains("no previous"));
+    assert!(expect_error(post("/v1/functions/svc/release/rollback", Some(json!({"to": 1}))), 409).contains("already"));
+    // Canaries: of the stable version, a bad share, a bad interval, a bad rate, unknown fields.
+    let canary = |body: Value| post("/v1/functions/svc/release/canary", Some(body));
+    assert!(expect_error(canary(json!({"version": 1, "percent": 10})), 409).contains("stable version already"));
+    for percent in [0, 100] {
+        assert!(expect_error(canary(json!({"version": 2, "percent": percent})), 400).contains("1 to 99"));
+    }
+    assert!(expect_error(canary(json!({"version": 2, "percent": 10, "interval": "soon"})), 400).contains("interval"));
+    assert!(expect_error(canary(json!({"version": 2, "percent": 10, "max_error_rate": 2.0})), 400).contains("0 to 1"));
+    expect_error(canary(json!({"version": 2, "percent": 10, "colour": "red"})), 400);
+    // While a canary runs, `release set` and a second canary wait for it.
+    ok(canary(json!({"version": 3, "percent": 10})));
+    assert!(expect_error(put("/v1/functions/svc/release", json!({"version": 2})), 409).contains("canary at 10%"));
+    ok(post("/v1/functions/svc/release/promote", None));
+    // Mirrors: not of the stable version, 1 to 100 percent, --off needs one.
+    let mirror = |body: Value| put("/v1/functions/svc/release/mirror", body);
+    assert!(expect_error(mirror(json!({"version": 3})), 409).contains("stable version"));
+    for percent in [0, 101] {
+        assert!(expect_error(mirror(json!({"version": 1, "percent": percent})), 400).contains("1 to 100"));
+    }
+    let off = send(&server, &key, reqwest::Method::DELETE, "/v1/functions/svc/release/mirror", None);
+    assert!(expect_error(off, 409).contains("no mirror"));
+    // Aliases: listed, removed, a missing one is 404.
+    ok(put("/v1/functions/svc/aliases/prod", json!({"version": 3})));
+    let out = server.cli(&key, &["alias", "list", "svc", "--json"]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["aliases"], json!({"prod": 3}));
+    let out = server.cli(&key, &["alias", "rm", "svc", "prod", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = send(&server, &key, reqwest::Method::DELETE, "/v1/functions/svc/aliases/prod", None);
+    assert!(expect_error(gone, 404).contains("svc@prod"));
+    // After all of that, the release is as the successful commands left it.
+    let v = status(&server, &key);
+    assert_eq!((v["stable"].as_u64(), v["previous"].as_u64(), &v["aliases"]), (Some(3), Some(1), &json!({})));
+    // Deleting the function deletes its release; a new function of the name starts without one.
+    assert_eq!(server.delete("/v1/functions/svc", &key).status(), 200);
+    assert_eq!(server.upload(&key, ECHO, component("echo")).status(), 201);
+    assert_eq!(status(&server, &key)["stable"], Value::Null);
+    assert_eq!(call(&server, &key, "svc", None), (200, 4));
 }

@@ -102,15 +102,27 @@ pub async fn admit(app: &Arc<App>, tenant: &str, target: Target<'_>) -> Result<A
 
 /// Mirrored calls running at once, platform-wide; a copy that finds none free is dropped.
 pub const SHADOW_SLOTS: usize = 8;
+/// ... and of one tenant, so that one tenant's slow mirror does not starve the others'.
+pub const SHADOW_SLOTS_PER_TENANT: usize = 2;
 
 /// Admits a mirrored copy of a call (see [`crate::releases`]): it takes none of the tenant's
 /// rate or concurrency (a mirror must not cost the live calls anything) but one of the
-/// platform's [`SHADOW_SLOTS`]; `None` when all are taken.
+/// platform's [`SHADOW_SLOTS`], at most [`SHADOW_SLOTS_PER_TENANT`] of them per tenant;
+/// `None` when none is free.
 pub fn admit_shadow(app: &Arc<App>, tenant: &str) -> Option<Admitted> {
     let plan_name = app.tenants.plan_of(tenant)?;
     let plan = app.config.plans.get(&plan_name)?.clone();
+    let mine = app
+        .shadow_slots_per_tenant
+        .lock()
+        .ok()?
+        .entry(tenant.to_string())
+        .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(SHADOW_SLOTS_PER_TENANT)))
+        .clone()
+        .try_acquire_owned()
+        .ok()?;
     let slot = app.shadow_slots.clone().try_acquire_owned().ok()?;
-    Some(Admitted { app: app.clone(), tenant: tenant.to_string(), plan, slot: Admission::of(slot) })
+    Some(Admitted { app: app.clone(), tenant: tenant.to_string(), plan, slot: Admission::of(slot).with(mine) })
 }
 
 /// Counts a refused call.
@@ -130,7 +142,13 @@ pub struct Call {
     /// A mirrored copy (billed as [`Kind::Shadow`], not in the function's metrics or `/v2`
     /// statistics).
     pub shadow: bool,
+    /// Told the answer's status once the call ends, in the call's own task: a call whose
+    /// client hung up is still counted (a release's canary health).
+    pub on_answer: Option<OnAnswer>,
 }
+
+/// See [`Call::on_answer`].
+pub type OnAnswer = Box<dyn FnOnce(axum::http::StatusCode) + Send + Sync>;
 
 /// What a call runs.
 pub enum Work {
@@ -242,7 +260,16 @@ impl Admitted {
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("the call's task failed: {e}")))?
     }
 
-    async fn lifecycle(self, call: Call, work: Work, encode: Encode) -> Result<Response, ApiError> {
+    async fn lifecycle(self, mut call: Call, work: Work, encode: Encode) -> Result<Response, ApiError> {
+        let on_answer = call.on_answer.take();
+        let answered = self.answer(call, work, encode).await;
+        if let Some(on_answer) = on_answer {
+            on_answer(answered.as_ref().map_or_else(ApiError::status, Response::status));
+        }
+        answered
+    }
+
+    async fn answer(self, call: Call, work: Work, encode: Encode) -> Result<Response, ApiError> {
         let Admitted { app, tenant, plan, slot } = self;
         let started_us = now_us();
         let started = Instant::now();

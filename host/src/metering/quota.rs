@@ -53,12 +53,18 @@ struct TenantQuota {
 /// Holds a concurrency slot for the duration of a call.
 pub struct Admission {
     _slot: OwnedSemaphorePermit,
+    _also: Option<OwnedSemaphorePermit>,
 }
 
 impl Admission {
     /// A slot of a pool of the caller's own (mirrored calls have theirs).
     pub fn of(slot: OwnedSemaphorePermit) -> Self {
-        Self { _slot: slot }
+        Self { _slot: slot, _also: None }
+    }
+
+    /// Holds `also` too, for as long as the call.
+    pub fn with(self, also: OwnedSemaphorePermit) -> Self {
+        Self { _also: Some(also), ..self }
     }
 }
 
@@ -92,7 +98,7 @@ impl Quotas {
             return Err(Refusal::Rate { rate: *rate, burst: *burst, retry_after_secs: ceil_secs(wait) });
         }
         let slot = quota.slots.clone().try_acquire_owned().map_err(|_| Refusal::Concurrency { limit: quota.limit })?;
-        Ok(Admission { _slot: slot })
+        Ok(Admission { _also: None, _slot: slot })
     }
 
     fn quota(&self, tenant: &str, plan_name: &str, plan: &Plan) -> Arc<TenantQuota> {

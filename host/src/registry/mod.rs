@@ -78,6 +78,9 @@ pub struct FunctionVersion {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SmokeReport {
     pub passed: bool,
+    /// The tests are still running (the version was just uploaded).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
     pub results: Vec<SmokeResult>,
 }
 
@@ -313,8 +316,8 @@ impl Registry {
                 }
                 let version = db::next_version(&tx, "functions", &t, &r.name, &r.digest, r.size, &r.created_at)?;
                 tx.execute(
-                    "INSERT INTO functions (tenant, name, version, digest, manifest, imports, size, created_at, model_pins)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT INTO functions (tenant, name, version, digest, manifest, imports, size, created_at, model_pins, smoke)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     params![
                         t,
                         r.name,
@@ -324,7 +327,12 @@ impl Registry {
                         serde_json::to_string(&r.imports)?,
                         r.size,
                         r.created_at,
-                        serde_json::to_string(&r.model_pins)?
+                        serde_json::to_string(&r.model_pins)?,
+                        // Smoke tests run once the version is stored: until their report is
+                        // written, the version is pending (neither released nor served as newest).
+                        (!r.manifest.smoke.is_empty())
+                            .then(|| serde_json::to_string(&SmokeReport { passed: false, pending: true, results: Vec::new() }))
+                            .transpose()?
                     ],
                 )?;
                 tx.commit()?;
@@ -363,8 +371,11 @@ impl Registry {
         {
             let entry = cache.entry(tenant.to_string()).or_default().entry(manifest.name.clone()).or_default();
             entry.versions.insert(version, deployment);
-            // Only move `latest` forward when it is known; otherwise the next call asks SQLite.
-            if let Some(latest) = entry.latest.as_mut() {
+            // Only move `latest` forward when it is known, and not to a version whose smoke
+            // tests failed; otherwise the next call asks SQLite.
+            if let Some(latest) = entry.latest.as_mut()
+                && smoke.as_ref().is_none_or(|s| s.passed)
+            {
                 *latest = (*latest).max(version);
             }
         }
@@ -418,7 +429,7 @@ impl Registry {
                 failure,
             });
         }
-        let report = SmokeReport { passed: results.iter().all(|r| r.passed), results };
+        let report = SmokeReport { passed: results.iter().all(|r| r.passed), pending: false, results };
         let (t, n, v, json) = (
             deployment.tenant.clone(),
             deployment.name.clone(),
@@ -610,7 +621,12 @@ impl Registry {
             .db
             .call(move |conn| {
                 Ok(conn.query_row(
-                    "SELECT MAX(version) FROM functions WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL",
+                    // The newest version whose smoke tests did not fail (nor are still running);
+                    // the newest of all when every version failed them.
+                    "SELECT COALESCE(
+                       MAX(CASE WHEN smoke IS NULL OR json_extract(smoke, '$.passed') THEN version END),
+                       MAX(version))
+                     FROM functions WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL",
                     params![t, n],
                     |r| r.get(0),
                 )?)

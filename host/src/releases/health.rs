@@ -5,8 +5,9 @@
 //! The canary is unhealthy, once it has `min_requests` calls in the interval, when
 //!
 //! - its error rate is over `max_error_rate` and over the stable version's in the same
-//!   interval (when the stable version fails as often, the cause is shared: a dependency is
-//!   down, the callers send bad requests; that is not the canary's doing), or
+//!   interval, measured on `min_requests` calls too (when the stable version fails as often,
+//!   the cause is shared: a dependency is down, the callers send bad requests; that is not the
+//!   canary's doing), or
 //! - its p99 is over `max_p99_ms`, or the stable version has `min_requests` calls too and the
 //!   canary's p99 is over [`P99_RATIO`] times the stable's and [`P99_MARGIN_MS`] above it.
 
@@ -76,7 +77,9 @@ pub fn unhealthy(canary: &Tally, stable: &Tally, limits: &Limits) -> Option<Stri
     }
     let rate = canary.error_rate();
     let stable_rate = stable.error_rate();
-    if rate > limits.max_error_rate && (rate > stable_rate || stable.calls == 0) {
+    // The stable version's rate excuses the canary only when it is measured on as many calls.
+    let stable_measured = stable.calls >= limits.min_requests.max(1);
+    if rate > limits.max_error_rate && (rate > stable_rate || !stable_measured) {
         return Some(format!(
             "error rate {rate:.3} over {} calls in the interval (limit {:.3}; stable {stable_rate:.3} over {} calls)",
             canary.calls, limits.max_error_rate, stable.calls
@@ -122,6 +125,7 @@ mod tests {
         // The stable version fails as often: the cause is not the canary.
         assert_eq!(unhealthy(&tally(20, 10, 2), &tally(20, 10, 2), &LIMITS), None);
         assert!(unhealthy(&tally(20, 10, 2), &tally(0, 0, 2), &LIMITS).is_some(), "no stable calls to compare");
+        assert!(unhealthy(&tally(20, 20, 2), &tally(1, 1, 2), &LIMITS).is_some(), "one stable failure excuses nothing");
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub const ROUTE_KEY_HEADER: &str = "infercell-route-key";
 pub const VERSION_HEADER: &str = "infercell-version";
 /// History events a status shows (the newest).
 const HISTORY_SHOWN: u32 = 50;
+/// History events kept per release (older ones are dropped; the audit log keeps every change).
+const HISTORY_KEPT: u32 = 1000;
+/// Aliases one function (or model) may have.
+pub const MAX_ALIASES: usize = 100;
 
 /// What a release is of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -265,8 +269,12 @@ impl Releases {
         };
         for (tenant, kind, name, release) in rows {
             let Some(subject) = Subject::parse(&kind) else { continue };
-            let release: Release = serde_json::from_str(&release)?;
-            releases.install(subject, &tenant, &name, release);
+            match serde_json::from_str::<Release>(&release) {
+                Ok(release) => releases.install(subject, &tenant, &name, release),
+                // One unreadable release must not keep the server from starting: its function
+                // serves its newest version, and the error says which.
+                Err(e) => tracing::error!(tenant, name, error = %e, "cannot read a release; ignoring it"),
+            }
         }
         Ok(releases)
     }
@@ -371,17 +379,23 @@ impl Releases {
 
     /// Counts a mirrored call: `agreed` says whether its answer matched the served one (None:
     /// the served answer could not be compared).
+    #[allow(clippy::too_many_arguments)]
     pub fn observe_shadow(
         &self,
         subject: Subject,
         tenant: &str,
         name: &str,
+        version: u32,
         failed: bool,
         took: Duration,
         agreed: Option<bool>,
     ) {
         let Some(live) = self.live(subject, tenant, name) else { return };
         let Ok(mut live) = live.lock() else { return };
+        // A late copy of a mirror that was moved or stopped does not count toward the next.
+        if live.release.mirror.map(|m| m.version) != Some(version) {
+            return;
+        }
         live.shadow.tally.record(failed, took);
         if let Some(agreed) = agreed {
             live.shadow.compared += 1;
@@ -422,8 +436,15 @@ impl Releases {
                      ON CONFLICT (tenant, kind, name) DO UPDATE SET release = excluded.release, updated_at = excluded.updated_at",
                     params![t, subject.as_str(), n, stored, a],
                 )?;
-                // Aliases move without a history event (the audit log has them).
+                // Aliases move without a history event (the audit log has them). The history
+                // keeps the newest events of each release.
                 if e.event != "alias" {
+                    tx.execute(
+                        "DELETE FROM release_history WHERE tenant = ?1 AND kind = ?2 AND name = ?3 AND seq <= (
+                           SELECT seq FROM release_history WHERE tenant = ?1 AND kind = ?2 AND name = ?3
+                           ORDER BY seq DESC LIMIT 1 OFFSET ?4)",
+                        params![t, subject.as_str(), n, HISTORY_KEPT - 1],
+                    )?;
                     tx.execute(
                         "INSERT INTO release_history (tenant, kind, name, at, event, from_version, to_version, reason, actor)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -508,7 +529,7 @@ impl Releases {
                             subject,
                             tenant.clone(),
                             name.clone(),
-                            canary.spec.version,
+                            canary.clone(),
                             Decision::Rollback(reason),
                         ));
                         continue;
@@ -525,12 +546,13 @@ impl Releases {
                                 live.canary.error_rate(),
                                 live.canary.p99_ms()
                             );
+                            let to = (canary.current + step).min(100);
                             decisions.push((
                                 subject,
                                 tenant.clone(),
                                 name.clone(),
-                                canary.spec.version,
-                                Decision::Step { to: (canary.current + step).min(100), reason },
+                                canary.clone(),
+                                Decision::Step { to, reason },
                             ));
                         }
                         _ => {}
@@ -541,12 +563,21 @@ impl Releases {
                 }
             }
         }
-        for (subject, tenant, name, version, decision) in decisions {
+        for (subject, tenant, name, judged, decision) in decisions {
+            let version = judged.spec.version;
             let result = self
                 .change(subject, &tenant, &name, Actor::System, |release| {
-                    // The canary judged is still the one in progress (nobody moved it meanwhile).
+                    // The canary judged is still the one in progress, at the share judged
+                    // (nobody stopped, restarted or moved it meanwhile).
                     let canary = match release.canary.as_mut() {
-                        Some(c) if c.state == CanaryState::Progressing && c.spec.version == version => c,
+                        Some(c)
+                            if c.state == CanaryState::Progressing
+                                && c.spec.version == version
+                                && c.started_at == judged.started_at
+                                && c.current == judged.current =>
+                        {
+                            c
+                        }
                         _ => return Err(RegistryError::Conflict("the canary changed meanwhile".into())),
                     };
                     Ok(match decision {

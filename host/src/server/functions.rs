@@ -142,34 +142,34 @@ async fn upload(
     // A release or canary deploy keeps the version serving now: without a release the newest
     // version serves, so it is pinned as the stable version before the upload, and the new
     // one never takes every call, not even for a moment (nor when its smoke tests fail).
-    let mut pinned = false;
-    if (query.release || query.canary.is_some()) && app.releases.get(Subject::Function, tenant, &name).stable.is_none()
+    let release = app.releases.get(Subject::Function, tenant, &name);
+    if query.release
+        && let Some(canary) = release.canary.as_ref().filter(|c| c.state == crate::releases::CanaryState::Progressing)
     {
-        let newest = match app.registry.versions(tenant, &name).await {
-            Ok(versions) => versions.last().map(|v| v.version),
+        return Err(ApiError::Conflict(format!(
+            "version {} is a canary at {}%: promote it or roll it back before releasing another version",
+            canary.spec.version, canary.current
+        )));
+    }
+    let mut pinned = None;
+    if (query.release || query.canary.is_some()) && release.stable.is_none() {
+        let serving = match app.registry.resolve(tenant, &name, None).await {
+            Ok(deployment) => Some(deployment.version),
             Err(RegistryError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        match newest {
+        match serving {
             None if query.canary.is_some() => {
                 return Err(ApiError::Conflict(format!(
                     "`{name}` has no version yet: there is no stable version for a canary to run beside (deploy it first)"
                 )));
             }
             None => {}
-            Some(newest) => {
-                app.releases
-                    .change(Subject::Function, tenant, &name, actor, |release| {
-                        release.stable = Some(newest);
-                        Ok(Event {
-                            event: "set",
-                            from: None,
-                            to: Some(newest),
-                            reason: "the serving version, before a release deploy".into(),
-                        })
-                    })
-                    .await?;
-                pinned = true;
+            Some(serving) => {
+                let why = "before a release deploy";
+                if super::releases::pin_serving(app, Subject::Function, tenant, &name, actor, serving, why).await? {
+                    pinned = Some(serving);
+                }
             }
         }
     }
@@ -177,11 +177,15 @@ async fn upload(
     let version = match app.registry.upload(tenant, &tenant_row.plan, &manifest, component).await {
         Ok(version) => version,
         Err(e) => {
-            if pinned {
-                // Nothing was deployed: the newest version serves again, as before.
+            if let Some(serving) = pinned {
+                // Nothing was deployed: the newest version serves again, as before (unless
+                // someone released a version meanwhile).
                 let _ = app
                     .releases
                     .change(Subject::Function, tenant, &name, actor, |release| {
+                        if release.stable != Some(serving) || release.canary.is_some() {
+                            return Err(RegistryError::Conflict("changed meanwhile".into()));
+                        }
                         let from = release.stable.take();
                         Ok(Event { event: "set", from, to: None, reason: "the release deploy was refused".into() })
                     })
@@ -210,20 +214,25 @@ async fn upload(
     if query.release {
         app.releases
             .change(Subject::Function, tenant, &name, actor, |release| {
+                if let Some(canary) = release.canary.as_ref().filter(|c| c.state == crate::releases::CanaryState::Progressing) {
+                    return Err(RegistryError::Conflict(format!(
+                        "{}@{} is stored but not released: version {} is a canary at {}% (promote it or roll it back first)",
+                        version.name, version.version, canary.spec.version, canary.current
+                    )));
+                }
                 let from = release.stable;
                 release.previous = from;
                 release.stable = Some(version.version);
                 Ok(Event { event: "set", from, to: Some(version.version), reason: "released at deploy".into() })
             })
             .await?;
+        audit_release(app, principal, tenant, "release.set", &version).await;
     }
     if let Some(spec) = query.canary(version.version)? {
-        let newest_other = app.releases.get(Subject::Function, tenant, &name).stable;
         app.releases
-            .change(Subject::Function, tenant, &name, actor, |release| {
-                super::releases::start_canary(release, spec, newest_other)
-            })
+            .change(Subject::Function, tenant, &name, actor, |release| super::releases::start_canary(release, spec))
             .await?;
+        audit_release(app, principal, tenant, "release.canary", &version).await;
     }
     let release = app.releases.get(Subject::Function, tenant, &name);
     let serving = release.stable.is_none_or(|v| v == version.version);
@@ -249,6 +258,18 @@ async fn upload(
         .into_response();
     response.extensions_mut().insert(target);
     Ok(response)
+}
+
+/// A release made by a deploy is audited as such, beside the deploy's own entry.
+async fn audit_release(
+    app: &App,
+    principal: &Principal,
+    tenant: &str,
+    action: &str,
+    version: &crate::registry::FunctionVersion,
+) {
+    let target = format!("{}@{}: at deploy", version.name, version.version);
+    app.audit.record(crate::audit::entry(&principal.key_id, Some(tenant), action, Some(&target), "ok")).await;
 }
 
 /// Reads a multipart body of exactly two parts: `manifest` (text) and `payload` (bytes).

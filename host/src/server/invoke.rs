@@ -134,16 +134,26 @@ async fn invoke(
         request: request.clone(),
         served: Arc::new(Mutex::new(None)),
     });
-    let call =
-        Call { request_id, actor: principal.key_id.clone(), bytes_in: request.body.len(), received, shadow: false };
     let version = deployment.version;
+    // A routed call counts toward the release's canary health, from the call's own task.
+    let on_answer = route.map(|_| {
+        let (app, tenant, function) = (app.clone(), tenant.to_string(), function.to_string());
+        Box::new(move |status: axum::http::StatusCode| {
+            let failed = status.is_server_error();
+            app.releases.observe(Subject::Function, &tenant, &function, version, failed, received.elapsed());
+        }) as invocation::OnAnswer
+    });
+    let call = Call {
+        request_id,
+        actor: principal.key_id.clone(),
+        bytes_in: request.body.len(),
+        received,
+        shadow: false,
+        on_answer,
+    };
     let mut response =
         admitted.run(call, Work::Handler { deployment, request }, encoder(&app, mirror.as_ref())).await?;
     response.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
-    if route.is_some() {
-        let failed = response.status().is_server_error();
-        app.releases.observe(Subject::Function, tenant, function, version, failed, received.elapsed());
-    }
     if let Some(mirror) = mirror {
         let (app2, tenant, function, actor) =
             (app.clone(), tenant.to_string(), function.to_string(), principal.key_id.clone());
@@ -192,7 +202,14 @@ async fn shadow(app: Arc<App>, tenant: String, function: String, actor: String, 
     };
     let started = std::time::Instant::now();
     let request_id = uuid::Uuid::now_v7().simple().to_string();
-    let call = Call { request_id, actor, bytes_in: mirror.request.body.len(), received: started, shadow: true };
+    let call = Call {
+        request_id,
+        actor,
+        bytes_in: mirror.request.body.len(),
+        received: started,
+        shadow: true,
+        on_answer: None,
+    };
     let answered =
         Mirrored { version: mirror.version, request: GuestRequest::default(), served: Arc::new(Mutex::new(None)) };
     let work = Work::Handler { deployment, request: mirror.request };
@@ -211,6 +228,7 @@ async fn shadow(app: Arc<App>, tenant: String, function: String, actor: String, 
         Subject::Function,
         &tenant,
         &function,
+        mirror.version,
         status.is_server_error(),
         started.elapsed(),
         agreed,

@@ -26,7 +26,7 @@ async fn versions(app: &App, subject: Subject, tenant: &str, name: &str) -> Resu
     Ok(checked(app, subject, tenant, name).await?.into_iter().map(|(v, _)| v).collect())
 }
 
-/// [`versions`], each with whether its smoke tests failed.
+/// [`versions`], each with whether its smoke tests failed (or are still running).
 async fn checked(app: &App, subject: Subject, tenant: &str, name: &str) -> Result<Vec<(u32, bool)>, ApiError> {
     Ok(match subject {
         Subject::Function => app
@@ -58,10 +58,49 @@ pub fn releasable(
     match known.iter().find(|(v, _)| *v == version) {
         None => Err(no_version(subject, name, version)),
         Some((_, true)) if !force => Err(ApiError::Conflict(format!(
-            "version {version} of `{name}` failed its smoke tests (GET /v1/functions/{name} shows them): fix it, or release it anyway with force"
+            "version {version} of `{name}` has not passed its smoke tests (GET /v1/functions/{name} shows them; they may still be running): fix it, or release it anyway with force"
         ))),
         Some(_) => Ok(()),
     }
+}
+
+/// Makes `serving` (the version the bare name runs while no release is set) the stable
+/// version, as a `set` event, unless a stable version is set already; whether it did. Done
+/// before a canary, mirror or release deploy, so the traffic stays where it is.
+pub async fn pin_serving(
+    app: &App,
+    subject: Subject,
+    tenant: &str,
+    name: &str,
+    actor: Actor<'_>,
+    serving: u32,
+    why: &str,
+) -> Result<bool, ApiError> {
+    if app.releases.get(subject, tenant, name).stable.is_some() {
+        return Ok(false);
+    }
+    let pinned = app
+        .releases
+        .change(subject, tenant, name, actor, |release| {
+            if release.stable.is_some() {
+                return Err(RegistryError::Conflict("set meanwhile".into()));
+            }
+            release.stable = Some(serving);
+            Ok(Event { event: "set", from: None, to: Some(serving), reason: format!("the serving version, {why}") })
+        })
+        .await;
+    match pinned {
+        Ok(_) => Ok(true),
+        Err(RegistryError::Conflict(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The version the bare name runs while no release is set: the newest whose smoke tests did
+/// not fail, else the newest.
+fn serving_without_release(known: &[(u32, bool)], except: u32) -> Option<u32> {
+    let others = || known.iter().rev().filter(|(v, _)| *v != except);
+    others().find(|(_, failed)| !failed).or_else(|| others().next()).map(|(v, _)| *v)
 }
 
 fn no_version(subject: Subject, name: &str, version: u32) -> ApiError {
@@ -177,21 +216,13 @@ impl CanaryBody {
     }
 }
 
-/// Starts a canary of `spec.version` on `release` (see [`canary`]); `newest_other` is the
-/// stable version to assume when none is set.
-pub fn start_canary(
-    release: &mut Release,
-    spec: CanarySpec,
-    newest_other: Option<u32>,
-) -> Result<Event, RegistryError> {
+/// Starts a canary of `spec.version` on `release` (see [`canary`]), beside its stable version.
+pub fn start_canary(release: &mut Release, spec: CanarySpec) -> Result<Event, RegistryError> {
     if let Some(canary) = release.canary.as_ref().filter(|c| c.state == CanaryState::Progressing) {
         return Err(RegistryError::Conflict(format!(
             "version {} is a canary at {}% already: promote it or roll it back first",
             canary.spec.version, canary.current
         )));
-    }
-    if release.stable.is_none() {
-        release.stable = newest_other;
     }
     let Some(stable) = release.stable else {
         return Err(RegistryError::Conflict(format!(
@@ -232,12 +263,12 @@ pub async fn canary<const MODEL: bool>(
     let subject = subject(MODEL);
     let known = checked(&app, subject, tenant, &name).await?;
     releasable(&known, subject, &name, spec.version, body.force)?;
-    let newest_other = known.iter().rev().map(|(v, _)| *v).find(|v| *v < spec.version);
+    if let Some(serving) = serving_without_release(&known, spec.version) {
+        pin_serving(&app, subject, tenant, &name, Actor::Key(&principal.key_id), serving, "before a canary").await?;
+    }
     let (_, event) = app
         .releases
-        .change(subject, tenant, &name, Actor::Key(&principal.key_id), |release| {
-            start_canary(release, spec, newest_other)
-        })
+        .change(subject, tenant, &name, Actor::Key(&principal.key_id), |release| start_canary(release, spec))
         .await?;
     changed(&app, subject, tenant, &name, &event).await
 }
@@ -363,11 +394,6 @@ pub async fn mirror<const MODEL: bool>(
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant_with(DEPLOYERS)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if MODEL {
-        return Err(ApiError::BadRequest(
-            "mirrors copy a function's /fn calls; a model's /v2 calls cannot be mirrored yet".into(),
-        ));
-    }
     let percent = body.percent.unwrap_or(100);
     if !(1..=100).contains(&percent) {
         return Err(ApiError::BadRequest(format!("a mirror copies 1 to 100 percent of the calls, not {percent}")));
@@ -377,13 +403,13 @@ pub async fn mirror<const MODEL: bool>(
     if !known.contains(&body.version) {
         return Err(no_version(subject, &name, body.version));
     }
-    let newest_other = known.iter().rev().copied().find(|v| *v != body.version);
+    let checked = checked(&app, subject, tenant, &name).await?;
+    if let Some(serving) = serving_without_release(&checked, body.version) {
+        pin_serving(&app, subject, tenant, &name, Actor::Key(&principal.key_id), serving, "before a mirror").await?;
+    }
     let (_, event) = app
         .releases
         .change(subject, tenant, &name, Actor::Key(&principal.key_id), |release| {
-            if release.stable.is_none() {
-                release.stable = newest_other;
-            }
             if release.stable == Some(body.version) || release.stable.is_none() {
                 return Err(RegistryError::Conflict(format!(
                     "version {} is the stable version: a mirror copies calls to another version",
@@ -451,6 +477,12 @@ pub async fn set_alias<const MODEL: bool>(
     let (release, event) = app
         .releases
         .change(subject, tenant, &name, Actor::Key(&principal.key_id), |release| {
+            if release.aliases.len() >= crate::releases::MAX_ALIASES && !release.aliases.contains_key(&alias) {
+                return Err(RegistryError::Quota(format!(
+                    "`{name}` has {} aliases, the most one may have: remove one first",
+                    crate::releases::MAX_ALIASES
+                )));
+            }
             let from = release.aliases.insert(alias.clone(), body.version);
             Ok(Event { event: "alias", from, to: Some(body.version), reason: format!("{alias} -> {}", body.version) })
         })

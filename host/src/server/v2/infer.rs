@@ -3,7 +3,7 @@
 //! declares, and encodes the answer. The call itself is [`crate::invocation`]'s.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -92,6 +92,13 @@ pub async fn infer(
     }
     let inputs = std::mem::take(&mut request.inputs);
     let version = served.version();
+    // A mirrored call keeps a copy of its inputs, and of the answer served, to compare.
+    let mirror = routed.and_then(|r| r.mirror).map(|version| MirroredTensors {
+        version,
+        inputs: inputs.clone(),
+        served: Arc::new(Mutex::new(None)),
+    });
+    let kept = mirror.as_ref().map(|m| m.served.clone());
     let work = match served {
         Served::Model { version, .. } => {
             let inputs = to_host(&name, &version.inputs, inputs)?;
@@ -102,10 +109,23 @@ pub async fn infer(
             Work::Predictor { deployment, inputs }
         }
     };
-    let call = Call { request_id, actor: principal.key_id.clone(), bytes_in: body.len(), received, shadow: false };
+    let on_answer = routed.map(|_| {
+        let (app, tenant, name) = (app.clone(), tenant.clone(), name.clone());
+        Box::new(move |status: axum::http::StatusCode| {
+            app.releases.observe(subject, &tenant, &name, version, status.is_server_error(), received.elapsed());
+        }) as invocation::OnAnswer
+    });
+    let call =
+        Call { request_id, actor: principal.key_id.clone(), bytes_in: body.len(), received, shadow: false, on_answer };
     let served_name = name.clone();
+    let served_name_for_shadow = name.clone();
     let encode = Box::new(move |answer| match answer {
         Answer::Tensors(outputs) => {
+            if let Some(kept) = kept
+                && let Ok(mut kept) = kept.lock()
+            {
+                *kept = Some(outputs.clone());
+            }
             let encoded = oip::encode_response(&served_name, &version.to_string(), &request, outputs)
                 .map_err(ApiError::BadRequest)?;
             let mut response = Response::new(Body::from(encoded.body));
@@ -121,11 +141,98 @@ pub async fn infer(
     });
     let mut response = admitted.run(call, work, encode).await?;
     response.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
-    if routed {
-        let failed = response.status().is_server_error();
-        app.releases.observe(subject, &tenant, &name, version, failed, received.elapsed());
+    if let Some(mirror) = mirror {
+        let (app2, actor) = (app.clone(), principal.key_id.clone());
+        app.calls.spawn(async move { shadow(app2, subject, tenant, served_name_for_shadow, actor, mirror).await });
     }
     Ok(response)
+}
+
+/// A `/v2` call whose copy goes to a mirror version: its inputs, and the outputs served.
+struct MirroredTensors {
+    version: u32,
+    inputs: Vec<Tensor>,
+    served: Arc<Mutex<Option<Vec<Tensor>>>>,
+}
+
+/// Runs a mirrored copy of a `/v2` call on the mirror version after the caller's answer:
+/// billed as a shadow call, its outputs compared with the served ones within
+/// [`oip::outputs_agree`]'s tolerance, and dropped.
+async fn shadow(app: Arc<App>, subject: Subject, tenant: String, name: String, actor: String, mirror: MirroredTensors) {
+    let started = Instant::now();
+    let work = match subject {
+        Subject::Model => {
+            let Some(model) = app
+                .registry
+                .models
+                .named(&tenant, &name)
+                .await
+                .ok()
+                .and_then(|all| all.iter().find(|m| m.version == mirror.version).cloned())
+            else {
+                return;
+            };
+            match to_host(&name, &model.inputs, mirror.inputs) {
+                Ok(inputs) => Work::Model { model, inputs },
+                Err(_) => {
+                    app.releases.observe_shadow(
+                        subject,
+                        &tenant,
+                        &name,
+                        mirror.version,
+                        false,
+                        started.elapsed(),
+                        Some(false),
+                    );
+                    return;
+                }
+            }
+        }
+        Subject::Function => {
+            let Ok(deployment) = app.registry.resolve(&tenant, &name, Some(mirror.version)).await else { return };
+            if !deployment.prepared.is_predictor() {
+                return;
+            }
+            Work::Predictor { deployment, inputs: mirror.inputs }
+        }
+    };
+    let Some(admitted) = invocation::admit_shadow(&app, &tenant) else {
+        tracing::debug!(tenant, name, "no slot for a mirrored call; dropped");
+        return;
+    };
+    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    let call = Call { request_id, actor, bytes_in: 0, received: started, shadow: true, on_answer: None };
+    let answered: Arc<Mutex<Option<Vec<Tensor>>>> = Arc::new(Mutex::new(None));
+    let keep = answered.clone();
+    let encode: invocation::Encode = Box::new(move |answer| match answer {
+        Answer::Tensors(outputs) => {
+            if let Ok(mut kept) = keep.lock() {
+                *kept = Some(outputs);
+            }
+            Ok(Response::new(Body::empty()))
+        }
+        Answer::Response(_) => Err(ApiError::Function("a tensor function answered with an HTTP response".into())),
+    });
+    let status = match admitted.run(call, work, encode).await {
+        Ok(response) => response.status(),
+        Err(e) => e.status(),
+    };
+    let served = mirror.served.lock().ok().and_then(|mut s| s.take());
+    let shadowed = answered.lock().ok().and_then(|mut s| s.take());
+    let agreed = match (served, shadowed) {
+        (Some(served), Some(shadowed)) => Some(oip::outputs_agree(&served, &shadowed)),
+        (Some(_), None) => Some(false),
+        (None, _) => None,
+    };
+    app.releases.observe_shadow(
+        subject,
+        &tenant,
+        &name,
+        mirror.version,
+        status.is_server_error(),
+        started.elapsed(),
+        agreed,
+    );
 }
 
 /// The declared input a request tensor names, with its datatype checked.

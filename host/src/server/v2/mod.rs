@@ -23,7 +23,7 @@ use crate::nn::TensorInfo;
 use crate::oip;
 use crate::registry::models::ModelVersion;
 use crate::registry::{Deployment, RegistryError};
-use crate::releases::Subject;
+use crate::releases::{Route, Subject};
 use crate::tenants::{Principal, Role};
 
 /// Who may use `/v2`: everyone who may invoke.
@@ -122,9 +122,9 @@ enum Pin<'a> {
     Alias(&'a str),
 }
 
-/// The version to serve of `subject` `name` (`None`: the newest), and whether the release
-/// routed it (such calls count toward its canary's health). `call` is a call's route key;
-/// `None` for metadata.
+/// The version to serve of `subject` `name` (`None`: the newest), and the release's route
+/// when it routed the call (such calls count toward its canary's health and may be mirrored).
+/// `call` is a call's route key; `None` for metadata.
 fn pick(
     app: &App,
     subject: Subject,
@@ -132,15 +132,15 @@ fn pick(
     name: &str,
     pin: &Pin<'_>,
     call: Option<Option<&[u8]>>,
-) -> Result<(Option<u32>, bool), ApiError> {
+) -> Result<(Option<u32>, Option<Route>), ApiError> {
     Ok(match pin {
-        Pin::Number(n) => (Some(*n), false),
-        Pin::Alias(alias) => (Some(app.releases.alias(subject, tenant, name, alias)?), false),
+        Pin::Number(n) => (Some(*n), None),
+        Pin::Alias(alias) => (Some(app.releases.alias(subject, tenant, name, alias)?), None),
         // Metadata shows the stable version; only calls are split to a canary.
-        Pin::Release if call.is_none() => (app.releases.get(subject, tenant, name).stable, false),
+        Pin::Release if call.is_none() => (app.releases.get(subject, tenant, name).stable, None),
         Pin::Release => match app.releases.route(subject, tenant, name, call.flatten()) {
-            Some(route) => (Some(route.version), true),
-            None => (None, false),
+            Some(route) => (Some(route.version), Some(route)),
+            None => (None, None),
         },
     })
 }
@@ -148,14 +148,14 @@ fn pick(
 /// [`resolve`] for metadata (`call` None: with every version's number, the stable version
 /// when none is named), or for a call with its `infercell-route-key` (`Some(key)`: the
 /// release's route, without the version list, a database read inference does not need). Also
-/// says whether the release routed the call.
+/// gives the release's route when it routed the call.
 async fn resolve_with(
     app: &App,
     tenant: &str,
     name: &str,
     version: Option<&str>,
     call: Option<Option<&[u8]>>,
-) -> Result<(Served, bool), ApiError> {
+) -> Result<(Served, Option<Route>), ApiError> {
     let with_versions = call.is_none();
     let pin = match version {
         None => Pin::Release,
