@@ -421,20 +421,35 @@ impl Releases {
             Actor::Key(id) => id.to_string(),
             Actor::System => "system".to_string(),
         };
-        let (t, n, stored, e, a) = (
+        let (t, n, json, e, a) = (
             tenant.to_string(),
             name.to_string(),
             serde_json::to_string(&release).map_err(anyhow::Error::from)?,
             event.clone(),
             at,
         );
-        self.db
+        let stored = self
+            .db
             .call(move |conn| {
                 let tx = conn.transaction()?;
+                // The function (or model) still has a live version: a change checked before a
+                // delete committed must not bring its release back.
+                let table = match subject {
+                    Subject::Function => "functions",
+                    Subject::Model => "models",
+                };
+                let live: bool = tx.query_row(
+                    &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL)"),
+                    params![t, n],
+                    |r| r.get(0),
+                )?;
+                if !live {
+                    return Ok(false);
+                }
                 tx.execute(
                     "INSERT INTO releases (tenant, kind, name, release, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (tenant, kind, name) DO UPDATE SET release = excluded.release, updated_at = excluded.updated_at",
-                    params![t, subject.as_str(), n, stored, a],
+                    params![t, subject.as_str(), n, json, a],
                 )?;
                 // Aliases move without a history event (the audit log has them). The history
                 // keeps the newest events of each release.
@@ -452,9 +467,12 @@ impl Releases {
                     )?;
                 }
                 tx.commit()?;
-                Ok(())
+                Ok(true)
             })
             .await?;
+        if !stored {
+            return Err(RegistryError::NotFound { kind: subject.as_str(), name: name.to_string() });
+        }
         self.install(subject, tenant, name, release.clone());
         let labels = ReleaseLabels {
             tenant: tenant.to_string(),
