@@ -288,7 +288,7 @@ fn a_mirror_copies_calls_and_reports_agreement() {
 
 #[test]
 fn a_version_whose_smoke_tests_fail_is_stored_but_not_released() {
-    let server = Server::start();
+    let mut server = Server::start();
     let key = server.tenant("acme", "standard");
     let passing = format!("{ECHO}[[smoke]]\npath = \"/ping\"\nbody = \"ping\"\ncontains = [\"ping\"]\n");
     assert_eq!(server.upload(&key, &passing, component("echo")).status(), 201);
@@ -315,6 +315,11 @@ fn a_version_whose_smoke_tests_fail_is_stored_but_not_released() {
     );
     expect_error(refused, 409);
     assert_eq!(call(&server, &key, "svc", None), (200, 1));
+    // The report, and so the refusal, survive a restart.
+    server.stop();
+    server.restart();
+    let refused = send(&server, &key, reqwest::Method::PUT, "/v1/functions/svc/release", Some(json!({"version": 2})));
+    assert!(expect_error(refused, 409).contains("smoke tests"));
 
     // `deploy --release` of a failing version stores it and says why it is not released.
     let dir = tempfile::tempdir().unwrap();
@@ -385,13 +390,14 @@ fn digit(server: &Server, key: &str, target: &str) -> u64 {
 
 #[test]
 fn a_function_version_keeps_the_model_version_it_was_deployed_with() {
-    let server = Server::start();
+    let mut server = Server::start();
     let key = server.tenant("acme", "standard");
     let manifest = std::fs::read_to_string(infercell_tests::function_dir("digits").join("function.toml")).unwrap();
-    let push = |digit: usize| {
-        let resp = server.push_model(&key, "name = \"digits\"\n", infercell_tests::onnx::digits_lookalike(digit));
+    fn push_lookalike(server: &Server, key: &str, digit: usize) {
+        let resp = server.push_model(key, "name = \"digits\"\n", infercell_tests::onnx::digits_lookalike(digit));
         assert_eq!(resp.status(), 201, "{}", resp.text().unwrap());
-    };
+    }
+    let push = |digit: usize| push_lookalike(&server, &key, digit);
     push(3); // model v1 always answers 3
     server.deploy(&key, "digits"); // function v1 resolves model digits@1
     push(7); // model v2 answers 7
@@ -408,6 +414,11 @@ fn a_function_version_keeps_the_model_version_it_was_deployed_with() {
     let out = server.cli(&key, &["release", "rollback", "digits", "--to", "1", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(digit(&server, &key, "digits"), 3);
+    // A restart keeps the pins: function v1 still loads model v1.
+    server.stop();
+    server.restart();
+    assert_eq!(digit(&server, &key, "digits"), 3);
+    assert_eq!(digit(&server, &key, "digits@2"), 7);
 
     // `digits@prod` follows the model's alias instead; the model's own release and alias commands.
     let follows = manifest.replace("models = [\"digits\"]", "models = [\"digits@prod\"]");
@@ -451,7 +462,7 @@ fn a_function_version_keeps_the_model_version_it_was_deployed_with() {
     assert_eq!((status["model"].as_str(), status["stable"].as_u64()), (Some("digits"), Some(1)));
 
     // A model's mirror compares outputs: v3 answers as v1 does, v2 does not.
-    push(3);
+    push_lookalike(&server, &key, 3);
     let mirror = |version: &str, calls: u64| -> Value {
         let out = server.cli(&key, &["release", "mirror", "digits", version, "--model", "--json"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -8,8 +8,9 @@
 //!   interval, measured on `min_requests` calls too (when the stable version fails as often,
 //!   the cause is shared: a dependency is down, the callers send bad requests; that is not the
 //!   canary's doing), or
-//! - its p99 is over `max_p99_ms`, or the stable version has `min_requests` calls too and the
-//!   canary's p99 is over [`P99_RATIO`] times the stable's and [`P99_MARGIN_MS`] above it.
+//! - its p99 is over `max_p99_ms`, or both versions have [`P99_MIN_CALLS`] calls in the
+//!   interval and the canary's p99 is over [`P99_RATIO`] times the stable's and
+//!   [`P99_MARGIN_MS`] above it.
 
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ use std::time::Duration;
 pub const P99_RATIO: f64 = 2.0;
 /// ... and by how much at least (short calls jitter by more than their own length).
 pub const P99_MARGIN_MS: f64 = 10.0;
+/// Calls each version needs in the interval before their p99s are compared: below it, a p99
+/// is one slow call (a neighbour's burst, a cold cache), not a regression.
+pub const P99_MIN_CALLS: u64 = 50;
 /// Latencies kept per version and interval; past it, the window keeps a uniform sample.
 const MAX_SAMPLES: usize = 20_000;
 
@@ -92,7 +96,9 @@ pub fn unhealthy(canary: &Tally, stable: &Tally, limits: &Limits) -> Option<Stri
         return Some(format!("p99 {p99:.1} ms over {} calls in the interval (limit {max:.1} ms)", canary.calls));
     }
     let stable_p99 = stable.p99_ms();
-    if stable.calls >= limits.min_requests.max(1) && p99 > stable_p99 * P99_RATIO && p99 > stable_p99 + P99_MARGIN_MS {
+    let comparable = canary.calls >= P99_MIN_CALLS.max(limits.min_requests)
+        && stable.calls >= P99_MIN_CALLS.max(limits.min_requests);
+    if comparable && p99 > stable_p99 * P99_RATIO && p99 > stable_p99 + P99_MARGIN_MS {
         return Some(format!(
             "p99 {p99:.1} ms over {} calls in the interval, more than {P99_RATIO}x the stable version's {stable_p99:.1} ms",
             canary.calls
@@ -131,10 +137,11 @@ mod tests {
     #[test]
     fn a_slow_canary_is_unhealthy() {
         let stable = tally(100, 0, 5);
-        let reason = unhealthy(&tally(20, 0, 30), &stable, &LIMITS).expect("6x slower");
+        let reason = unhealthy(&tally(50, 0, 30), &stable, &LIMITS).expect("6x slower");
         assert!(reason.contains("2x the stable version's 5.0 ms"), "{reason}");
+        assert_eq!(unhealthy(&tally(49, 0, 30), &stable, &LIMITS), None, "too few calls to compare p99s");
         // Twice as slow, but by less than the margin: jitter, not a regression.
-        assert_eq!(unhealthy(&tally(20, 0, 12), &stable, &LIMITS), None);
+        assert_eq!(unhealthy(&tally(50, 0, 12), &stable, &LIMITS), None);
         let limits = Limits { max_p99_ms: Some(8.0), ..LIMITS };
         let reason = unhealthy(&tally(20, 0, 12), &stable, &limits).expect("over the absolute limit");
         assert!(reason.contains("limit 8.0 ms"), "{reason}");

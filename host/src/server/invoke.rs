@@ -135,12 +135,14 @@ async fn invoke(
         served: Arc::new(Mutex::new(None)),
     });
     let version = deployment.version;
-    // A routed call counts toward the release's canary health, from the call's own task.
+    // A routed call counts toward the release's canary health, from the call's own task, with
+    // its time from admission (a version's first load after a restart is not its latency).
+    let admitted_at = std::time::Instant::now();
     let on_answer = route.map(|_| {
         let (app, tenant, function) = (app.clone(), tenant.to_string(), function.to_string());
         Box::new(move |status: axum::http::StatusCode| {
             let failed = status.is_server_error();
-            app.releases.observe(Subject::Function, &tenant, &function, version, failed, received.elapsed());
+            app.releases.observe(Subject::Function, &tenant, &function, version, failed, admitted_at.elapsed());
         }) as invocation::OnAnswer
     });
     let call = Call {

@@ -109,10 +109,13 @@ pub async fn infer(
             Work::Predictor { deployment, inputs }
         }
     };
+    // Timed from here: the version is resolved and the request parsed (a tensor function's
+    // first load after a restart is not its latency; a model's graph loads inside the call).
+    let admitted_at = Instant::now();
     let on_answer = routed.map(|_| {
         let (app, tenant, name) = (app.clone(), tenant.clone(), name.clone());
         Box::new(move |status: axum::http::StatusCode| {
-            app.releases.observe(subject, &tenant, &name, version, status.is_server_error(), received.elapsed());
+            app.releases.observe(subject, &tenant, &name, version, status.is_server_error(), admitted_at.elapsed());
         }) as invocation::OnAnswer
     });
     let call =
