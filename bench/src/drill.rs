@@ -44,11 +44,7 @@ fn steady(
             for _ in 0..connections {
                 let (authority, path, key, stop) = (authority.clone(), path.clone(), key.clone(), stop.clone());
                 tasks.push(tokio::spawn(async move {
-                    let stream = tokio::net::TcpStream::connect(&authority).await?;
-                    stream.set_nodelay(true)?;
-                    let (mut sender, conn) =
-                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-                    tokio::spawn(conn);
+                    let mut sender = crate::load::connect(&authority).await?;
                     let mut counts = Counts::default();
                     let mut next = Instant::now();
                     while !stop.load(Ordering::Relaxed) {

@@ -53,11 +53,7 @@ pub async fn run_mode(target: &Target, connections: usize, duration: Duration, m
         let (uri, authority, bearer) = (uri.clone(), authority.clone(), target.bearer.clone());
         let (payload, echo, headers) = (target.body.clone(), target.echo, target.headers.clone());
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(&authority).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
+            let mut sender = connect(&authority).await?;
             let mut latencies = Vec::new();
             let mut next = Instant::now();
             while Instant::now() < deadline {
@@ -100,6 +96,15 @@ pub async fn run_mode(target: &Target, connections: usize, duration: Duration, m
             .unwrap_or(0.0)
     };
     Ok(Report { rps: all.len() as f64 / elapsed, p50_ms: pct(0.50), p99_ms: pct(0.99) })
+}
+
+/// One keep-alive HTTP/1.1 connection to `authority` (`host:port`), its driver spawned.
+pub async fn connect(authority: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// Runs [`run_mode`] on a thread and runtime of its own, as a separate client would: its

@@ -446,6 +446,11 @@ pub async fn mirror_off<const MODEL: bool>(
     changed(&app, subject, tenant, &name, &event).await
 }
 
+/// `{"function"|"model": name, "aliases": {...}}`.
+fn aliases_body(subject: Subject, name: &str, release: &Release) -> Response {
+    Json(json!({ subject.as_str(): name, "aliases": release.aliases })).into_response()
+}
+
 /// `GET .../{name}/aliases`: `{"aliases":{"prod":3,...}}`.
 pub async fn aliases<const MODEL: bool>(
     State(app): State<Arc<App>>,
@@ -456,7 +461,7 @@ pub async fn aliases<const MODEL: bool>(
     let subject = subject(MODEL);
     versions(&app, subject, tenant, &name).await?;
     let release = app.releases.get(subject, tenant, &name);
-    Ok(Json(json!({ subject.as_str(): name, "aliases": release.aliases })).into_response())
+    Ok(aliases_body(subject, &name, &release))
 }
 
 /// `PUT .../{name}/aliases/{alias}` `{"version":N}`: makes or moves an alias.
@@ -487,7 +492,7 @@ pub async fn set_alias<const MODEL: bool>(
             Ok(Event { event: "alias", from, to: Some(body.version), reason: format!("{alias} -> {}", body.version) })
         })
         .await?;
-    let mut response = Json(json!({ subject.as_str(): name, "aliases": release.aliases })).into_response();
+    let mut response = aliases_body(subject, &name, &release);
     response.extensions_mut().insert(AuditTarget(format!("{name}@{alias} -> {}", event.to.unwrap_or_default())));
     Ok(response)
 }
@@ -511,7 +516,7 @@ pub async fn remove_alias<const MODEL: bool>(
             Ok(Event { event: "alias", from: Some(from), to: None, reason: format!("{alias} removed") })
         })
         .await?;
-    let mut response = Json(json!({ subject.as_str(): name, "aliases": release.aliases })).into_response();
+    let mut response = aliases_body(subject, &name, &release);
     response.extensions_mut().insert(AuditTarget(format!("{name}@{alias}")));
     Ok(response)
 }
