@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use infercell::nn::onnxruntime::OnnxRuntime;
 use infercell::nn::tract::Tract;
 use infercell::nn::{ElemType, Engine, Graphs, HostTensor};
-use infercell::runtime::nn::{BoxFuture, ModelPin, ModelSource, NnAccess};
+use infercell::runtime::nn::{BoxFuture, Located, ModelPin, ModelSource, NnAccess};
 use infercell::runtime::{Grants, GuestRequest, Limits, Runtime, RuntimeConfig};
 
 use crate::repo_root;
@@ -36,13 +36,14 @@ struct Workload {
 struct OneModel(&'static str, Vec<u8>);
 
 impl ModelSource for OneModel {
-    fn lookup<'a>(
-        &'a self,
-        _tenant: &'a str,
-        name: &'a str,
-        _pin: &'a ModelPin,
-    ) -> BoxFuture<'a, Option<(String, String)>> {
-        Box::pin(async move { (name == self.0).then(|| (format!("sha256:bench-{name}"), "auto".to_string())) })
+    fn lookup<'a>(&'a self, _tenant: &'a str, name: &'a str, _pin: &'a ModelPin) -> BoxFuture<'a, Option<Located>> {
+        Box::pin(async move {
+            (name == self.0).then(|| Located {
+                digest: format!("sha256:bench-{name}"),
+                selector: "auto".to_string(),
+                version: 1,
+            })
+        })
     }
     fn read(&self, _digest: &str) -> anyhow::Result<Vec<u8>> {
         Ok(self.1.clone())

@@ -26,7 +26,7 @@ pub struct App {
     pub tenants: Tenants,
     pub registry: Registry,
     pub runtime: Arc<Runtime>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub metering: Metering,
     pub quotas: Quotas,
     /// `/v2` inference statistics, since start.
@@ -87,9 +87,15 @@ impl App {
         if config.nn.gpu == "auto" {
             graphs.enable_gpu(config.nn.gpu_memory_bytes, config.nn.gpu_fusion);
         }
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new(config.metrics.clone()));
         let load_time = metrics.graph_load.clone();
         graphs.on_load = Box::new(move |took| load_time.observe(took.as_secs_f64()));
+        let m = metrics.clone();
+        graphs.on_wait = Box::new(move |pool, waited| m.compute_queue(pool, waited));
+        let m = metrics.clone();
+        graphs.on_compute = Box::new(move |tenant, named, engine, device, took| {
+            m.nn_compute(tenant, named.map(|n| n.name.as_str()), engine, device, took)
+        });
         let audit = Audit::new(db.clone());
         let releases = Arc::new(crate::releases::Releases::open(
             db.clone(),

@@ -22,6 +22,11 @@ max_response_bytes = "16MiB"
 max_response_headers = 100
 metrics_require_key = true
 
+[metrics]
+max_tenants = 100
+max_names_per_tenant = 100
+max_versions_per_name = 4
+
 [metering]
 enabled = true
 fsync = false
@@ -123,6 +128,7 @@ http_bytes = "0.00000000009"
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub metrics: MetricsConfig,
     pub metering: MeteringConfig,
     pub nn: NnConfig,
     pub runtime: RuntimeSection,
@@ -147,6 +153,20 @@ pub struct ServerConfig {
     /// When true (the default), `GET /metrics` needs the admin key or a platform key with the
     /// `metrics` role: metrics name every tenant and function.
     pub metrics_require_key: bool,
+}
+
+/// `[metrics]`: how many label values the Prometheus series may carry (docs/metrics.md). A
+/// value past a cap is folded into `other`, so a platform with many tenants, functions or
+/// versions exports a bounded number of series.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Tenants named in labels; later ones are `other`.
+    pub max_tenants: usize,
+    /// Functions and models named per tenant; later ones are `other`.
+    pub max_names_per_tenant: usize,
+    /// Versions of one function or model named at once: the newest; older ones are `other`.
+    pub max_versions_per_name: usize,
 }
 
 /// `[metering]`: usage records.

@@ -1,13 +1,25 @@
-//! Prometheus metrics. Labels carry tenant and function names, never keys.
+//! Prometheus metrics. Labels carry tenant, function and model names, never keys; how many
+//! distinct values they carry is capped ([`crate::config::MetricsConfig`], docs/metrics.md),
+//! the rest folded into `other`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::config::MetricsConfig;
 use crate::metering::Outcome;
+
+/// The label value every name past its cap is folded into.
+pub const OTHER: &str = "other";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InvocationLabels {
@@ -21,6 +33,55 @@ pub struct InvocationLabels {
 pub struct FunctionLabels {
     pub tenant: String,
     pub function: String,
+}
+
+/// One series of `infercell_request_duration_seconds`: a function's or a model's version on
+/// one route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub tenant: String,
+    /// function or model.
+    pub kind: String,
+    pub name: String,
+    pub version: String,
+    /// fn (`/fn/...`) or v2 (`/v2/models/.../infer`).
+    pub route: String,
+}
+
+/// One series of `infercell_requests_total`: [`RequestLabels`] and the answer's status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestCodeLabels {
+    pub tenant: String,
+    pub kind: String,
+    pub name: String,
+    pub version: String,
+    pub route: String,
+    /// The HTTP status code of the answer (`200`, `500`, ...).
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComputeLabels {
+    pub tenant: String,
+    /// The model's name (`-` for a graph a function loaded from bytes).
+    pub model: String,
+    /// tract, onnxruntime or wgpu.
+    pub engine: String,
+    /// cpu or gpu: where the compute's nodes ran (gpu when any did).
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// cpu (the compute threads) or gpu (calls waiting on the device).
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantCurrencyLabels {
+    pub tenant: String,
+    /// The plan's ISO 4217 currency.
+    pub currency: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +113,9 @@ pub struct UploadLabels {
     pub outcome: String,
 }
 
+type FloatCounter = Counter<f64, AtomicU64>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 /// The metric handles of one function, resolved once per deployed version so that a call
 /// neither allocates label strings nor hashes them.
 #[derive(Clone)]
@@ -68,19 +132,93 @@ impl FunctionMetrics {
     }
 }
 
+/// What a call is, for its request series.
+#[derive(Clone, Copy, Debug)]
+pub struct CallSite<'a> {
+    pub tenant: &'a str,
+    /// function or model.
+    pub kind: &'static str,
+    pub name: &'a str,
+    pub version: u32,
+    /// fn or v2.
+    pub route: &'static str,
+}
+
+/// The request series of one version on one route, made once.
+struct RequestHandles {
+    labels: RequestLabels,
+    duration: Histogram,
+    /// Counters by status code (a handful per version).
+    codes: Mutex<Vec<(u16, Counter)>>,
+}
+
+/// The label values in use, within their caps.
+#[derive(Default)]
+struct Names {
+    tenants: HashSet<String>,
+    /// Per tenant: the (kind, name) pairs named.
+    names: HashMap<String, HashSet<(&'static str, String)>>,
+    /// Per (tenant, kind, name) as labelled: the versions named, newest last.
+    versions: HashMap<(String, &'static str, String), BTreeSet<u32>>,
+}
+
+impl Names {
+    fn tenant(&mut self, caps: &MetricsConfig, tenant: &str) -> String {
+        if self.tenants.contains(tenant) {
+            return tenant.to_string();
+        }
+        if self.tenants.len() < caps.max_tenants {
+            self.tenants.insert(tenant.to_string());
+            return tenant.to_string();
+        }
+        OTHER.to_string()
+    }
+
+    /// The (tenant, name) labels of `tenant`'s `name`.
+    fn name(&mut self, caps: &MetricsConfig, tenant: &str, kind: &'static str, name: &str) -> (String, String) {
+        let tenant = self.tenant(caps, tenant);
+        if tenant == OTHER {
+            return (tenant, OTHER.to_string());
+        }
+        let names = self.names.entry(tenant.clone()).or_default();
+        let key = (kind, name.to_string());
+        if names.contains(&key) || names.len() < caps.max_names_per_tenant {
+            names.insert(key);
+            return (tenant, name.to_string());
+        }
+        (tenant, OTHER.to_string())
+    }
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
+    caps: MetricsConfig,
+    names: Mutex<Names>,
+    requests_index: Mutex<HashMap<(String, &'static str, String, u32, &'static str), Arc<RequestHandles>>>,
     pub invocations: Family<InvocationLabels, Counter>,
     pub invocation_duration: Family<FunctionLabels, Histogram>,
+    requests: Family<RequestCodeLabels, Counter>,
+    request_duration: Family<RequestLabels, Histogram>,
+    pub instantiate: Histogram,
+    compute_queue: Family<PoolLabels, Histogram>,
+    nn_compute: Family<ComputeLabels, Histogram>,
     pub active_instances: Gauge,
+    instance_slots: Gauge,
+    compute_slots: Family<PoolLabels, Gauge>,
+    compute_busy: Family<PoolLabels, Gauge>,
     pub uploads: Family<UploadLabels, Counter>,
     pub compile_duration: Histogram,
     pub log_bytes_dropped: Family<FunctionLabels, Counter>,
-    pub refused: Family<RefusedLabels, Counter>,
-    pub denials: Family<DenialLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
+    denials: Family<DenialLabels, Counter>,
     pub usage_batch_size: Histogram,
     pub usage_commit: Histogram,
+    pub usage_backlog: Gauge,
+    pub usage_commit_failures: Counter,
+    cost: Family<TenantCurrencyLabels, FloatCounter>,
+    budget_spent: Family<TenantCurrencyLabels, FloatGauge>,
+    budget_limit: Family<TenantCurrencyLabels, FloatGauge>,
     pub release_rollbacks: Family<ReleaseLabels, Counter>,
     pub release_promotions: Family<ReleaseLabels, Counter>,
     gpu_memory: Gauge,
@@ -97,25 +235,92 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(MetricsConfig { max_tenants: 100, max_names_per_tenant: 100, max_versions_per_name: 4 })
     }
 }
 
+/// Request latency buckets, at round values so that objectives (ops/slo.md) can name one:
+/// 100 us to 60 s.
+pub const LATENCY_BUCKETS: [f64; 18] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    LATENCY_BUCKETS.into_iter()
+}
+
+/// Buckets for the short host-side steps (queue waits, instantiation, engine computes): 10 us
+/// to about 40 s.
+fn step_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.00001, 3.0, 14)
+}
+
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(caps: MetricsConfig) -> Self {
         let mut registry = Registry::with_prefix("infercell");
+        registry.register(
+            "build",
+            "The server's version and the versions of the engines in it",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("wasmtime", "48".to_string()),
+                ("tract", "0.23".to_string()),
+            ]),
+        );
+        let start_time = Gauge::<i64>::default();
+        start_time.set(crate::clock::now_us() / 1_000_000);
+        registry.register("start_time_seconds", "When the server started, in Unix seconds", start_time);
         let invocations = Family::<InvocationLabels, Counter>::default();
         registry.register("invocations", "Function invocations by outcome", invocations.clone());
-        let invocation_duration = Family::<FunctionLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.5, 14))
-        });
+        let invocation_duration =
+            Family::<FunctionLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
         registry.register(
             "invocation_duration_seconds",
             "Wall time of function invocations",
             invocation_duration.clone(),
         );
+        let requests = Family::<RequestCodeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Admitted calls of a function or model version, by route and answer status (refusals before admission are in infercell_refused_total)",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<RequestLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "request_duration_seconds",
+            "Time from a call's request received to its answer ready, usage committed",
+            request_duration.clone(),
+        );
+        let instantiate = Histogram::new(step_buckets());
+        registry.register(
+            "instantiate_seconds",
+            "Time to instantiate a function's fresh sandbox for one call",
+            instantiate.clone(),
+        );
+        let compute_queue = Family::<PoolLabels, Histogram>::new_with_constructor(|| Histogram::new(step_buckets()));
+        registry.register(
+            "compute_queue_seconds",
+            "Time a compute or graph load waited for a slot of its pool (and its tenant's share)",
+            compute_queue.clone(),
+        );
+        let nn_compute = Family::<ComputeLabels, Histogram>::new_with_constructor(|| Histogram::new(step_buckets()));
+        registry.register(
+            "nn_compute_seconds",
+            "Engine time of one model compute, by model, engine and device",
+            nn_compute.clone(),
+        );
         let active_instances = Gauge::default();
         registry.register("active_instances", "Instances running a call right now", active_instances.clone());
+        let instance_slots = Gauge::default();
+        registry.register(
+            "instance_slots",
+            "Instances that may run at once (runtime.max_instances)",
+            instance_slots.clone(),
+        );
+        let compute_slots = Family::<PoolLabels, Gauge>::default();
+        registry.register("compute_slots", "Computes that may run at once, per pool", compute_slots.clone());
+        let compute_busy = Family::<PoolLabels, Gauge>::default();
+        registry.register("compute_busy", "Compute slots taken now, per pool", compute_busy.clone());
         let uploads = Family::<UploadLabels, Counter>::default();
         registry.register("uploads", "Function uploads by outcome", uploads.clone());
         let compile_duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
@@ -136,12 +341,34 @@ impl Metrics {
         registry.register("denials", "Host calls refused for want of a grant", denials.clone());
         let usage_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
         registry.register("usage_batch_size", "Usage records per group commit", usage_batch_size.clone());
-        let usage_commit = Histogram::new(exponential_buckets(0.00005, 2.0, 14));
+        let usage_commit = Histogram::new(LATENCY_BUCKETS[..15].iter().copied());
         registry.register(
             "usage_commit_seconds",
             "Time a call waits for its usage record to commit",
             usage_commit.clone(),
         );
+        let usage_backlog = Gauge::default();
+        registry.register(
+            "usage_backlog_records",
+            "Usage records handed to the writer and not yet committed",
+            usage_backlog.clone(),
+        );
+        let usage_commit_failures = Counter::default();
+        registry.register(
+            "usage_commit_failures",
+            "Calls whose usage record could not be committed (answered 500)",
+            usage_commit_failures.clone(),
+        );
+        let cost = Family::<TenantCurrencyLabels, FloatCounter>::default();
+        registry.register("cost", "What the calls cost at their tenant's prices", cost.clone());
+        let budget_spent = Family::<TenantCurrencyLabels, FloatGauge>::default();
+        registry.register(
+            "tenant_budget_spent",
+            "Month-to-date spend of each tenant whose plan has a monthly budget",
+            budget_spent.clone(),
+        );
+        let budget_limit = Family::<TenantCurrencyLabels, FloatGauge>::default();
+        registry.register("tenant_budget", "The monthly budget of each tenant's plan", budget_limit.clone());
         let release_rollbacks = Family::<ReleaseLabels, Counter>::default();
         registry.register(
             "release_rollbacks",
@@ -171,6 +398,35 @@ impl Metrics {
         let gpu_recreated = Counter::default();
         registry.register("gpu_devices_recreated", "GPU devices made again after a loss", gpu_recreated.clone());
         Self {
+            registry,
+            caps,
+            names: Mutex::default(),
+            requests_index: Mutex::default(),
+            invocations,
+            invocation_duration,
+            requests,
+            request_duration,
+            instantiate,
+            compute_queue,
+            nn_compute,
+            active_instances,
+            instance_slots,
+            compute_slots,
+            compute_busy,
+            uploads,
+            compile_duration,
+            log_bytes_dropped,
+            refused,
+            denials,
+            usage_batch_size,
+            usage_commit,
+            usage_backlog,
+            usage_commit_failures,
+            cost,
+            budget_spent,
+            budget_limit,
+            release_rollbacks,
+            release_promotions,
             gpu_memory,
             gpu_budget,
             gpu_evictions,
@@ -181,25 +437,22 @@ impl Metrics {
             graph_evictions,
             graph_bytes,
             graphs_loaded,
-            registry,
-            invocations,
-            invocation_duration,
-            active_instances,
-            uploads,
-            compile_duration,
-            log_bytes_dropped,
-            refused,
-            denials,
-            usage_batch_size,
-            usage_commit,
-            release_rollbacks,
-            release_promotions,
         }
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The label of `tenant`: its name, or `other` past the cap.
+    pub fn tenant_label(&self, tenant: &str) -> String {
+        self.names().tenant(&self.caps, tenant)
     }
 
     /// The handles of `tenant`'s `function`.
     pub fn function(&self, tenant: &str, function: &str) -> FunctionMetrics {
-        let labels = FunctionLabels { tenant: tenant.to_string(), function: function.to_string() };
+        let (tenant, function) = self.names().name(&self.caps, tenant, "function", function);
+        let labels = FunctionLabels { tenant: tenant.clone(), function: function.clone() };
         FunctionMetrics {
             duration: self.invocation_duration.get_or_create(&labels).clone(),
             outcomes: Outcome::ALL
@@ -207,14 +460,164 @@ impl Metrics {
                 .map(|o| {
                     self.invocations
                         .get_or_create(&InvocationLabels {
-                            tenant: tenant.to_string(),
-                            function: function.to_string(),
+                            tenant: tenant.clone(),
+                            function: function.clone(),
                             outcome: o.as_str().to_string(),
                         })
                         .clone()
                 })
                 .collect(),
             log_bytes_dropped: self.log_bytes_dropped.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts one answered call of `site` and its time from request to answer.
+    pub fn request(&self, site: CallSite<'_>, code: u16, took: Duration) {
+        let handles = self.request_handles(site);
+        handles.duration.observe(took.as_secs_f64());
+        let mut codes = handles.codes.lock().unwrap_or_else(|e| e.into_inner());
+        let counter = match codes.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.clone(),
+            None => {
+                let l = &handles.labels;
+                let counter = self
+                    .requests
+                    .get_or_create(&RequestCodeLabels {
+                        tenant: l.tenant.clone(),
+                        kind: l.kind.clone(),
+                        name: l.name.clone(),
+                        version: l.version.clone(),
+                        route: l.route.clone(),
+                        code: code.to_string(),
+                    })
+                    .clone();
+                codes.push((code, counter.clone()));
+                counter
+            }
+        };
+        counter.inc();
+    }
+
+    /// The series of `site`, made on its first call: the version keeps its number while it is
+    /// among its name's `max_versions_per_name` newest; an older version's series are removed
+    /// from the exposition and its later calls count under `other`.
+    fn request_handles(&self, site: CallSite<'_>) -> Arc<RequestHandles> {
+        let key = (site.tenant.to_string(), site.kind, site.name.to_string(), site.version, site.route);
+        let mut index = self.requests_index.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(handles) = index.get(&key) {
+            return handles.clone();
+        }
+        let (tenant, name) = self.names().name(&self.caps, site.tenant, site.kind, site.name);
+        let named = (tenant.clone(), site.kind, name.clone());
+        let version = if name == OTHER {
+            OTHER.to_string()
+        } else {
+            let mut names = self.names();
+            let versions = names.versions.entry(named.clone()).or_default();
+            versions.insert(site.version);
+            let mut evicted = Vec::new();
+            while versions.len() > self.caps.max_versions_per_name.max(1) {
+                if let Some(oldest) = versions.pop_first() {
+                    evicted.push(oldest);
+                }
+            }
+            drop(names);
+            let kept = !evicted.contains(&site.version);
+            for old in evicted.into_iter().filter(|v| *v != site.version) {
+                self.forget_version(&mut index, &named, old);
+            }
+            if kept { site.version.to_string() } else { OTHER.to_string() }
+        };
+        let labels =
+            RequestLabels { tenant, kind: site.kind.to_string(), name, version, route: site.route.to_string() };
+        let handles = Arc::new(RequestHandles {
+            duration: self.request_duration.get_or_create(&labels).clone(),
+            labels,
+            codes: Mutex::default(),
+        });
+        index.insert(key, handles.clone());
+        handles
+    }
+
+    /// Removes the series of version `old` of a labelled name (it fell out of the newest).
+    fn forget_version(
+        &self,
+        index: &mut HashMap<(String, &'static str, String, u32, &'static str), Arc<RequestHandles>>,
+        named: &(String, &'static str, String),
+        old: u32,
+    ) {
+        let version = old.to_string();
+        index.retain(|_, handles| {
+            let l = &handles.labels;
+            let gone = l.tenant == named.0 && l.kind == named.1 && l.name == named.2 && l.version == version;
+            if gone {
+                self.request_duration.remove(l);
+                for (code, _) in handles.codes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    self.requests.remove(&RequestCodeLabels {
+                        tenant: l.tenant.clone(),
+                        kind: l.kind.clone(),
+                        name: l.name.clone(),
+                        version: l.version.clone(),
+                        route: l.route.clone(),
+                        code: code.to_string(),
+                    });
+                }
+            }
+            !gone
+        });
+    }
+
+    /// Counts a call refused before it ran.
+    pub fn refused(&self, tenant: &str, reason: &str) {
+        let tenant = self.tenant_label(tenant);
+        self.refused.get_or_create(&RefusedLabels { tenant, reason: reason.to_string() }).inc();
+    }
+
+    /// Counts `n` host calls of `tenant` denied for want of `capability`.
+    pub fn denied(&self, tenant: &str, capability: &str, n: u64) {
+        let tenant = self.tenant_label(tenant);
+        self.denials.get_or_create(&DenialLabels { tenant, capability: capability.to_string() }).inc_by(n);
+    }
+
+    /// Adds a call's cost at its tenant's prices.
+    pub fn cost(&self, tenant: &str, currency: &str, amount: f64) {
+        let tenant = self.tenant_label(tenant);
+        self.cost.get_or_create(&TenantCurrencyLabels { tenant, currency: currency.to_string() }).inc_by(amount);
+    }
+
+    /// Records one model compute's engine time.
+    pub fn nn_compute(&self, tenant: &str, model: Option<&str>, engine: &str, device: &str, took: Duration) {
+        let (tenant, model) = match model {
+            Some(model) => self.names().name(&self.caps, tenant, "model", model),
+            None => (self.tenant_label(tenant), "-".to_string()),
+        };
+        self.nn_compute
+            .get_or_create(&ComputeLabels { tenant, model, engine: engine.to_string(), device: device.to_string() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records how long a compute waited for a slot of `pool` (cpu or gpu).
+    pub fn compute_queue(&self, pool: &str, waited: Duration) {
+        self.compute_queue.get_or_create(&PoolLabels { pool: pool.to_string() }).observe(waited.as_secs_f64());
+    }
+
+    /// Brings the pool gauges up to date (at scrape time).
+    pub fn observe_pools(&self, instance_slots: u32, pools: &[(&str, usize, usize)]) {
+        self.instance_slots.set(i64::from(instance_slots));
+        for (pool, slots, busy) in pools {
+            let labels = PoolLabels { pool: pool.to_string() };
+            self.compute_slots.get_or_create(&labels).set(*slots as i64);
+            self.compute_busy.get_or_create(&labels).set(*busy as i64);
+        }
+    }
+
+    /// Brings the budget gauges up to date (at scrape time): per tenant with a budget, its
+    /// month-to-date spend (as last computed) and its budget.
+    pub fn observe_budgets(&self, budgets: &[(String, String, f64, f64)]) {
+        for (tenant, currency, spent, budget) in budgets {
+            let labels = TenantCurrencyLabels { tenant: self.tenant_label(tenant), currency: currency.clone() };
+            self.budget_spent.get_or_create(&labels).set(*spent);
+            self.budget_limit.get_or_create(&labels).set(*budget);
         }
     }
 
@@ -241,5 +644,67 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(tenants: usize, names: usize, versions: usize) -> MetricsConfig {
+        MetricsConfig { max_tenants: tenants, max_names_per_tenant: names, max_versions_per_name: versions }
+    }
+
+    fn site<'a>(tenant: &'a str, name: &'a str, version: u32) -> CallSite<'a> {
+        CallSite { tenant, kind: "function", name, version, route: "fn" }
+    }
+
+    #[test]
+    fn labels_past_their_caps_fold_into_other() {
+        let m = Metrics::new(caps(2, 2, 2));
+        let ms = Duration::from_millis(1);
+        m.request(site("a", "f", 1), 200, ms);
+        m.request(site("b", "f", 1), 200, ms);
+        // A third tenant: other.
+        m.request(site("c", "f", 1), 200, ms);
+        // A third function of a: other.
+        m.request(site("a", "g", 1), 200, ms);
+        m.request(site("a", "h", 1), 500, ms);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"infercell_requests_total{tenant="a",kind="function",name="f",version="1",route="fn",code="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tenant="other",kind="function",name="other",version="other",route="fn",code="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tenant="a",kind="function",name="other",version="other",route="fn",code="500"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"tenant="c""#), "{text}");
+    }
+
+    #[test]
+    fn only_the_newest_versions_keep_their_series() {
+        let m = Metrics::new(caps(10, 10, 2));
+        let ms = Duration::from_millis(1);
+        m.request(site("a", "f", 1), 200, ms);
+        m.request(site("a", "f", 2), 200, ms);
+        m.request(site("a", "f", 3), 200, ms);
+        let text = m.encode();
+        assert!(!text.contains(r#"version="1""#), "version 1 fell out of the newest two:\n{text}");
+        assert!(text.contains(r#"version="2",route="fn",code="200"} 1"#), "{text}");
+        assert!(text.contains(r#"version="3",route="fn",code="200"} 1"#), "{text}");
+        // The old version called again counts under other, and pushes nothing out.
+        m.request(site("a", "f", 1), 200, ms);
+        let text = m.encode();
+        assert!(text.contains(r#"version="other",route="fn",code="200"} 1"#), "{text}");
+        assert!(text.contains(r#"version="2",route="fn",code="200"} 1"#), "{text}");
+        let series = text.lines().filter(|l| l.starts_with("infercell_requests_total{")).count();
+        assert_eq!(series, 3, "{text}");
     }
 }

@@ -128,7 +128,7 @@ pub async fn run_case(app: &App, tenant: &str, dir: &std::path::Path, name: &str
     if let Err(e) = models.push(tenant, &manifest, onnx.into(), "conformance", &plan).await {
         return Outcome::Refused(NnError::new(ErrorCode::UnsupportedOperation, e.to_string()));
     }
-    let (digest, selector) =
+    let infercell::runtime::nn::Located { digest, selector, .. } =
         models.lookup(tenant, &model_name, &infercell::runtime::nn::ModelPin::Current).await.unwrap();
     let graphs = models.graphs().clone();
     let (source, d) = (models.clone(), digest.clone());
@@ -143,7 +143,7 @@ pub async fn run_case(app: &App, tenant: &str, dir: &std::path::Path, name: &str
     };
     let inputs = case["inputs"].as_array().unwrap().iter().map(tensor).collect();
     let meter = std::sync::Arc::new(infercell::nn::NnMeter::default());
-    let outputs = match graphs.run_model("conformance", model, inputs, &meter, u64::MAX).await {
+    let outputs = match graphs.run_model("conformance", None, model, inputs, &meter, u64::MAX).await {
         Ok(outputs) => outputs,
         Err(e) => return Outcome::Refused(e),
     };

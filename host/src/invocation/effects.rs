@@ -42,26 +42,14 @@ async fn record_denials(
             denial.target.push('…');
         }
         if i == AUDITED {
-            app.metrics
-                .denials
-                .get_or_create(&crate::metrics::DenialLabels {
-                    tenant: deployment.tenant.clone(),
-                    capability: denial.capability.to_string(),
-                })
-                .inc_by((total - AUDITED) as u64);
+            app.metrics.denied(&deployment.tenant, denial.capability, (total - AUDITED) as u64);
             logs.push(crate::runtime::LogLine {
                 level: LogLevel::Warn,
                 message: format!("[infercell] {} more denials in this call (not logged one by one)", total - AUDITED),
             });
             break;
         }
-        app.metrics
-            .denials
-            .get_or_create(&crate::metrics::DenialLabels {
-                tenant: deployment.tenant.clone(),
-                capability: denial.capability.to_string(),
-            })
-            .inc();
+        app.metrics.denied(&deployment.tenant, denial.capability, 1);
         logs.push(crate::runtime::LogLine {
             level: LogLevel::Warn,
             message: match denial.capability {

@@ -38,7 +38,6 @@ use crate::config::Plan;
 use crate::error::ApiError;
 use crate::metering::quota::{Admission, Refusal};
 use crate::metering::{Kind, Meters, Outcome, UsageRecord, now_us};
-use crate::metrics::RefusedLabels;
 use crate::nn::{HostTensor, NnError, NnMeter, NnRefusal, NnUsage};
 use crate::oip::Tensor;
 use crate::registry::Deployment;
@@ -127,7 +126,7 @@ pub fn admit_shadow(app: &Arc<App>, tenant: &str) -> Option<Admitted> {
 
 /// Counts a refused call.
 fn refused(app: &App, tenant: &str, reason: &str) {
-    app.metrics.refused.get_or_create(&RefusedLabels { tenant: tenant.to_string(), reason: reason.into() }).inc();
+    app.metrics.refused(tenant, reason);
 }
 
 /// Who is calling, and the request's own figures.
@@ -262,9 +261,25 @@ impl Admitted {
 
     async fn lifecycle(self, mut call: Call, work: Work, encode: Encode) -> Result<Response, ApiError> {
         let on_answer = call.on_answer.take();
+        // The request series (a mirrored copy has none: its caller never sees it).
+        let site = (!call.shadow).then(|| {
+            let (kind, name, version) = match &work {
+                Work::Handler { deployment, .. } | Work::Predictor { deployment, .. } => {
+                    ("function", deployment.name.clone(), deployment.version)
+                }
+                Work::Model { model, .. } => ("model", model.name.clone(), model.version),
+            };
+            let route = if matches!(work, Work::Handler { .. }) { "fn" } else { "v2" };
+            (self.app.clone(), self.tenant.clone(), kind, name, version, route, call.received)
+        });
         let answered = self.answer(call, work, encode).await;
+        let status = answered.as_ref().map_or_else(ApiError::status, Response::status);
+        if let Some((app, tenant, kind, name, version, route, received)) = site {
+            let site = crate::metrics::CallSite { tenant: &tenant, kind, name: &name, version, route };
+            app.metrics.request(site, status.as_u16(), received.elapsed());
+        }
         if let Some(on_answer) = on_answer {
-            on_answer(answered.as_ref().map_or_else(ApiError::status, Response::status));
+            on_answer(status);
         }
         answered
     }
@@ -286,6 +301,9 @@ impl Admitted {
         let ran = execute(&app, &tenant, &call, &plan, work).await;
         drop(active);
         drop(slot);
+        if let Some(guest) = ran.guest.as_ref().filter(|g| !g.instantiate.is_zero()) {
+            app.metrics.instantiate.observe(guest.instantiate.as_secs_f64());
+        }
 
         let outcome = match &ran.result {
             Ok(_) => Some(Outcome::Ok),
@@ -377,11 +395,17 @@ fn meters(guest: Option<&CallUsage>, nn: &NnUsage, bytes_in: usize, bytes_out: i
 /// Commits a call's usage record; the answer goes out only once it is committed.
 async fn commit(app: &App, plan: &Plan, record: UsageRecord) -> Result<(), ApiError> {
     let commit = Instant::now();
-    app.metering
-        .record(record, plan.monthly_budget.map(|_| &plan.prices))
-        .await
-        .map_err(|e| ApiError::Internal(e.context("the call ran but its usage could not be recorded")))?;
+    let cost = record.meters.cost(&plan.prices);
+    let tenant = record.tenant.clone();
+    app.metrics.usage_backlog.inc();
+    let recorded = app.metering.record(record, plan.monthly_budget.map(|_| &plan.prices)).await;
+    app.metrics.usage_backlog.dec();
+    if recorded.is_err() {
+        app.metrics.usage_commit_failures.inc();
+    }
+    recorded.map_err(|e| ApiError::Internal(e.context("the call ran but its usage could not be recorded")))?;
     app.metrics.usage_commit.observe(commit.elapsed().as_secs_f64());
+    app.metrics.cost(&tenant, &plan.currency, rust_decimal::prelude::ToPrimitive::to_f64(&cost).unwrap_or(0.0));
     Ok(())
 }
 
@@ -428,7 +452,8 @@ async fn execute(app: &Arc<App>, tenant: &str, call: &Call, plan: &Plan, work: W
             let run = async {
                 let (graph, load_time) = app.registry.models.load(tenant, &model, plan.gpu).await?;
                 meter.add_load(load_time);
-                app.graphs.run_model(tenant, graph, inputs, &meter, plan.model_memory).await
+                let named = crate::nn::ModelRef { name: model.name.clone(), version: model.version };
+                app.graphs.run_model(tenant, Some(&named), graph, inputs, &meter, plan.model_memory).await
             };
             let result = match tokio::time::timeout(deadline, run).await {
                 Ok(result) => result,

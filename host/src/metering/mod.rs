@@ -123,6 +123,14 @@ impl Metering {
         Ok(Self { enabled, tx, reader, spend })
     }
 
+    /// The month-to-date spend of every tenant whose spend was summed this month (tenants with
+    /// a budget, once admission has asked).
+    pub fn spend_snapshot(&self) -> Vec<(String, Decimal)> {
+        let month = month_key(now_us());
+        let spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
+        spend.iter().filter(|(_, (m, _))| *m == month).map(|(t, (_, d))| (t.clone(), *d)).collect()
+    }
+
     /// Commits `record` and returns once it is committed. When the tenant has a budget
     /// (`prices` given), its cost joins the tenant's month-to-date spend in the same step.
     pub async fn record(&self, record: UsageRecord, prices: Option<&Prices>) -> anyhow::Result<()> {

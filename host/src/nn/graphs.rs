@@ -49,6 +49,8 @@ pub struct Graphs {
     state: Mutex<State>,
     cap_bytes: u64,
     pool: Arc<Semaphore>,
+    /// The CPU pool's slots.
+    slots: usize,
     /// The threads the CPU pool's computes and loads run on.
     threads: ComputeThreads,
     /// Slots for calls that wait on the GPU: they hold no CPU while they wait, so they do not
@@ -60,6 +62,10 @@ pub struct Graphs {
     share: usize,
     /// Seconds spent loading graphs (for the load-time histogram).
     pub on_load: Box<dyn Fn(Duration) + Send + Sync>,
+    /// Time a compute or load waited for its pool (`cpu` or `gpu`), share included.
+    pub on_wait: Box<dyn Fn(&'static str, Duration) + Send + Sync>,
+    /// Each compute's engine time: tenant, the named model (none for bytes), engine, device.
+    pub on_compute: ComputeHook,
     /// Last compute time per loaded model (by address) and input shapes, to pick inline or
     /// pooled runs.
     costs: Mutex<HashMap<(usize, u64), Duration>>,
@@ -125,6 +131,9 @@ impl ComputePriority {
 }
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// See [`Graphs::on_compute`].
+pub type ComputeHook = Box<dyn Fn(&str, Option<&super::ModelRef>, &'static str, &'static str, Duration) + Send + Sync>;
 
 /// The compute threads: as many as the CPU pool has slots, at a lower CPU priority than the
 /// async threads that serve requests and run guests and fast inline computes. On cores a long
@@ -221,10 +230,13 @@ impl Graphs {
             state: Mutex::new(State { entries: HashMap::new(), tick: 0, stats: CacheStats::default() }),
             cap_bytes,
             pool: Arc::new(Semaphore::new(threads.max(1))),
+            slots: threads.max(1),
             gpu_pool: Arc::new(Semaphore::new(GPU_CALLS)),
             shares: Mutex::new(HashMap::new()),
             share: threads.max(1).div_ceil(2),
             on_load: Box::new(|_| {}),
+            on_wait: Box::new(|_, _| {}),
+            on_compute: Box::new(|_, _, _, _, _| {}),
             costs: Mutex::new(HashMap::new()),
             inline_max: INLINE_MAX,
             prober: None,
@@ -322,6 +334,14 @@ impl Graphs {
     pub fn engine_names(&self) -> Vec<&'static str> {
         let gpu = self.gpu().map(|g| g.name());
         self.engines.iter().map(|e| e.name()).chain(gpu).collect()
+    }
+
+    /// Each pool's slots and the slots taken now: `("cpu", slots, busy)`, `("gpu", ...)`.
+    pub fn pools(&self) -> [(&'static str, usize, usize); 2] {
+        [
+            ("cpu", self.slots, self.slots.saturating_sub(self.pool.available_permits())),
+            ("gpu", GPU_CALLS, GPU_CALLS.saturating_sub(self.gpu_pool.available_permits())),
+        ]
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -430,6 +450,7 @@ impl Graphs {
     pub async fn run_model(
         &self,
         tenant: &str,
+        named: Option<&super::ModelRef>,
         model: Arc<dyn LoadedModel>,
         inputs: Vec<(String, super::HostTensor)>,
         meter: &Arc<super::NnMeter>,
@@ -437,20 +458,24 @@ impl Graphs {
     ) -> Result<Vec<(String, super::HostTensor)>, NnError> {
         let key = cost_key(&model, &inputs);
         let last = self.costs.lock().ok().and_then(|c| c.get(&key).copied());
-        let (outputs, took) = if model.runs_inline() && last.is_some_and(|d| d <= self.inline_max) {
+        let engine = model.engine();
+        let (outputs, took, device) = if model.runs_inline() && last.is_some_and(|d| d <= self.inline_max) {
             let started = Instant::now();
             let result = model.run_bounded(inputs, &super::Bounds { cancel: &meter.cancel, max_bytes });
             let took = started.elapsed();
-            (metered(meter, result, took)?, took)
+            let (outputs, device) = metered(meter, result, took)?;
+            (outputs, took, device)
         } else {
             let pool = if model.runs_inline() { &self.pool } else { &self.gpu_pool };
             // The tenant's share first, then a slot of the pool: a tenant over its share waits
             // behind its own computes, not in front of the others'.
+            let since = Instant::now();
             let share = if model.runs_inline() { Some(self.share_permit(tenant).await?) } else { None };
             let record = meter.clone();
             self.compute_on(
                 pool,
                 share,
+                since,
                 move |running| {
                     // Recorded by the compute itself: it goes on if the call's deadline drops the
                     // caller (until it reaches a boundary and sees the cancel), and the call waits
@@ -459,12 +484,14 @@ impl Graphs {
                     let started = Instant::now();
                     let result = model.run_bounded(inputs, &super::Bounds { cancel: &record.cancel, max_bytes });
                     let took = started.elapsed();
-                    Ok((metered(&record, result, took)?, took))
+                    let (outputs, device) = metered(&record, result, took)?;
+                    Ok((outputs, took, device))
                 },
                 Some(meter),
             )
             .await?
         };
+        (self.on_compute)(tenant, named, engine, device, took);
         // Engines that allocate out of sight (ONNX Runtime) are held to the bytes here, once
         // their outputs exist: the call gets none of them.
         let made: u64 = outputs.iter().map(|(_, t)| t.data.len() as u64).sum();
@@ -512,7 +539,7 @@ impl Graphs {
         &self,
         f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
     ) -> Result<R, NnError> {
-        self.compute_on(&self.pool, None, move |_| f(), None).await
+        self.compute_on(&self.pool, None, Instant::now(), move |_| f(), None).await
     }
 
     /// [`Graphs::compute`] for `tenant`: within its share of the pool.
@@ -521,8 +548,9 @@ impl Graphs {
         tenant: &str,
         f: impl FnOnce() -> Result<R, NnError> + Send + 'static,
     ) -> Result<R, NnError> {
+        let since = Instant::now();
         let share = self.share_permit(tenant).await?;
-        self.compute_on(&self.pool, Some(share), move |_| f(), None).await
+        self.compute_on(&self.pool, Some(share), since, move |_| f(), None).await
     }
 
     /// Runs `f` once `pool` has a free slot: the CPU pool's on a compute thread, the GPU
@@ -533,6 +561,7 @@ impl Graphs {
         &self,
         pool: &Arc<Semaphore>,
         share: Option<tokio::sync::OwnedSemaphorePermit>,
+        since: Instant,
         f: impl FnOnce(Option<super::Running>) -> Result<R, NnError> + Send + 'static,
         meter: Option<&Arc<super::NnMeter>>,
     ) -> Result<R, NnError> {
@@ -541,12 +570,14 @@ impl Graphs {
             .acquire_owned()
             .await
             .map_err(|_| NnError::new(ErrorCode::RuntimeError, "compute pool closed"))?;
+        let cpu = Arc::ptr_eq(pool, &self.pool);
+        (self.on_wait)(if cpu { "cpu" } else { "gpu" }, since.elapsed());
         let running = meter.map(|m| m.running());
         let job = move || {
             let _permits = (share, permit);
             f(running)
         };
-        if Arc::ptr_eq(pool, &self.pool) {
+        if cpu {
             self.threads.run(job).await?
         } else {
             tokio::task::spawn_blocking(job)
@@ -556,18 +587,20 @@ impl Graphs {
     }
 }
 
-/// Records one compute's time in the call's meter and passes its result on. A compute that
-/// failed still used the engine for `took` and is metered (all of it as CPU time: its
-/// placement is unknown), unless the engine refused it for want of room.
+/// Records one compute's time in the call's meter and passes its result on, with the device
+/// it ran on (`gpu` when any of its nodes did). A compute that failed still used the engine
+/// for `took` and is metered (all of it as CPU time: its placement is unknown), unless the
+/// engine refused it for want of room.
 fn metered(
     meter: &super::NnMeter,
     result: Result<(Vec<(String, super::HostTensor)>, super::Placement), NnError>,
     took: Duration,
-) -> Result<Vec<(String, super::HostTensor)>, NnError> {
+) -> Result<(Vec<(String, super::HostTensor)>, &'static str), NnError> {
     match result {
         Ok((outputs, placement)) => {
+            let device = if placement.gpu_nodes > 0 { "gpu" } else { "cpu" };
             meter.add(took, placement);
-            Ok(outputs)
+            Ok((outputs, device))
         }
         Err(e) => {
             if e.refusal.is_none() {
@@ -613,7 +646,7 @@ mod tests {
     async fn thread_for(graphs: &Graphs, model: &Arc<dyn LoadedModel>, len: u32) -> String {
         let input = HostTensor { dims: vec![len], ty: crate::nn::ElemType::U8, data: vec![0; len as usize] };
         let out = graphs
-            .run_model("t", model.clone(), vec![("x".into(), input)], &Default::default(), u64::MAX)
+            .run_model("t", None, model.clone(), vec![("x".into(), input)], &Default::default(), u64::MAX)
             .await
             .expect("runs");
         String::from_utf8(out[0].1.data.clone()).expect("utf-8")
@@ -660,7 +693,7 @@ mod tests {
             let (graphs, log) = (graphs.clone(), log.clone());
             tokio::spawn(async move {
                 let model: Arc<dyn LoadedModel> = Arc::new(Logged { who: tenant, log });
-                graphs.run_model(tenant, model, Vec::new(), &Default::default(), u64::MAX).await.expect("runs");
+                graphs.run_model(tenant, None, model, Vec::new(), &Default::default(), u64::MAX).await.expect("runs");
             })
         };
         let (a1, a2) = (run("a"), run("a"));
@@ -742,7 +775,7 @@ mod tests {
         let meter = Arc::new(crate::nn::NnMeter::default());
         meter.cancel.cancel();
         let started = Instant::now();
-        let err = graphs.run_model("t", model, Vec::new(), &meter, u64::MAX).await.expect_err("cancelled");
+        let err = graphs.run_model("t", None, model, Vec::new(), &meter, u64::MAX).await.expect_err("cancelled");
         assert_eq!(err.code, ErrorCode::Timeout);
         assert!(started.elapsed() < Duration::from_secs(5), "it never ran");
     }

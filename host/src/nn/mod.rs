@@ -402,9 +402,20 @@ impl Drop for Running {
     }
 }
 
+/// A tenant's named model version, as a compute of it is counted (metrics, monitoring).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: u32,
+}
+
 /// A model compiled by one engine, shareable by every instance and tenant that loads the
 /// same bytes. `run` must be callable from many threads at once.
 pub trait LoadedModel: Send + Sync {
+    /// The engine that loaded it (`tract`, `onnxruntime`, `wgpu`), for metrics.
+    fn engine(&self) -> &'static str {
+        "unknown"
+    }
     fn run(&self, inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, NnError>;
     fn inputs(&self) -> &[TensorInfo];
     fn outputs(&self) -> &[TensorInfo];

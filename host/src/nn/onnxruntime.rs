@@ -104,6 +104,10 @@ impl Engine for OnnxRuntime {
 }
 
 impl LoadedModel for OrtModel {
+    fn engine(&self) -> &'static str {
+        "onnxruntime"
+    }
+
     fn inputs(&self) -> &[TensorInfo] {
         &self.inputs
     }

@@ -325,6 +325,10 @@ pub(crate) fn pin(model: &InferenceModel, inputs: &[HostTensor], pinned: &[bool]
 }
 
 impl LoadedModel for TractModel {
+    fn engine(&self) -> &'static str {
+        "tract"
+    }
+
     fn inputs(&self) -> &[TensorInfo] {
         &self.inputs
     }

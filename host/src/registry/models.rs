@@ -14,7 +14,7 @@ use super::RegistryError;
 use super::blobs::{BlobStore, digest_of};
 use crate::db::{self, Db};
 use crate::nn::{ErrorCode, Graphs, TensorInfo};
-use crate::runtime::nn::{BoxFuture, ModelPin, ModelSource};
+use crate::runtime::nn::{BoxFuture, Located, ModelPin, ModelSource};
 use crate::tenants::valid_name;
 
 /// The model manifest: `name` and optional `engine`, `device`, `description`.
@@ -328,15 +328,14 @@ impl ModelStore {
 }
 
 impl ModelSource for ModelStore {
-    fn lookup<'a>(
-        &'a self,
-        tenant: &'a str,
-        name: &'a str,
-        pin: &'a ModelPin,
-    ) -> BoxFuture<'a, Option<(String, String)>> {
+    fn lookup<'a>(&'a self, tenant: &'a str, name: &'a str, pin: &'a ModelPin) -> BoxFuture<'a, Option<Located>> {
         Box::pin(async move {
             let model = self.pinned(tenant, name, pin).await?;
-            Some((model.digest.clone(), selector(&model.engine, &model.device)))
+            Some(Located {
+                digest: model.digest.clone(),
+                selector: selector(&model.engine, &model.device),
+                version: model.version,
+            })
         })
     }
 

@@ -174,6 +174,8 @@ pub struct CallUsage {
     pub http_requests: u64,
     /// Outbound HTTP body bytes sent and received.
     pub http_bytes: u64,
+    /// Time to instantiate the sandbox (zero when it never was).
+    pub instantiate: Duration,
 }
 
 /// What a call may reach beyond its own sandbox: everything here is granted by the function's
@@ -461,16 +463,20 @@ impl Runtime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
 
+        let mut instantiate = Duration::ZERO;
         let run = async {
+            let begun = Instant::now();
             match (&prepared.pre, call) {
                 (Pre::Handler(pre), Call::Handle(req)) => {
                     let instance = pre.instantiate_async(&mut store).await?;
+                    instantiate = begun.elapsed();
                     let _live = Live::new(&self.live);
                     let result = instance.infercell_function_incoming_handler().call_handle(&mut store, &req).await?;
                     Ok(result.map(Answer::Response))
                 }
                 (Pre::Predictor(pre), Call::Predict(inputs)) => {
                     let instance = pre.instantiate_async(&mut store).await?;
+                    instantiate = begun.elapsed();
                     let _live = Live::new(&self.live);
                     let result = instance.infercell_function_predict().call_predict(&mut store, &inputs).await?;
                     Ok(result.map(Answer::Tensors))
@@ -499,6 +505,7 @@ impl Runtime {
             nn: state.nn.meter.usage(),
             http_requests,
             http_bytes,
+            instantiate,
         };
         let memory_hit = state.limiter.limit_hit();
         let denials = state.denials.take();

@@ -16,12 +16,12 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 
 use super::Denials;
 use super::bindings::wasi::nn::{errors, graph, inference, tensor};
-use crate::nn::{ElemType, ErrorCode, Graphs, HostTensor, LoadedModel, NnError, NnMeter};
+use crate::nn::{ElemType, ErrorCode, Graphs, HostTensor, LoadedModel, ModelRef, NnError, NnMeter};
 
 /// A graph the guest holds.
-pub struct Graph(Arc<dyn LoadedModel>);
+pub struct Graph(Arc<dyn LoadedModel>, Option<ModelRef>);
 /// An execution context the guest holds.
-pub struct ExecContext(Arc<dyn LoadedModel>);
+pub struct ExecContext(Arc<dyn LoadedModel>, Option<ModelRef>);
 
 /// A boxed future, for the object-safe [`ModelSource`].
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -58,16 +58,19 @@ impl ModelPin {
     }
 }
 
+/// A model version `load-by-name` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub digest: String,
+    /// The engine selector (`crate::registry::models::selector`).
+    pub selector: String,
+    pub version: u32,
+}
+
 /// Where `load-by-name` finds a tenant's models: implemented by the registry.
 pub trait ModelSource: Send + Sync {
-    /// The digest and engine selector (`crate::registry::models::selector`) of the version
-    /// `pin` names of `tenant`'s model `name`.
-    fn lookup<'a>(
-        &'a self,
-        tenant: &'a str,
-        name: &'a str,
-        pin: &'a ModelPin,
-    ) -> BoxFuture<'a, Option<(String, String)>>;
+    /// The version `pin` names of `tenant`'s model `name`.
+    fn lookup<'a>(&'a self, tenant: &'a str, name: &'a str, pin: &'a ModelPin) -> BoxFuture<'a, Option<Located>>;
     /// The model bytes of `digest`.
     fn read(&self, digest: &str) -> anyhow::Result<Vec<u8>>;
 }
@@ -175,7 +178,13 @@ impl NnView<'_> {
         Ok(())
     }
 
-    async fn load_graph(&mut self, digest: String, engine: &str, bytes: Option<Vec<u8>>) -> NnResult<Resource<Graph>> {
+    async fn load_graph(
+        &mut self,
+        digest: String,
+        engine: &str,
+        bytes: Option<Vec<u8>>,
+        named: Option<ModelRef>,
+    ) -> NnResult<Resource<Graph>> {
         let access = match self.access() {
             Ok(a) => a,
             Err(e) => return self.nn_err(e),
@@ -195,7 +204,7 @@ impl NnView<'_> {
         match access.graphs.load_selected(&access.tenant, &digest, engine, access.gpu, read).await {
             Ok((model, took)) => {
                 self.ctx.meter.add_load(took);
-                Ok(Ok(self.table.push(Graph(model))?))
+                Ok(Ok(self.table.push(Graph(model, named))?))
             }
             Err(e) => self.nn_err(e),
         }
@@ -312,7 +321,7 @@ impl graph::Host for NnView<'_> {
             ));
         }
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        self.load_graph(digest, engine, Some(bytes)).await
+        self.load_graph(digest, engine, Some(bytes), None).await
     }
 
     async fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
@@ -327,17 +336,19 @@ impl graph::Host for NnView<'_> {
             self.deny("models", &name, "not in the manifest's capabilities.models");
             return self.nn_err(not_found());
         };
-        let Some((digest, engine)) = access.source.lookup(&access.tenant, &name, pin).await else {
+        let Some(found) = access.source.lookup(&access.tenant, &name, pin).await else {
             return self.nn_err(not_found());
         };
-        self.load_graph(digest, &engine, None).await
+        let named = ModelRef { name, version: found.version };
+        self.load_graph(found.digest, &found.selector, None, Some(named)).await
     }
 }
 
 impl graph::HostGraph for NnView<'_> {
     async fn init_execution_context(&mut self, g: Resource<Graph>) -> NnResult<Resource<ExecContext>> {
-        let model = self.table.get(&g)?.0.clone();
-        Ok(Ok(self.table.push(ExecContext(model))?))
+        let graph = self.table.get(&g)?;
+        let (model, named) = (graph.0.clone(), graph.1.clone());
+        Ok(Ok(self.table.push(ExecContext(model, named))?))
     }
 
     async fn drop(&mut self, g: Resource<Graph>) -> wasmtime::Result<()> {
@@ -358,7 +369,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             Ok(a) => a,
             Err(e) => return self.nn_err(e),
         };
-        let model = self.table.get(&ctx)?.0.clone();
+        let exec = self.table.get(&ctx)?;
+        let (model, named) = (exec.0.clone(), exec.1.clone());
         let mut given = Vec::with_capacity(inputs.len());
         for (name, t) in inputs {
             let t = self.table.get(&t)?;
@@ -369,10 +381,11 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         }
         // The compute's tensors count against the call's memory, beside those the guest holds.
         let room = self.ctx.cap_bytes.saturating_sub(self.ctx.held_bytes);
-        let outputs = match access.graphs.run_model(&access.tenant, model, given, &self.ctx.meter, room).await {
-            Ok(outputs) => outputs,
-            Err(e) => return self.nn_err(e),
-        };
+        let outputs =
+            match access.graphs.run_model(&access.tenant, named.as_ref(), model, given, &self.ctx.meter, room).await {
+                Ok(outputs) => outputs,
+                Err(e) => return self.nn_err(e),
+            };
         if let Some((name, t)) = outputs.iter().find(|(_, t)| wit_type(t.ty).is_none()) {
             let message = format!("output `{name}` is {}, which wasi:nn cannot carry", t.ty.oip_name());
             return self.nn_err(NnError::new(ErrorCode::UnsupportedOperation, message));

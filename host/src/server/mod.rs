@@ -241,11 +241,27 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
         auth::principal_from_headers(&app, &headers)?.require_metrics()?;
     }
     app.metrics.observe_graph_cache(app.graphs.stats());
+    app.metrics.observe_pools(app.config.runtime.max_instances, &app.graphs.pools());
+    app.metrics.observe_budgets(&budgets(&app));
     if let Some(gpu) = app.graphs.gpu_if_discovered() {
         app.metrics.observe_gpu(gpu.stats());
     }
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response())
+}
+
+/// Each budgeted tenant's month-to-date spend (as admission last saw it) and budget.
+fn budgets(app: &crate::app::App) -> Vec<(String, String, f64, f64)> {
+    use rust_decimal::prelude::ToPrimitive as _;
+    app.metering
+        .spend_snapshot()
+        .into_iter()
+        .filter_map(|(tenant, spent)| {
+            let plan = app.config.plans.get(&app.tenants.plan_of(&tenant)?)?;
+            let budget = plan.monthly_budget?;
+            Some((tenant, plan.currency.clone(), spent.to_f64()?, budget.to_f64()?))
+        })
+        .collect()
 }
 
 /// Gives every request an id, echoes it in `infercell-request-id`, and turns every error

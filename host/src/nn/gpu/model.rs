@@ -204,6 +204,10 @@ impl GpuModel {
 }
 
 impl LoadedModel for GpuModel {
+    fn engine(&self) -> &'static str {
+        "wgpu"
+    }
+
     fn inputs(&self) -> &[TensorInfo] {
         &self.inputs
     }
