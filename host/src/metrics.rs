@@ -72,6 +72,13 @@ pub struct ComputeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub tenant: String,
+    pub model: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     /// cpu (the compute threads) or gpu (calls waiting on the device).
     pub pool: String,
@@ -219,6 +226,7 @@ pub struct Metrics {
     cost: Family<TenantCurrencyLabels, FloatCounter>,
     budget_spent: Family<TenantCurrencyLabels, FloatGauge>,
     budget_limit: Family<TenantCurrencyLabels, FloatGauge>,
+    drift: Family<DriftLabels, FloatGauge>,
     pub release_rollbacks: Family<ReleaseLabels, Counter>,
     pub release_promotions: Family<ReleaseLabels, Counter>,
     gpu_memory: Gauge,
@@ -369,6 +377,12 @@ impl Metrics {
         );
         let budget_limit = Family::<TenantCurrencyLabels, FloatGauge>::default();
         registry.register("tenant_budget", "The monthly budget of each tenant's plan", budget_limit.clone());
+        let drift = Family::<DriftLabels, FloatGauge>::default();
+        registry.register(
+            "model_drift_score",
+            "Population stability index of a model version's current window against its baseline (docs/metrics.md)",
+            drift.clone(),
+        );
         let release_rollbacks = Family::<ReleaseLabels, Counter>::default();
         registry.register(
             "release_rollbacks",
@@ -425,6 +439,7 @@ impl Metrics {
             cost,
             budget_spent,
             budget_limit,
+            drift,
             release_rollbacks,
             release_promotions,
             gpu_memory,
@@ -618,6 +633,16 @@ impl Metrics {
             let labels = TenantCurrencyLabels { tenant: self.tenant_label(tenant), currency: currency.clone() };
             self.budget_spent.get_or_create(&labels).set(*spent);
             self.budget_limit.get_or_create(&labels).set(*budget);
+        }
+    }
+
+    /// Sets the drift scores (at scrape time): one series per model version with a score.
+    pub fn observe_drift(&self, scores: &[(String, String, u32, f64)]) {
+        self.drift.clear();
+        for (tenant, model, version, score) in scores {
+            let (tenant, model) = self.names().name(&self.caps, tenant, "model", model);
+            let version = if model == OTHER { OTHER.to_string() } else { version.to_string() };
+            self.drift.get_or_create(&DriftLabels { tenant, model, version }).set(*score);
         }
     }
 

@@ -326,6 +326,19 @@ enum ModelCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// What a model version's calls take and give, and its drift score against its baseline.
+    Monitor {
+        name: String,
+        /// The version (default: the one serving the bare name now).
+        #[arg(long)]
+        version: Option<u32>,
+        /// `now`: the calls seen so far become the reference window; later calls form the
+        /// current window.
+        #[arg(long, value_parser = ["now"])]
+        baseline: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// How a canary steps and is judged.

@@ -66,6 +66,8 @@ pub struct Graphs {
     pub on_wait: Box<dyn Fn(&'static str, Duration) + Send + Sync>,
     /// Each compute's engine time: tenant, the named model (none for bytes), engine, device.
     pub on_compute: ComputeHook,
+    /// What the named models' computes took and gave, and their drift.
+    pub monitors: super::monitor::Monitors,
     /// Last compute time per loaded model (by address) and input shapes, to pick inline or
     /// pooled runs.
     costs: Mutex<HashMap<(usize, u64), Duration>>,
@@ -237,6 +239,7 @@ impl Graphs {
             on_load: Box::new(|_| {}),
             on_wait: Box::new(|_, _| {}),
             on_compute: Box::new(|_, _, _, _, _| {}),
+            monitors: super::monitor::Monitors::default(),
             costs: Mutex::new(HashMap::new()),
             inline_max: INLINE_MAX,
             prober: None,
@@ -459,6 +462,7 @@ impl Graphs {
         let key = cost_key(&model, &inputs);
         let last = self.costs.lock().ok().and_then(|c| c.get(&key).copied());
         let engine = model.engine();
+        let observed = named.map(|_| super::monitor::observe_inputs(&inputs));
         let (outputs, took, device) = if model.runs_inline() && last.is_some_and(|d| d <= self.inline_max) {
             let started = Instant::now();
             let result = model.run_bounded(inputs, &super::Bounds { cancel: &meter.cancel, max_bytes });
@@ -492,6 +496,9 @@ impl Graphs {
             .await?
         };
         (self.on_compute)(tenant, named, engine, device, took);
+        if let (Some(named), Some(observed)) = (named, &observed) {
+            self.monitors.record(tenant, &named.name, named.version, observed, &outputs);
+        }
         // Engines that allocate out of sight (ONNX Runtime) are held to the bytes here, once
         // their outputs exist: the call gets none of them.
         let made: u64 = outputs.iter().map(|(_, t)| t.data.len() as u64).sum();

@@ -8,6 +8,7 @@
 pub mod devices;
 pub mod gpu;
 pub mod graphs;
+pub mod monitor;
 pub mod onnxruntime;
 pub mod probe;
 pub mod tract;

@@ -77,6 +77,8 @@ pub fn router(app: Arc<App>) -> Router {
             post(models::push_model).layer(DefaultBodyLimit::max(upload_limit)).get(models::list_models),
         )
         .route("/v1/models/{name}", get(models::get_model).delete(models::delete_model))
+        .route("/v1/models/{name}/monitor", get(models::monitor))
+        .route("/v1/models/{name}/monitor/baseline", post(models::baseline))
         .route("/v1/models/{name}/release", get(releases::status::<true>).put(releases::set::<true>))
         .route("/v1/models/{name}/release/canary", post(releases::canary::<true>))
         .route("/v1/models/{name}/release/promote", post(releases::promote::<true>))
@@ -150,6 +152,7 @@ fn audit_action(method: &axum::http::Method, route: &str) -> String {
         ("DELETE", "/v1/functions/{name}/aliases/{alias}" | "/v1/models/{name}/aliases/{alias}") => "alias.remove",
         ("POST", "/v1/models") => "model.push",
         ("DELETE", "/v1/models/{name}") => "model.delete",
+        ("POST", "/v1/models/{name}/monitor/baseline") => "model.baseline",
         ("PUT", "/v1/files/{name}") => "file.put",
         ("DELETE", "/v1/files/{name}") => "file.delete",
         ("PUT", "/v1/secrets/{name}") => "secret.put",
@@ -243,6 +246,7 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
     app.metrics.observe_graph_cache(app.graphs.stats());
     app.metrics.observe_pools(app.config.runtime.max_instances, &app.graphs.pools());
     app.metrics.observe_budgets(&budgets(&app));
+    app.metrics.observe_drift(&app.graphs.monitors.scores());
     if let Some(gpu) = app.graphs.gpu_if_discovered() {
         app.metrics.observe_gpu(gpu.stats());
     }

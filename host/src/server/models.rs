@@ -90,6 +90,81 @@ pub async fn delete_model(
 ) -> Result<Response, ApiError> {
     let tenant = principal.tenant_with(DEPLOYERS)?;
     let deleted = app.registry.models.delete(tenant, &name).await?;
+    app.graphs.monitors.forget(tenant, &name);
     app.releases.forget(crate::releases::Subject::Model, tenant, &name).await?;
     Ok(Json(json!({ "name": name, "deleted_versions": deleted })).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct MonitorQuery {
+    version: Option<u32>,
+}
+
+/// The version a monitor request names, or the one serving the bare name now; 404 for a
+/// model or version that does not exist.
+async fn monitored_version(app: &App, tenant: &str, name: &str, version: Option<u32>) -> Result<u32, ApiError> {
+    let versions = app.registry.models.versions(tenant, Some(name)).await?;
+    if versions.is_empty() {
+        return Err(ApiError::NotFound(format!("no model named `{name}`")));
+    }
+    match version {
+        Some(v) if versions.iter().any(|m| m.version == v) => Ok(v),
+        Some(v) => Err(ApiError::NotFound(format!("model `{name}` has no version {v}"))),
+        None => app
+            .registry
+            .models
+            .pinned(tenant, name, &crate::runtime::nn::ModelPin::Current)
+            .await
+            .map(|m| m.version)
+            .ok_or_else(|| ApiError::NotFound(format!("no version of model `{name}` serves now"))),
+    }
+}
+
+fn monitor_report(app: &App, tenant: &str, name: &str, version: u32) -> serde_json::Value {
+    let mut report = app.graphs.monitors.report(tenant, name, version).unwrap_or_else(|| {
+        json!({"drift_score": null, "samples": 0, "reference_samples": null, "baseline_at": null,
+               "min_samples": crate::nn::monitor::MIN_SAMPLES, "inputs": [], "outputs": []})
+    });
+    report["name"] = json!(name);
+    report["version"] = json!(version);
+    report
+}
+
+/// `GET /v1/models/{name}/monitor[?version=N]`: the monitor's report (`drift_score` at the top;
+/// null until a baseline is set and both windows hold enough calls).
+pub async fn monitor(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<MonitorQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?;
+    let version = monitored_version(&app, tenant, &name, query.version).await?;
+    Ok(Json(monitor_report(&app, tenant, &name, version)).into_response())
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineBody {
+    version: Option<u32>,
+}
+
+/// `POST /v1/models/{name}/monitor/baseline` `{"version"?}`: the calls seen so far become the
+/// reference window (409 before the version's first call).
+pub async fn baseline(
+    State(app): State<Arc<App>>,
+    principal: Principal,
+    Path(name): Path<String>,
+    body: Option<Json<BaselineBody>>,
+) -> Result<Response, ApiError> {
+    let tenant = principal.tenant_with(DEPLOYERS)?;
+    let version = monitored_version(&app, tenant, &name, body.and_then(|b| b.0.version)).await?;
+    if !app.graphs.monitors.baseline(tenant, &name, version) {
+        return Err(ApiError::Conflict(format!(
+            "model `{name}` version {version} has had no call since the server started: there is nothing to take as the baseline yet"
+        )));
+    }
+    let mut response = Json(monitor_report(&app, tenant, &name, version)).into_response();
+    response.extensions_mut().insert(AuditTarget(format!("{name}@{version}")));
+    Ok(response)
 }

@@ -363,6 +363,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 )
             });
         }
+        Command::Model(ModelCommand::Monitor { name, version, baseline, client }) => {
+            let c = Client::new(&client)?;
+            let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+            let request = match baseline {
+                Some(_) => c
+                    .request(reqwest::Method::POST, &format!("/v1/models/{name}/monitor/baseline"))?
+                    .json(&serde_json::json!({"version": version})),
+                None => c.request(reqwest::Method::GET, &format!("/v1/models/{name}/monitor{query}"))?,
+            };
+            let v = c.send_json(request).await?;
+            c.print(&v, summary::monitor);
+        }
         Command::Model(ModelCommand::Delete { name, client }) => {
             let c = Client::new(&client)?;
             let v = c.send_json(c.request(reqwest::Method::DELETE, &format!("/v1/models/{name}"))?).await?;

@@ -90,3 +90,43 @@ pub(super) fn join(v: &Value) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// A model monitor's report: the drift score, then each input and output.
+pub(super) fn monitor(v: &Value) -> String {
+    let score = |s: &Value| s.as_f64().map_or_else(|| "-".to_string(), |s| format!("{s:.3}"));
+    let mut out = format!(
+        "{}@{}: drift score {} ({} calls since the baseline{}; a score needs {} in each window)\n",
+        v["name"].as_str().unwrap_or_default(),
+        v["version"],
+        score(&v["drift_score"]),
+        v["samples"],
+        match v["baseline_at"].as_str() {
+            Some(at) => format!(", taken {at} over {} calls", v["reference_samples"]),
+            None => ": no baseline yet, set one with --baseline now".to_string(),
+        },
+        v["min_samples"],
+    );
+    for input in v["inputs"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "input  {:<16} {:>5} features  drift {}  (largest feature {})\n",
+            input["name"].as_str().unwrap_or_default(),
+            input["features"],
+            score(&input["drift_score"]),
+            score(&input["max_feature_drift"]),
+        ));
+    }
+    for output in v["outputs"].as_array().into_iter().flatten() {
+        let range = &output["range"];
+        out.push_str(&format!(
+            "output {:<16} range [{}, {}]",
+            output["name"].as_str().unwrap_or_default(),
+            score(&range["min"]),
+            score(&range["max"]),
+        ));
+        if let Some(classes) = output["predicted_classes"].as_object() {
+            out.push_str(&format!("  predicted classes {}  drift {}", classes["current"], score(&classes["psi"])));
+        }
+        out.push('\n');
+    }
+    out.trim_end().to_string()
+}
