@@ -212,6 +212,7 @@ pub struct Metrics {
     nn_compute: Family<ComputeLabels, Histogram>,
     pub active_instances: Gauge,
     instance_slots: Gauge,
+    instances_live: Gauge,
     compute_slots: Family<PoolLabels, Gauge>,
     compute_busy: Family<PoolLabels, Gauge>,
     pub uploads: Family<UploadLabels, Counter>,
@@ -325,6 +326,12 @@ impl Metrics {
             "Instances that may run at once (runtime.max_instances)",
             instance_slots.clone(),
         );
+        let instances_live = Gauge::default();
+        registry.register(
+            "instances_live",
+            "Sandboxes alive now, each holding one of the runtime.max_instances pooling slots",
+            instances_live.clone(),
+        );
         let compute_slots = Family::<PoolLabels, Gauge>::default();
         registry.register("compute_slots", "Computes that may run at once, per pool", compute_slots.clone());
         let compute_busy = Family::<PoolLabels, Gauge>::default();
@@ -425,6 +432,7 @@ impl Metrics {
             nn_compute,
             active_instances,
             instance_slots,
+            instances_live,
             compute_slots,
             compute_busy,
             uploads,
@@ -617,8 +625,9 @@ impl Metrics {
     }
 
     /// Brings the pool gauges up to date (at scrape time).
-    pub fn observe_pools(&self, instance_slots: u32, pools: &[(&str, usize, usize)]) {
+    pub fn observe_pools(&self, instance_slots: u32, live: usize, pools: &[(&str, usize, usize)]) {
         self.instance_slots.set(i64::from(instance_slots));
+        self.instances_live.set(live as i64);
         for (pool, slots, busy) in pools {
             let labels = PoolLabels { pool: pool.to_string() };
             self.compute_slots.get_or_create(&labels).set(*slots as i64);
@@ -627,8 +636,11 @@ impl Metrics {
     }
 
     /// Brings the budget gauges up to date (at scrape time): per tenant with a budget, its
-    /// month-to-date spend (as last computed) and its budget.
+    /// month-to-date spend (as admission last summed it this month) and its budget.
     pub fn observe_budgets(&self, budgets: &[(String, String, f64, f64)]) {
+        // A tenant not yet summed this month (no call since it began) has no series.
+        self.budget_spent.clear();
+        self.budget_limit.clear();
         for (tenant, currency, spent, budget) in budgets {
             let labels = TenantCurrencyLabels { tenant: self.tenant_label(tenant), currency: currency.clone() };
             self.budget_spent.get_or_create(&labels).set(*spent);

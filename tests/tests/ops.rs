@@ -42,7 +42,8 @@ fn alerts(rules: &str) -> BTreeSet<String> {
 #[test]
 fn every_alert_passes_promtool_and_has_a_runbook_and_tests_both_ways() {
     let Some(promtool) = tool("promtool") else { return };
-    let check = Command::new(&promtool).args(["check", "rules", "rules/infercell.yml"]).current_dir(ops()).output().unwrap();
+    let check =
+        Command::new(&promtool).args(["check", "rules", "rules/infercell.yml"]).current_dir(ops()).output().unwrap();
     assert!(check.status.success(), "promtool check rules: {}", String::from_utf8_lossy(&check.stdout));
     let tests: Vec<PathBuf> = std::fs::read_dir(ops().join("tests"))
         .unwrap()
@@ -149,7 +150,8 @@ fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 /// Every PromQL expression of the dashboard, with its panel's title.
 fn dashboard_queries() -> Vec<(String, String)> {
     let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("ops/grafana/infercell.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("ops/grafana/infercell.json")).unwrap())
+            .unwrap();
     let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
@@ -176,7 +178,8 @@ fn metric_names(expr: &str) -> Vec<String> {
 #[test]
 fn dashboard_has_a_row_per_concern_over_exported_metrics() {
     let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("ops/grafana/infercell.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("ops/grafana/infercell.json")).unwrap())
+            .unwrap();
     let rows: Vec<&str> = dashboard["panels"]
         .as_array()
         .unwrap()
@@ -249,8 +252,12 @@ fn prometheus_raises_the_availability_alert_and_evaluates_every_panel() {
                 assert_eq!(flaky.status(), 500);
                 let svc = http.post(format!("{url}/fn/acme/svc/")).bearer_auth(&acme).body("hi").send().unwrap();
                 assert_eq!(svc.status(), 200);
-                let infer =
-                    http.post(format!("{url}/v2/models/digits/infer")).bearer_auth(&acme).json(&digits(i)).send().unwrap();
+                let infer = http
+                    .post(format!("{url}/v2/models/digits/infer"))
+                    .bearer_auth(&acme)
+                    .json(&digits(i))
+                    .send()
+                    .unwrap();
                 assert_eq!(infer.status(), 200);
                 // The free plan allows 10 calls a second.
                 let _ = http.post(format!("{url}/fn/thrifty/svc/")).bearer_auth(&thrifty).body("hi").send().unwrap();
@@ -282,16 +289,14 @@ fn prometheus_raises_the_availability_alert_and_evaluates_every_panel() {
             })
             .cloned()
     });
-    let alert = alert.unwrap_or_else(|| panic!("no availability alert for flaky: {:?}", prom.api("/api/v1/alerts", &[])));
+    let alert =
+        alert.unwrap_or_else(|| panic!("no availability alert for flaky: {:?}", prom.api("/api/v1/alerts", &[])));
     assert_eq!(alert["labels"]["tenant"], "acme");
     assert_eq!(alert["labels"]["severity"], "page");
     assert_eq!(alert["annotations"]["runbook_url"], "docs/runbooks/InfercellAvailabilityBudgetBurn.md");
     // The healthy function raises nothing.
     let alerts = prom.api("/api/v1/alerts", &[]).unwrap();
-    assert!(
-        !alerts["data"]["alerts"].as_array().unwrap().iter().any(|a| a["labels"]["name"] == "svc"),
-        "{alerts}"
-    );
+    assert!(!alerts["data"]["alerts"].as_array().unwrap().iter().any(|a| a["labels"]["name"] == "svc"), "{alerts}");
 
     // Every dashboard query evaluates without error and returns data.
     let exported = server.get("/metrics", Some(ADMIN_KEY)).text().unwrap();
@@ -362,8 +367,12 @@ fn model_monitor_shows_drift_when_the_inputs_shift() {
     assert_eq!(report["drift_score"], Value::Null, "no baseline yet");
     assert_eq!(report["inputs"][0]["features"], 64);
     assert_eq!(report["outputs"][0]["name"], "probabilities");
-    let classes: u64 =
-        report["outputs"][0]["predicted_classes"]["current"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
+    let classes: u64 = report["outputs"][0]["predicted_classes"]["current"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
     assert_eq!(classes, 64);
 
     let report = monitor(&server, &key, &["--baseline", "now"]);

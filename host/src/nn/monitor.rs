@@ -342,10 +342,11 @@ impl Monitor {
             .filter_map(|f| psi(&f.current.bins, &f.reference.as_ref()?.bins))
             .collect();
         let inputs = (!feature_psis.is_empty()).then(|| feature_psis.iter().sum::<f64>() / feature_psis.len() as f64);
-        let predictions =
-            self.classes.iter().filter_map(|(_, c)| psi(&c.current, c.reference.as_ref()?)).fold(None, |m: Option<f64>, p| {
-                Some(m.map_or(p, |m| m.max(p)))
-            });
+        let predictions = self
+            .classes
+            .iter()
+            .filter_map(|(_, c)| psi(&c.current, c.reference.as_ref()?))
+            .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
         match (inputs, predictions) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or(0.0).max(b.unwrap_or(0.0))),
@@ -419,7 +420,14 @@ impl Monitors {
     }
 
     /// Counts one compute of `tenant`'s model `name@version`.
-    pub fn record(&self, tenant: &str, name: &str, version: u32, observed: &Observation, outputs: &[(String, HostTensor)]) {
+    pub fn record(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+        observed: &Observation,
+        outputs: &[(String, HostTensor)],
+    ) {
         let mut monitors = self.lock();
         let key = (tenant.to_string(), name.to_string(), version);
         if !monitors.contains_key(&key) && monitors.len() >= MAX_MONITORS {

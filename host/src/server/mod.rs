@@ -244,7 +244,7 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
         auth::principal_from_headers(&app, &headers)?.require_metrics()?;
     }
     app.metrics.observe_graph_cache(app.graphs.stats());
-    app.metrics.observe_pools(app.config.runtime.max_instances, &app.graphs.pools());
+    app.metrics.observe_pools(app.config.runtime.max_instances, app.runtime.live_instances(), &app.graphs.pools());
     app.metrics.observe_budgets(&budgets(&app));
     app.metrics.observe_drift(&app.graphs.monitors.scores());
     if let Some(gpu) = app.graphs.gpu_if_discovered() {
