@@ -27,6 +27,12 @@ max_tenants = 100
 max_names_per_tenant = 100
 max_versions_per_name = 4
 
+[telemetry]
+otlp_endpoint = ""
+service_name = "infercell"
+sample_ratio = 1.0
+log_format = "text"
+
 [metering]
 enabled = true
 fsync = false
@@ -129,6 +135,7 @@ http_bytes = "0.00000000009"
 pub struct Config {
     pub server: ServerConfig,
     pub metrics: MetricsConfig,
+    pub telemetry: TelemetryConfig,
     pub metering: MeteringConfig,
     pub nn: NnConfig,
     pub runtime: RuntimeSection,
@@ -167,6 +174,22 @@ pub struct MetricsConfig {
     pub max_names_per_tenant: usize,
     /// Versions of one function or model named at once: the newest; older ones are `other`.
     pub max_versions_per_name: usize,
+}
+
+/// `[telemetry]`: logs and traces (`crate::telemetry`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`); empty: the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, and without them
+    /// no traces.
+    pub otlp_endpoint: String,
+    /// The traces' `service.name`.
+    pub service_name: String,
+    /// Share of new traces kept (a caller's sampled `traceparent` is always followed).
+    pub sample_ratio: f64,
+    /// `text` or `json` (the `INFERCELL_LOG_FORMAT` environment variable overrides it).
+    pub log_format: String,
 }
 
 /// `[metering]`: usage records.

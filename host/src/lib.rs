@@ -21,4 +21,5 @@ pub mod registry;
 pub mod releases;
 pub mod runtime;
 pub mod server;
+pub mod telemetry;
 pub mod tenants;

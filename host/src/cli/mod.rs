@@ -574,10 +574,6 @@ fn model_check(file: &std::path::Path, device: &str, json: bool) -> anyhow::Resu
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("INFERCELL_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let config_path = args.config.clone().or_else(|| {
         let p = args.data_dir.join("infercell.toml");
         p.exists().then_some(p)
@@ -588,7 +584,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let admin_env = std::env::var("INFERCELL_ADMIN_KEY").ok();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let telemetry = crate::telemetry::init(&config.telemetry, runtime.handle().clone())?;
+    let served = runtime.block_on(async move {
         let (app, admin) = App::open(config, &args.data_dir, admin_env)?;
         match (&admin.path, admin.created) {
             (Some(path), true) => println!("admin key created: {} (mode 0600)", path.display()),
@@ -596,5 +593,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (None, _) => println!("admin key: from INFERCELL_ADMIN_KEY"),
         }
         crate::server::serve(app, args.listen).await
-    })
+    });
+    // The runtime's threads still run: the last spans go out through them.
+    telemetry.shutdown();
+    served
 }

@@ -66,6 +66,7 @@ pub struct Admitted {
 /// Admits one call of `tenant` (see the module docs): its plan allows it (a GPU model needs a
 /// plan with the GPU, and a GPU), its budget is not spent, it is within its rate and
 /// concurrency. Refusals are counted in `infercell_refused_total` and never billed.
+#[tracing::instrument(target = "infercell::call", level = "debug", name = "admit", skip_all, fields(tenant))]
 pub async fn admit(app: &Arc<App>, tenant: &str, target: Target<'_>) -> Result<Admitted, ApiError> {
     let plan_name = app.tenants.plan_of(tenant).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no plan"))?;
     let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
@@ -254,7 +255,7 @@ impl Admitted {
     pub async fn run(self, call: Call, work: Work, encode: Encode) -> Result<Response, ApiError> {
         let calls = self.app.calls.clone();
         calls
-            .spawn(self.lifecycle(call, work, encode))
+            .spawn(tracing::Instrument::in_current_span(self.lifecycle(call, work, encode)))
             .await
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("the call's task failed: {e}")))?
     }
@@ -393,6 +394,7 @@ fn meters(guest: Option<&CallUsage>, nn: &NnUsage, bytes_in: usize, bytes_out: i
 }
 
 /// Commits a call's usage record; the answer goes out only once it is committed.
+#[tracing::instrument(target = "infercell::call", level = "debug", name = "commit", skip_all)]
 async fn commit(app: &App, plan: &Plan, record: UsageRecord) -> Result<(), ApiError> {
     let commit = Instant::now();
     let cost = record.meters.cost(&plan.prices);
@@ -450,7 +452,9 @@ async fn execute(app: &Arc<App>, tenant: &str, call: &Call, plan: &Plan, work: W
             let meter = Arc::new(NnMeter::default());
             let deadline = plan.model_timeout();
             let run = async {
-                let (graph, load_time) = app.registry.models.load(tenant, &model, plan.gpu).await?;
+                let load = app.registry.models.load(tenant, &model, plan.gpu);
+                let span = tracing::debug_span!(target: "infercell::call", "nn.load", model = %model.name, version = model.version);
+                let (graph, load_time) = tracing::Instrument::instrument(load, span).await?;
                 meter.add_load(load_time);
                 let named = crate::nn::ModelRef { name: model.name.clone(), version: model.version };
                 app.graphs.run_model(tenant, Some(&named), graph, inputs, &meter, plan.model_memory).await

@@ -450,6 +450,7 @@ impl Graphs {
     /// for this exact input size runs inline. Anything slower, or not measured yet, goes to the
     /// bounded pool, so a long inference never stalls the executor. Both paths stop at the
     /// call's deadline ([`super::Cancel`]).
+    #[tracing::instrument(target = "infercell::call", level = "debug", name = "nn.compute", skip_all, fields(model = named.map_or("-", |n| n.name.as_str()), engine = model.engine()))]
     pub async fn run_model(
         &self,
         tenant: &str,

@@ -216,7 +216,7 @@ type SendResult = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Resu
 impl WasiHttpHooks for HttpGuard {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
@@ -238,6 +238,8 @@ impl WasiHttpHooks for HttpGuard {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         self.meter.requests.fetch_add(1, Ordering::Relaxed);
+        // The services a function calls join its caller's trace.
+        crate::telemetry::inject(request.headers_mut());
         let exchange = Exchange {
             network: self.network.clone(),
             meter: self.meter.clone(),

@@ -201,7 +201,9 @@ impl NnView<'_> {
             Some(b) => Ok(b.to_vec()),
             None => source.read(&d).map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}"))),
         };
-        match access.graphs.load_selected(&access.tenant, &digest, engine, access.gpu, read).await {
+        let span = tracing::debug_span!(target: "infercell::call", "nn.load", model = named.as_ref().map_or("-", |n| n.name.as_str()));
+        let load = access.graphs.load_selected(&access.tenant, &digest, engine, access.gpu, read);
+        match tracing::Instrument::instrument(load, span).await {
             Ok((model, took)) => {
                 self.ctx.meter.add_load(took);
                 Ok(Ok(self.table.push(Graph(model, named))?))

@@ -273,7 +273,8 @@ fn budgets(app: &crate::app::App) -> Vec<(String, String, f64, f64)> {
 async fn request_id(mut req: Request, next: Next) -> Response {
     let id = uuid::Uuid::now_v7().simple().to_string();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(req).await;
+    let span = crate::telemetry::request_span(&id, req.method(), req.uri().path(), req.headers());
+    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
     let status = response.status();
     if (status.is_client_error() || status.is_server_error())
         && response.extensions().get::<FunctionResponse>().is_none()
