@@ -145,6 +145,7 @@ pub async fn run(connections: usize, interval_secs: u64) -> Result<()> {
         a.failed,
         a.by_version
     );
+    crate::report::figure("drill release changes failed calls", a.failed as f64, "calls", crate::report::Better::Lower);
 
     // (b) A canary whose every call fails, at 10%.
     server.cli("drill", &["release", "set", "svc", "1"])?;
@@ -182,5 +183,6 @@ pub async fn run(connections: usize, interval_secs: u64) -> Result<()> {
         b.ok + b.failed,
         rate
     );
+    crate::report::figure("drill rollback seconds", rolled_back.as_secs_f64(), "s", crate::report::Better::Lower);
     Ok(())
 }

@@ -114,5 +114,9 @@ pub async fn run(seconds: u64, rounds: usize, priority: &str) -> Result<()> {
         median(&sizes, |r| r.p99_ms) / alone_p99,
         median(&deadline, |r| r.p99_ms) / alone_p99
     );
+    use crate::report::{Better, figure};
+    figure("isolation quiet p99 alone", alone_p99, "ms", Better::Lower);
+    figure("isolation p99 ratio sizes", median(&sizes, |r| r.p99_ms) / alone_p99, "x", Better::Lower);
+    figure("isolation p99 ratio deadline", median(&deadline, |r| r.p99_ms) / alone_p99, "x", Better::Lower);
     Ok(())
 }

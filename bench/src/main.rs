@@ -14,8 +14,13 @@
 //! - `drill`: the rollback drill under steady load (`scripts/rollback-drill.sh`): release
 //!   changes fail no request; a failing canary is rolled back within two intervals.
 //!
+//! - `overhead`: what model monitoring and tracing (off) cost a call in the hot path.
+//!
 //! Run `bench/run.sh` (release build); results go to `bench/RESULTS.md` by hand, with the
-//! machine and commit. Nothing here is a test: timings never gate CI.
+//! machine and commit. Nothing here is a test: timings never gate CI. Any benchmark takes
+//! `--json FILE` to write its figures (with commit and machine), and
+//! `infercell-bench compare OLD.json NEW.json [--threshold 10]` prints each figure's change and
+//! flags those worse by more than the threshold (exit status 1 when any is).
 
 mod bare;
 mod drill;
@@ -23,6 +28,8 @@ mod gpu;
 mod isolation;
 mod load;
 mod nn;
+mod overhead;
+mod report;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -46,7 +53,29 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    let json = args.windows(2).find(|w| w[0] == "--json").map(|w| w[1].clone());
+    let bench = args.get(1).cloned().unwrap_or_default();
+    run(&args).await?;
+    if let Some(path) = json {
+        report::write(&path, &bench, &args[1..])?;
+    }
+    Ok(())
+}
+
+async fn run(args: &[String]) -> Result<()> {
+    let args = args.to_vec();
     match args.get(1).map(String::as_str) {
+        Some("compare") => {
+            let (Some(old), Some(new)) = (args.get(2), args.get(3)) else {
+                bail!("usage: infercell-bench compare OLD.json NEW.json [--threshold PERCENT]");
+            };
+            let threshold = args.windows(2).find(|w| w[0] == "--threshold").map_or(Ok(10.0), |w| w[1].parse())?;
+            if report::compare(old, new, threshold)? > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some("overhead") => overhead::run(arg(&args, "--iters", 20_000) as u32).await,
         Some("invoke") => invoke(arg(&args, "--iters", 20_000), arg(&args, "--rounds", 5)).await,
         Some("http") => {
             http(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, arg(&args, "--rounds", 3)).await
@@ -73,7 +102,7 @@ async fn main() -> Result<()> {
         Some("p3v2") => p3(arg(&args, "--seconds", 5), arg(&args, "--connections", 16) as usize, true).await,
         _ => {
             eprintln!(
-                "usage: infercell-bench invoke [--iters N] [--rounds R] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | isolation [--seconds S] [--rounds R] [--priority idle|low] | drill [--connections C] [--interval S] | nn [--iters N] | gpu [--batch 1,32] [--iters N] | p3 [--seconds S] [--connections C] | p3v2 [--seconds S] [--connections C] | serve-bare"
+                "usage: infercell-bench [--json FILE] invoke [--iters N] [--rounds R] | overhead [--iters N] | compare OLD.json NEW.json [--threshold P] | http [--seconds S] [--connections C] [--rounds R] | fairness [--seconds S] | isolation [--seconds S] [--rounds R] [--priority idle|low] | drill [--connections C] [--interval S] | nn [--iters N] | gpu [--batch 1,32] [--iters N] | p3 [--seconds S] [--connections C] | p3v2 [--seconds S] [--connections C] | serve-bare"
             );
             std::process::exit(2)
         }
@@ -125,6 +154,14 @@ async fn invoke(iters: u64, rounds: u64) -> Result<()> {
     println!("  infercell runtime   {:>8.2} us/call", ours.as_secs_f64() * 1e6);
     println!("  bare wasmtime       {:>8.2} us/call", theirs.as_secs_f64() * 1e6);
     println!("  ratio               {:>8.3}   (goal <= 1.10)", ours.as_secs_f64() / theirs.as_secs_f64());
+    report::figure("invoke echo infercell us/call", ours.as_secs_f64() * 1e6, "us", report::Better::Lower);
+    report::figure("invoke echo bare wasmtime us/call", theirs.as_secs_f64() * 1e6, "us", report::Better::Lower);
+    report::figure(
+        "invoke ratio infercell/bare",
+        ours.as_secs_f64() / theirs.as_secs_f64(),
+        "x",
+        report::Better::Lower,
+    );
     Ok(())
 }
 
@@ -244,8 +281,10 @@ async fn http(seconds: u64, connections: usize, rounds: u64) -> Result<()> {
     println!("  {:<28} {:>10} {:>10} {:>10}", "", "req/s", "p50 ms", "p99 ms");
     for ((name, _), r) in targets.iter().zip(&medians) {
         println!("  {:<28} {:>10.0} {:>10.3} {:>10.3}", name, r.rps, r.p50_ms, r.p99_ms);
+        report::load_figures(&format!("http echo {name}"), r);
     }
     println!("  ratio infercell / bare       {:>10.3}   (goal >= 0.90)", medians[0].rps / medians[2].rps);
+    report::figure("http echo ratio infercell/bare", medians[0].rps / medians[2].rps, "x", report::Better::Higher);
     println!("  metering cost                {:>9.1}%   (goal <= 5%)", (1.0 - medians[0].rps / medians[1].rps) * 100.0);
     Ok(())
 }
@@ -271,6 +310,7 @@ async fn fairness(seconds: u64) -> Result<()> {
     );
     println!("  {:<28} {:>10.0}", "noisy sent (mostly 429)", flooded.rps);
     println!("  p99 ratio                    {:>10.3}   (goal <= 2.0)", with_noise.p99_ms / alone.p99_ms);
+    report::figure("fairness quiet p99 ratio", with_noise.p99_ms / alone.p99_ms, "x", report::Better::Lower);
     Ok(())
 }
 
@@ -387,6 +427,7 @@ async fn p3(seconds: u64, connections: usize, v2: bool) -> Result<()> {
     println!("  {:<28} {:>10} {:>10} {:>10}", "", "req/s", "p50 ms", "p99 ms");
     for ((name, _), r) in targets.iter().zip(&reports) {
         println!("  {:<28} {:>10.0} {:>10.3} {:>10.3}", name, r.rps, r.p50_ms, r.p99_ms);
+        report::load_figures(&format!("{} digits {name}", if v2 { "p3v2" } else { "p3" }), r);
     }
     for pair in reports.chunks(2) {
         println!(

@@ -144,7 +144,13 @@ fn open_nsfw_input(jpeg: &[u8]) -> Result<(String, HostTensor)> {
 
 /// One engine's row: native and guest call times, what the guest adds, the ratio, and the
 /// guest call's time outside host inference (instantiation, parsing, preprocessing, copies).
-fn print_row(engine: &str, native: Duration, (guest, outside_nn): (Duration, Duration), unit: f64) {
+fn print_row(what: &str, engine: &str, native: Duration, (guest, outside_nn): (Duration, Duration), unit: f64) {
+    let units = if unit > 1e5 { "us" } else { "ms" };
+    let row = format!("nn {what} {engine} {units}");
+    use crate::report::{Better, figure};
+    figure(format!("{row} native"), native.as_secs_f64() * unit, units, Better::Lower);
+    figure(format!("{row} guest"), guest.as_secs_f64() * unit, units, Better::Lower);
+    figure(format!("{row} added"), (guest.as_secs_f64() - native.as_secs_f64()) * unit, units, Better::Lower);
     println!(
         "  {:<14} {:>14.2} {:>20.2} {:>12.2} {:>8.3} {:>16.2}",
         engine,
@@ -205,7 +211,7 @@ pub async fn run(iters: u32) -> Result<()> {
         if engine.name() == "onnxruntime" {
             native_ort = Some(native);
         }
-        print_row(engine.name(), native, guest, 1e6);
+        print_row("digits", engine.name(), native, guest, 1e6);
     }
     if let Some(ort) = native_ort {
         let tract = time_native(engines[0].as_ref(), &digits, iters, digits_input)?;
@@ -235,7 +241,7 @@ pub async fn run(iters: u32) -> Result<()> {
     for engine in &engines {
         let native = time_native(engine.as_ref(), &raw, cnn_iters, || Ok((input_name.clone(), tensor.clone())))?;
         let guest = time_guest(engine.clone(), &raw, cnn_iters).await?;
-        print_row(engine.name(), native, guest, 1e3);
+        print_row("open_nsfw", engine.name(), native, guest, 1e3);
     }
     println!("  P4 goal: ratio <= 1.03 for a CNN (fresh sandbox, 602 KB tensor copied in, wasi:nn per call)");
 
@@ -260,7 +266,7 @@ pub async fn run(iters: u32) -> Result<()> {
         if engine.name() == "onnxruntime" {
             native_ort = Some(native);
         }
-        print_row(engine.name(), native, guest, 1e3);
+        print_row("moderate-image", engine.name(), native, guest, 1e3);
     }
     if let Some(ort) = native_ort {
         let tract = time_native(engines[0].as_ref(), &cnn, cnn_iters, || open_nsfw_input(&jpeg))?;

@@ -159,6 +159,10 @@ struct RequestHandles {
     codes: Mutex<Vec<(u16, Counter)>>,
 }
 
+/// The request series made so far, by their call site unfolded: tenant, kind, name, version,
+/// route.
+type RequestIndex = HashMap<(String, &'static str, String, u32, &'static str), Arc<RequestHandles>>;
+
 /// The label values in use, within their caps.
 #[derive(Default)]
 struct Names {
@@ -202,7 +206,7 @@ pub struct Metrics {
     registry: Registry,
     caps: MetricsConfig,
     names: Mutex<Names>,
-    requests_index: Mutex<HashMap<(String, &'static str, String, u32, &'static str), Arc<RequestHandles>>>,
+    requests_index: Mutex<RequestIndex>,
     pub invocations: Family<InvocationLabels, Counter>,
     pub invocation_duration: Family<FunctionLabels, Histogram>,
     requests: Family<RequestCodeLabels, Counter>,
@@ -563,12 +567,7 @@ impl Metrics {
     }
 
     /// Removes the series of version `old` of a labelled name (it fell out of the newest).
-    fn forget_version(
-        &self,
-        index: &mut HashMap<(String, &'static str, String, u32, &'static str), Arc<RequestHandles>>,
-        named: &(String, &'static str, String),
-        old: u32,
-    ) {
+    fn forget_version(&self, index: &mut RequestIndex, named: &(String, &'static str, String), old: u32) {
         let version = old.to_string();
         index.retain(|_, handles| {
             let l = &handles.labels;

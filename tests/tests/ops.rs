@@ -344,7 +344,7 @@ fn model_monitor_shows_drift_when_the_inputs_shift() {
     // Calls through the function (wasi:nn) and through /v2 count alike.
     let call = |i: usize, shifted: bool| {
         let pixels: Vec<f64> = cases[i % cases.len()].iter().map(|p| if shifted { 16.0 - p } else { *p }).collect();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let resp = server.invoke(&key, "acme/digits", &json!({ "pixels": pixels }).to_string());
             assert_eq!(resp.status(), 200);
         } else {

@@ -16,9 +16,12 @@ use infercell_tests::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 
+/// A request line, its headers and its body.
+type Request = (String, HashMap<String, String>, Vec<u8>);
+
 /// One HTTP/1.1 request read off `stream`: its headers (lower-cased names) and body; `None`
 /// once the client closes.
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, HashMap<String, String>, Vec<u8>)> {
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -91,8 +94,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The headers of each request an upstream received.
+type Seen = Arc<Mutex<Vec<HashMap<String, String>>>>;
+
 /// A loopback upstream that answers "ok" and keeps each request's headers.
-fn upstream() -> (u16, Arc<Mutex<Vec<HashMap<String, String>>>>) {
+fn upstream() -> (u16, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -134,6 +134,9 @@ impl ComputePriority {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// A compute's named outputs.
+type Outputs = Vec<(String, super::HostTensor)>;
+
 /// See [`Graphs::on_compute`].
 pub type ComputeHook = Box<dyn Fn(&str, Option<&super::ModelRef>, &'static str, &'static str, Duration) + Send + Sync>;
 
@@ -603,7 +606,7 @@ fn metered(
     meter: &super::NnMeter,
     result: Result<(Vec<(String, super::HostTensor)>, super::Placement), NnError>,
     took: Duration,
-) -> Result<(Vec<(String, super::HostTensor)>, &'static str), NnError> {
+) -> Result<(Outputs, &'static str), NnError> {
     match result {
         Ok((outputs, placement)) => {
             let device = if placement.gpu_nodes > 0 { "gpu" } else { "cpu" };

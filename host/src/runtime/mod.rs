@@ -469,19 +469,31 @@ impl Runtime {
             let begun = Instant::now();
             match (&prepared.pre, call) {
                 (Pre::Handler(pre), Call::Handle(req)) => {
-                    let instance = pre.instantiate_async(&mut store).instrument(tracing::debug_span!(target: "infercell::call", "instantiate")).await?;
+                    let instance = pre
+                        .instantiate_async(&mut store)
+                        .instrument(tracing::debug_span!(target: "infercell::call", "instantiate"))
+                        .await?;
                     instantiate = begun.elapsed();
                     let _live = Live::new(&self.live);
                     let handler = instance.infercell_function_incoming_handler();
-                    let result = handler.call_handle(&mut store, &req).instrument(tracing::debug_span!(target: "infercell::call", "run")).await?;
+                    let result = handler
+                        .call_handle(&mut store, &req)
+                        .instrument(tracing::debug_span!(target: "infercell::call", "run"))
+                        .await?;
                     Ok(result.map(Answer::Response))
                 }
                 (Pre::Predictor(pre), Call::Predict(inputs)) => {
-                    let instance = pre.instantiate_async(&mut store).instrument(tracing::debug_span!(target: "infercell::call", "instantiate")).await?;
+                    let instance = pre
+                        .instantiate_async(&mut store)
+                        .instrument(tracing::debug_span!(target: "infercell::call", "instantiate"))
+                        .await?;
                     instantiate = begun.elapsed();
                     let _live = Live::new(&self.live);
                     let predictor = instance.infercell_function_predict();
-                    let result = predictor.call_predict(&mut store, &inputs).instrument(tracing::debug_span!(target: "infercell::call", "run")).await?;
+                    let result = predictor
+                        .call_predict(&mut store, &inputs)
+                        .instrument(tracing::debug_span!(target: "infercell::call", "run"))
+                        .await?;
                     Ok(result.map(Answer::Tensors))
                 }
                 // `invoke` and `predict` check the world first.
