@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds in release and runs every benchmark beside its baseline; prints the tables that go
-# into bench/RESULTS.md (with `uname -m`, the CPU model, `nproc` and the commit).
+# into bench/RESULTS.md (with `uname -m`, the CPU model, `nproc` and the commit). Any
+# benchmark also takes `--json FILE`; `infercell-bench compare OLD NEW` compares two such files.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -14,6 +15,7 @@ echo "commit:  $(git rev-parse --short HEAD)  date: $(date -u +%Y-%m-%d)"
 "$bin" http --connections 64  # saturated: throughput
 "$bin" fairness
 "$bin" isolation
+"$bin" overhead                # monitoring and tracing (off) per call
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/install-onnxruntime.sh)}"
 "$bin" nn
 "$bin" p3

@@ -52,8 +52,12 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let json = args.windows(2).find(|w| w[0] == "--json").map(|w| w[1].clone());
+    let mut args: Vec<String> = std::env::args().collect();
+    // `--json FILE`, wherever it is, is this function's: the benchmarks never see it.
+    let json = match args.iter().position(|a| a == "--json") {
+        Some(at) if at + 1 < args.len() => Some(args.drain(at..at + 2).nth(1).unwrap_or_default()),
+        _ => None,
+    };
     let bench = args.get(1).cloned().unwrap_or_default();
     run(&args).await?;
     if let Some(path) = json {

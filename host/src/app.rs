@@ -97,12 +97,7 @@ impl App {
             m.nn_compute(tenant, named.map(|n| n.name.as_str()), engine, device, took)
         });
         let audit = Audit::new(db.clone());
-        let releases = Arc::new(crate::releases::Releases::open(
-            db.clone(),
-            audit.clone(),
-            metrics.release_rollbacks.clone(),
-            metrics.release_promotions.clone(),
-        )?);
+        let releases = Arc::new(crate::releases::Releases::open(db.clone(), audit.clone(), metrics.clone())?);
         let files = crate::registry::files::FileStore::open(db.clone(), data_dir, &root)?;
         let secrets = crate::registry::secrets::SecretStore::open(
             db.clone(),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -156,12 +156,18 @@ struct RequestHandles {
     labels: RequestLabels,
     duration: Histogram,
     /// Counters by status code (a handful per version).
-    codes: Mutex<Vec<(u16, Counter)>>,
+    codes: RwLock<Vec<(u16, Counter)>>,
 }
 
-/// The request series made so far, by their call site unfolded: tenant, kind, name, version,
-/// route.
-type RequestIndex = HashMap<(String, &'static str, String, u32, &'static str), Arc<RequestHandles>>;
+/// The request series made so far, by their call site as it is (not folded): tenant, then
+/// name, then (kind, version, route). A lookup borrows the call's strings: a call whose series
+/// exist allocates nothing. Entries are real deployed versions, so the index is as large as
+/// the registry; an entry whose labels fold into `other` shares its series with the rest.
+type RequestIndex = HashMap<String, HashMap<String, HashMap<(&'static str, u32, &'static str), Arc<RequestHandles>>>>;
+
+/// The engine-time histograms made so far: tenant, then model (`-` for bytes), then
+/// (engine, device).
+type ComputeIndex = HashMap<String, HashMap<String, Vec<(&'static str, &'static str, Histogram)>>>;
 
 /// The label values in use, within their caps.
 #[derive(Default)]
@@ -206,7 +212,12 @@ pub struct Metrics {
     registry: Registry,
     caps: MetricsConfig,
     names: Mutex<Names>,
-    requests_index: Mutex<RequestIndex>,
+    requests_index: RwLock<RequestIndex>,
+    compute_index: RwLock<ComputeIndex>,
+    /// Per tenant: its currency and its cost counter.
+    cost_index: RwLock<HashMap<String, (String, FloatCounter)>>,
+    /// Scrapes, one at a time: the gauges refreshed at scrape time are cleared and set again.
+    scrape: Mutex<()>,
     pub invocations: Family<InvocationLabels, Counter>,
     pub invocation_duration: Family<FunctionLabels, Histogram>,
     requests: Family<RequestCodeLabels, Counter>,
@@ -261,10 +272,14 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     LATENCY_BUCKETS.into_iter()
 }
 
-/// Buckets for the short host-side steps (queue waits, instantiation, engine computes): 10 us
-/// to about 40 s.
+/// Buckets for the short host-side steps (queue waits, instantiation, engine computes), at
+/// round values: 10 us to 30 s.
 fn step_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.00001, 3.0, 14)
+    [
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+    .into_iter()
 }
 
 impl Metrics {
@@ -272,12 +287,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("infercell");
         registry.register(
             "build",
-            "The server's version and the versions of the engines in it",
-            Info::new(vec![
-                ("version", env!("CARGO_PKG_VERSION").to_string()),
-                ("wasmtime", "48".to_string()),
-                ("tract", "0.23".to_string()),
-            ]),
+            "The server's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
         );
         let start_time = Gauge::<i64>::default();
         start_time.set(crate::clock::now_us() / 1_000_000);
@@ -426,7 +437,10 @@ impl Metrics {
             registry,
             caps,
             names: Mutex::default(),
-            requests_index: Mutex::default(),
+            requests_index: RwLock::default(),
+            compute_index: RwLock::default(),
+            cost_index: RwLock::default(),
+            scrape: Mutex::default(),
             invocations,
             invocation_duration,
             requests,
@@ -500,47 +514,62 @@ impl Metrics {
 
     /// Counts one answered call of `site` and its time from request to answer.
     pub fn request(&self, site: CallSite<'_>, code: u16, took: Duration) {
-        let handles = self.request_handles(site);
-        handles.duration.observe(took.as_secs_f64());
-        let mut codes = handles.codes.lock().unwrap_or_else(|e| e.into_inner());
-        let counter = match codes.iter().find(|(c, _)| *c == code) {
-            Some((_, counter)) => counter.clone(),
-            None => {
-                let l = &handles.labels;
-                let counter = self
-                    .requests
-                    .get_or_create(&RequestCodeLabels {
-                        tenant: l.tenant.clone(),
-                        kind: l.kind.clone(),
-                        name: l.name.clone(),
-                        version: l.version.clone(),
-                        route: l.route.clone(),
-                        code: code.to_string(),
-                    })
-                    .clone();
-                codes.push((code, counter.clone()));
-                counter
+        let key = (site.kind, site.version, site.route);
+        loop {
+            {
+                // Held while the series are written, so an eviction (the write lock) cannot
+                // remove a series between its lookup and its update.
+                let index = self.requests_index.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(handles) = index.get(site.tenant).and_then(|n| n.get(site.name)).and_then(|v| v.get(&key)) {
+                    handles.duration.observe(took.as_secs_f64());
+                    self.code_counter(handles, code).inc();
+                    return;
+                }
             }
-        };
-        counter.inc();
+            self.make_request_handles(site);
+        }
     }
 
-    /// The series of `site`, made on its first call: the version keeps its number while it is
-    /// among its name's `max_versions_per_name` newest; an older version's series are removed
-    /// from the exposition and its later calls count under `other`.
-    fn request_handles(&self, site: CallSite<'_>) -> Arc<RequestHandles> {
-        let key = (site.tenant.to_string(), site.kind, site.name.to_string(), site.version, site.route);
-        let mut index = self.requests_index.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(handles) = index.get(&key) {
-            return handles.clone();
+    /// The counter of `code` in `handles`' series (made on its first use).
+    fn code_counter(&self, handles: &RequestHandles, code: u16) -> Counter {
+        if let Some((_, c)) = handles.codes.read().unwrap_or_else(|e| e.into_inner()).iter().find(|(c, _)| *c == code) {
+            return c.clone();
+        }
+        let mut codes = handles.codes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = codes.iter().find(|(c, _)| *c == code) {
+            return c.clone();
+        }
+        let l = &handles.labels;
+        let counter = self
+            .requests
+            .get_or_create(&RequestCodeLabels {
+                tenant: l.tenant.clone(),
+                kind: l.kind.clone(),
+                name: l.name.clone(),
+                version: l.version.clone(),
+                route: l.route.clone(),
+                code: code.to_string(),
+            })
+            .clone();
+        codes.push((code, counter.clone()));
+        counter
+    }
+
+    /// Makes the series of `site`: the version keeps its number while it is among its name's
+    /// `max_versions_per_name` newest; an older version's series are removed from the
+    /// exposition and its later calls count under `other`.
+    fn make_request_handles(&self, site: CallSite<'_>) {
+        let mut index = self.requests_index.write().unwrap_or_else(|e| e.into_inner());
+        let key = (site.kind, site.version, site.route);
+        if index.get(site.tenant).and_then(|n| n.get(site.name)).is_some_and(|v| v.contains_key(&key)) {
+            return;
         }
         let (tenant, name) = self.names().name(&self.caps, site.tenant, site.kind, site.name);
-        let named = (tenant.clone(), site.kind, name.clone());
         let version = if name == OTHER {
             OTHER.to_string()
         } else {
             let mut names = self.names();
-            let versions = names.versions.entry(named.clone()).or_default();
+            let versions = names.versions.entry((tenant.clone(), site.kind, name.clone())).or_default();
             versions.insert(site.version);
             let mut evicted = Vec::new();
             while versions.len() > self.caps.max_versions_per_name.max(1) {
@@ -550,8 +579,10 @@ impl Metrics {
             }
             drop(names);
             let kept = !evicted.contains(&site.version);
-            for old in evicted.into_iter().filter(|v| *v != site.version) {
-                self.forget_version(&mut index, &named, old);
+            if let Some(versions) = index.get_mut(site.tenant).and_then(|n| n.get_mut(site.name)) {
+                for old in evicted.into_iter().filter(|v| *v != site.version) {
+                    self.forget_version(versions, site.kind, old);
+                }
             }
             if kept { site.version.to_string() } else { OTHER.to_string() }
         };
@@ -560,21 +591,29 @@ impl Metrics {
         let handles = Arc::new(RequestHandles {
             duration: self.request_duration.get_or_create(&labels).clone(),
             labels,
-            codes: Mutex::default(),
+            codes: RwLock::default(),
         });
-        index.insert(key, handles.clone());
-        handles
+        index
+            .entry(site.tenant.to_string())
+            .or_default()
+            .entry(site.name.to_string())
+            .or_default()
+            .insert(key, handles);
     }
 
-    /// Removes the series of version `old` of a labelled name (it fell out of the newest).
-    fn forget_version(&self, index: &mut RequestIndex, named: &(String, &'static str, String), old: u32) {
-        let version = old.to_string();
-        index.retain(|_, handles| {
-            let l = &handles.labels;
-            let gone = l.tenant == named.0 && l.kind == named.1 && l.name == named.2 && l.version == version;
+    /// Removes the series of version `old` of one name (it fell out of the newest).
+    fn forget_version(
+        &self,
+        versions: &mut HashMap<(&'static str, u32, &'static str), Arc<RequestHandles>>,
+        kind: &'static str,
+        old: u32,
+    ) {
+        versions.retain(|(k, v, _), handles| {
+            let gone = *k == kind && *v == old && handles.labels.version != OTHER;
             if gone {
+                let l = &handles.labels;
                 self.request_duration.remove(l);
-                for (code, _) in handles.codes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                for (code, _) in handles.codes.read().unwrap_or_else(|e| e.into_inner()).iter() {
                     self.requests.remove(&RequestCodeLabels {
                         tenant: l.tenant.clone(),
                         kind: l.kind.clone(),
@@ -603,19 +642,75 @@ impl Metrics {
 
     /// Adds a call's cost at its tenant's prices.
     pub fn cost(&self, tenant: &str, currency: &str, amount: f64) {
-        let tenant = self.tenant_label(tenant);
-        self.cost.get_or_create(&TenantCurrencyLabels { tenant, currency: currency.to_string() }).inc_by(amount);
+        if let Some((c, counter)) = self.cost_index.read().unwrap_or_else(|e| e.into_inner()).get(tenant)
+            && c == currency
+        {
+            counter.inc_by(amount);
+            return;
+        }
+        let labels = TenantCurrencyLabels { tenant: self.tenant_label(tenant), currency: currency.to_string() };
+        let counter = self.cost.get_or_create(&labels).clone();
+        counter.inc_by(amount);
+        self.cost_index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.to_string(), (currency.to_string(), counter));
     }
 
     /// Records one model compute's engine time.
-    pub fn nn_compute(&self, tenant: &str, model: Option<&str>, engine: &str, device: &str, took: Duration) {
-        let (tenant, model) = match model {
+    pub fn nn_compute(
+        &self,
+        tenant: &str,
+        model: Option<&str>,
+        engine: &'static str,
+        device: &'static str,
+        took: Duration,
+    ) {
+        let model_key = model.unwrap_or("-");
+        if let Some((_, _, h)) = self
+            .compute_index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .and_then(|m| m.get(model_key))
+            .and_then(|v| v.iter().find(|(e, d, _)| *e == engine && *d == device))
+        {
+            h.observe(took.as_secs_f64());
+            return;
+        }
+        let (tenant_label, model_label) = match model {
             Some(model) => self.names().name(&self.caps, tenant, "model", model),
             None => (self.tenant_label(tenant), "-".to_string()),
         };
-        self.nn_compute
-            .get_or_create(&ComputeLabels { tenant, model, engine: engine.to_string(), device: device.to_string() })
-            .observe(took.as_secs_f64());
+        let histogram = self
+            .nn_compute
+            .get_or_create(&ComputeLabels {
+                tenant: tenant_label,
+                model: model_label,
+                engine: engine.to_string(),
+                device: device.to_string(),
+            })
+            .clone();
+        histogram.observe(took.as_secs_f64());
+        self.compute_index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.to_string())
+            .or_default()
+            .entry(model_key.to_string())
+            .or_default()
+            .push((engine, device, histogram));
+    }
+
+    /// Counts a release event (`rollback` or `promote`) of `tenant`'s `name`.
+    pub fn release_event(&self, event: &str, tenant: &str, kind: &'static str, name: &str, cause: &str) {
+        let family = match event {
+            "rollback" => &self.release_rollbacks,
+            "promote" => &self.release_promotions,
+            _ => return,
+        };
+        let (tenant, name) = self.names().name(&self.caps, tenant, kind, name);
+        family.get_or_create(&ReleaseLabels { tenant, kind: kind.to_string(), name, cause: cause.to_string() }).inc();
     }
 
     /// Records how long a compute waited for a slot of `pool` (cpu or gpu).
@@ -641,7 +736,12 @@ impl Metrics {
         self.budget_spent.clear();
         self.budget_limit.clear();
         for (tenant, currency, spent, budget) in budgets {
-            let labels = TenantCurrencyLabels { tenant: self.tenant_label(tenant), currency: currency.clone() };
+            // A folded tenant's spend is not the sum of theirs: only named tenants are shown.
+            let tenant = self.tenant_label(tenant);
+            if tenant == OTHER {
+                continue;
+            }
+            let labels = TenantCurrencyLabels { tenant, currency: currency.clone() };
             self.budget_spent.get_or_create(&labels).set(*spent);
             self.budget_limit.get_or_create(&labels).set(*budget);
         }
@@ -651,9 +751,12 @@ impl Metrics {
     pub fn observe_drift(&self, scores: &[(String, String, u32, f64)]) {
         self.drift.clear();
         for (tenant, model, version, score) in scores {
+            // Scores do not add up: a folded model has none.
             let (tenant, model) = self.names().name(&self.caps, tenant, "model", model);
-            let version = if model == OTHER { OTHER.to_string() } else { version.to_string() };
-            self.drift.get_or_create(&DriftLabels { tenant, model, version }).set(*score);
+            if model == OTHER {
+                continue;
+            }
+            self.drift.get_or_create(&DriftLabels { tenant, model, version: version.to_string() }).set(*score);
         }
     }
 
@@ -672,6 +775,14 @@ impl Metrics {
         self.gpu_budget.set(stats.memory_budget.min(i64::MAX as u64) as i64);
         self.gpu_evictions.inc_by(stats.evictions.saturating_sub(self.gpu_evictions.get()));
         self.gpu_recreated.inc_by(stats.devices_recreated.saturating_sub(self.gpu_recreated.get()));
+    }
+
+    /// One scrape: `observe` brings the scrape-time series up to date, then the text is made,
+    /// one scrape at a time (two scrapers at once would see cleared gauges, or count twice).
+    pub fn scrape(&self, observe: impl FnOnce(&Self)) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        observe(self);
+        self.encode()
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus scrapes).

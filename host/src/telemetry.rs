@@ -83,7 +83,7 @@ pub fn init(config: &TelemetryConfig, runtime: tokio::runtime::Handle) -> anyhow
         "json" => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed(),
@@ -100,7 +100,10 @@ pub fn init(config: &TelemetryConfig, runtime: tokio::runtime::Handle) -> anyhow
         .with_endpoint(url.clone())
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_timeout(Duration::from_secs(10))
-        .with_http_client(Client { http: reqwest::Client::new(), runtime })
+        .with_http_client(Client {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            runtime,
+        })
         .build()
         .context("making the OTLP trace exporter")?;
     let batches = BatchSpanProcessor::builder(exporter)
@@ -108,7 +111,9 @@ pub fn init(config: &TelemetryConfig, runtime: tokio::runtime::Handle) -> anyhow
         .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(batches)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio))))
+        // By trace id, for every trace, the callers' included: a caller's sampled flag cannot make
+        // the server export more than its share (and every span of a trace shares its fate).
+        .with_sampler(Sampler::TraceIdRatioBased(config.sample_ratio))
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(config.service_name.clone())
@@ -136,14 +141,16 @@ pub fn request_span(id: &str, method: &http::Method, path: &str, headers: &http:
     span
 }
 
-/// Sets `traceparent` (and `tracestate`) on an outbound request to the current span's, with
-/// tracing on.
+/// Sets `traceparent` on an outbound request to the current span's, with tracing on. The
+/// caller's `tracestate` is not passed on: it is the caller's to give, not the function's
+/// hosts'.
 pub fn inject(headers: &mut http::HeaderMap) {
     if !tracing_on() {
         return;
     }
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
+    headers.remove("tracestate");
 }
 
 /// The exporter's HTTP client: the server's reqwest, its requests run on the server's runtime

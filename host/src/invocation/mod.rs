@@ -66,7 +66,7 @@ pub struct Admitted {
 /// Admits one call of `tenant` (see the module docs): its plan allows it (a GPU model needs a
 /// plan with the GPU, and a GPU), its budget is not spent, it is within its rate and
 /// concurrency. Refusals are counted in `infercell_refused_total` and never billed.
-#[tracing::instrument(target = "infercell::call", level = "debug", name = "admit", skip_all, fields(tenant))]
+#[tracing::instrument(target = "infercell::call", level = "debug", name = "admit", skip_all, fields(tenant = %tenant))]
 pub async fn admit(app: &Arc<App>, tenant: &str, target: Target<'_>) -> Result<Admitted, ApiError> {
     let plan_name = app.tenants.plan_of(tenant).ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no plan"))?;
     let plan = app.config.plans.get(&plan_name).ok_or_else(|| anyhow::anyhow!("unknown plan {plan_name}"))?;
@@ -254,33 +254,21 @@ impl Admitted {
     /// module docs) happens here, in a task that outlives a client who goes away.
     pub async fn run(self, call: Call, work: Work, encode: Encode) -> Result<Response, ApiError> {
         let calls = self.app.calls.clone();
+        let mirrored = call.shadow;
         calls
-            .spawn(tracing::Instrument::in_current_span(self.lifecycle(call, work, encode)))
+            .spawn(
+                crate::nn::MIRRORED
+                    .scope(mirrored, tracing::Instrument::in_current_span(self.lifecycle(call, work, encode))),
+            )
             .await
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("the call's task failed: {e}")))?
     }
 
     async fn lifecycle(self, mut call: Call, work: Work, encode: Encode) -> Result<Response, ApiError> {
         let on_answer = call.on_answer.take();
-        // The request series (a mirrored copy has none: its caller never sees it).
-        let site = (!call.shadow).then(|| {
-            let (kind, name, version) = match &work {
-                Work::Handler { deployment, .. } | Work::Predictor { deployment, .. } => {
-                    ("function", deployment.name.clone(), deployment.version)
-                }
-                Work::Model { model, .. } => ("model", model.name.clone(), model.version),
-            };
-            let route = if matches!(work, Work::Handler { .. }) { "fn" } else { "v2" };
-            (self.app.clone(), self.tenant.clone(), kind, name, version, route, call.received)
-        });
         let answered = self.answer(call, work, encode).await;
-        let status = answered.as_ref().map_or_else(ApiError::status, Response::status);
-        if let Some((app, tenant, kind, name, version, route, received)) = site {
-            let site = crate::metrics::CallSite { tenant: &tenant, kind, name: &name, version, route };
-            app.metrics.request(site, status.as_u16(), received.elapsed());
-        }
         if let Some(on_answer) = on_answer {
-            on_answer(status);
+            on_answer(answered.as_ref().map_or_else(ApiError::status, Response::status));
         }
         answered
     }
@@ -295,6 +283,8 @@ impl Admitted {
             }
             Work::Model { model, .. } => (Kind::Model, model.name.clone(), model.version, None),
         };
+        let metered_kind = if matches!(kind, Kind::Model) { "model" } else { "function" };
+        let route = if matches!(work, Work::Handler { .. }) { "fn" } else { "v2" };
         let kind = if call.shadow { Kind::Shadow } else { kind };
         let served_v2 = !matches!(work, Work::Handler { .. }) && !call.shadow;
 
@@ -302,7 +292,7 @@ impl Admitted {
         let ran = execute(&app, &tenant, &call, &plan, work).await;
         drop(active);
         drop(slot);
-        if let Some(guest) = ran.guest.as_ref().filter(|g| !g.instantiate.is_zero()) {
+        if let Some(guest) = ran.guest.as_ref().filter(|g| !g.instantiate.is_zero() && !call.shadow) {
             app.metrics.instantiate.observe(guest.instantiate.as_secs_f64());
         }
 
@@ -345,18 +335,20 @@ impl Admitted {
             );
         }
 
+        let (received, shadow) = (call.received, call.shadow);
         let wall_us = wall.as_micros() as i64;
         let mut header = format!("version={version}, wall_ms={:.3}", wall.as_secs_f64() * 1e3);
         if let Some(guest) = &ran.guest {
             header.push_str(&format!(", memory_peak_bytes={}", guest.peak_memory_bytes));
         }
+        let mut failed = None;
         if let Some(outcome) = outcome {
             let bytes_out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as i64;
             let record = UsageRecord {
                 request_id: call.request_id,
-                tenant,
+                tenant: tenant.clone(),
                 kind,
-                function: name,
+                function: name.clone(),
                 version,
                 started_us,
                 ended_us: started_us + wall_us,
@@ -367,7 +359,17 @@ impl Admitted {
                 nn_gpu_nodes: ran.nn.gpu_nodes,
             };
             header = format!("{}, {header}, {}", record.meters.header_pairs(), record.node_pairs());
-            commit(&app, &plan, record).await?;
+            failed = commit(&app, &plan, &tenant, record).await.err();
+        }
+        // The request series: every admitted call, refused ones after admission (no instance
+        // slot, no GPU room) included; a mirrored copy has none (its caller never sees it).
+        if !shadow {
+            let status = failed.as_ref().map_or_else(|| response.status(), ApiError::status);
+            let site = crate::metrics::CallSite { tenant: &tenant, kind: metered_kind, name: &name, version, route };
+            app.metrics.request(site, status.as_u16(), received.elapsed());
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if let Ok(value) = HeaderValue::from_str(&header) {
             response.headers_mut().insert(USAGE_HEADER, value);
@@ -395,20 +397,35 @@ fn meters(guest: Option<&CallUsage>, nn: &NnUsage, bytes_in: usize, bytes_out: i
 
 /// Commits a call's usage record; the answer goes out only once it is committed.
 #[tracing::instrument(target = "infercell::call", level = "debug", name = "commit", skip_all)]
-async fn commit(app: &App, plan: &Plan, record: UsageRecord) -> Result<(), ApiError> {
+async fn commit(app: &App, plan: &Plan, tenant: &str, record: UsageRecord) -> Result<(), ApiError> {
     let commit = Instant::now();
     let cost = record.meters.cost(&plan.prices);
-    let tenant = record.tenant.clone();
-    app.metrics.usage_backlog.inc();
+    let waiting = Backlog::new(&app.metrics.usage_backlog);
     let recorded = app.metering.record(record, plan.monthly_budget.map(|_| &plan.prices)).await;
-    app.metrics.usage_backlog.dec();
+    drop(waiting);
     if recorded.is_err() {
         app.metrics.usage_commit_failures.inc();
     }
     recorded.map_err(|e| ApiError::Internal(e.context("the call ran but its usage could not be recorded")))?;
     app.metrics.usage_commit.observe(commit.elapsed().as_secs_f64());
-    app.metrics.cost(&tenant, &plan.currency, rust_decimal::prelude::ToPrimitive::to_f64(&cost).unwrap_or(0.0));
+    app.metrics.cost(tenant, &plan.currency, rust_decimal::prelude::ToPrimitive::to_f64(&cost).unwrap_or(0.0));
     Ok(())
+}
+
+/// A usage record handed to the writer and not yet committed (`infercell_usage_backlog_records`).
+struct Backlog<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Backlog<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Backlog<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Runs the work: a function in a fresh sandbox, or a model on its engine.

@@ -466,7 +466,8 @@ impl Graphs {
         let key = cost_key(&model, &inputs);
         let last = self.costs.lock().ok().and_then(|c| c.get(&key).copied());
         let engine = model.engine();
-        let observed = named.map(|_| super::monitor::observe_inputs(&inputs));
+        let mirrored = super::MIRRORED.try_with(|m| *m).unwrap_or(false);
+        let observed = named.filter(|_| !mirrored).map(|_| super::monitor::observe_inputs(&inputs));
         let (outputs, took, device) = if model.runs_inline() && last.is_some_and(|d| d <= self.inline_max) {
             let started = Instant::now();
             let result = model.run_bounded(inputs, &super::Bounds { cancel: &meter.cancel, max_bytes });

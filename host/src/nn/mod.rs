@@ -403,6 +403,12 @@ impl Drop for Running {
     }
 }
 
+tokio::task_local! {
+    /// Set for the task of a mirrored copy of a call (see `crate::releases`): its computes
+    /// count in engine time but not in the model's monitor (they repeat a call already counted).
+    pub static MIRRORED: bool;
+}
+
 /// A tenant's named model version, as a compute of it is counted (metrics, monitoring).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModelRef {

@@ -2,17 +2,21 @@
 //! and give, and a drift score of the current window against a reference window.
 //!
 //! Every compute of a named model counts, whether a function ran it through wasi:nn or `/v2`
-//! did. Per call the cost is bounded: an input sample contributes at most [`MAX_FEATURES`]
-//! values (a larger sample contributes two summary features, its mean and its standard
-//! deviation, over at most [`SUMMARY_STRIDE_MAX`] elements it strides through), and a classifier
-//! output (a `[N, C]` or `[C]` float tensor with 2 to [`MAX_CLASSES`] classes) its argmax.
+//! did (a mirrored copy's does not: it repeats a call already counted). Per call the cost is
+//! bounded: at most [`MAX_ROWS`] samples of a batch count; an input sample contributes at most
+//! [`MAX_FEATURES`] values (a larger sample contributes two summary features, its mean and its
+//! standard deviation, over at most [`SUMMARY_STRIDE_MAX`] elements it strides through), and a
+//! classifier output (a `[N, C]` or `[C]` float tensor with 2 to [`MAX_CLASSES`] classes, `C`
+//! fixed by its first call) its argmax. Values that are not finite (NaN, infinities) are
+//! counted apart, never in the statistics.
 //!
 //! Per feature: count, mean and variance (Welford), min and max, and a histogram over
 //! [`BINS`] equal bins between the min and max of the first [`WARMUP`] samples, with one open
 //! bin on each side. Per classifier output: the histogram of predicted classes. Per output:
 //! its value range.
 //!
-//! `baseline()` makes the current window the reference and starts a new current window. The
+//! `baseline()` makes the current window the reference and starts a new current window (a
+//! feature still in its warm-up gets its bins from the values seen so far). The
 //! drift score is the population stability index (PSI, sum of `(c - r) * ln(c / r)` over the
 //! bins' shares, each share at least [`PSI_FLOOR`]) of the current window against the
 //! reference: per input feature and per classifier output. The overall score is the larger of
@@ -21,7 +25,7 @@
 //! 0.25 a moderate shift, over 0.25 a significant one.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Value, json};
 
@@ -41,8 +45,12 @@ pub const WARMUP: usize = 32;
 pub const MIN_SAMPLES: u64 = 30;
 /// The smallest share a bin counts with in the PSI (an empty bin would be infinite).
 pub const PSI_FLOOR: f64 = 1e-4;
-/// Model versions monitored at once; past it, new ones are not monitored.
+/// Model versions monitored at once, and per tenant; past them, new ones are not monitored.
 pub const MAX_MONITORS: usize = 4096;
+pub const MAX_MONITORS_PER_TENANT: usize = 256;
+/// Samples (rows along dimension 0) one compute contributes at most: a larger batch is
+/// strided through.
+pub const MAX_ROWS: usize = 64;
 
 /// What one compute contributes, extracted before the engine takes its inputs.
 pub struct Observation {
@@ -84,8 +92,10 @@ fn samples(t: &HostTensor) -> Option<Vec<Vec<f64>>> {
         return None;
     }
     let per = elements / n;
+    let step = n.div_ceil(MAX_ROWS);
     Some(
         (0..n)
+            .step_by(step)
             .map(|s| {
                 let base = s * per;
                 if per <= MAX_FEATURES {
@@ -123,6 +133,7 @@ fn predictions(t: &HostTensor) -> Option<(usize, Vec<usize>)> {
         return None;
     }
     let argmax = (0..rows)
+        .step_by(rows.div_ceil(MAX_ROWS))
         .map(|r| {
             (0..classes)
                 .filter_map(|c| Some((c, value_at(t, r * classes + c)?)))
@@ -181,31 +192,45 @@ struct Feature {
     warmup: Vec<f64>,
     current: FeatureWindow,
     reference: Option<FeatureWindow>,
+    /// NaN and infinite values seen (kept out of the statistics).
+    non_finite: u64,
 }
 
 impl Feature {
     fn bin(&self, v: f64) -> Option<usize> {
         let (lo, width) = self.edges?;
         let at = (v - lo) / width;
-        Some(if at < 0.0 { 0 } else { (at as usize).min(BINS) + 1 }.min(BINS + 1))
+        Some(if at < 0.0 { 0 } else { (at as usize).min(BINS) + 1 })
+    }
+
+    /// Fixes the bins from the warm-up values, and counts those in them.
+    fn fix_edges(&mut self) {
+        if self.warmup.is_empty() {
+            return;
+        }
+        let lo = self.warmup.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = self.warmup.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // A constant feature gets bins a unit wide around its value.
+        let (lo, width) = if hi - lo > 1e-12 { (lo, (hi - lo) / BINS as f64) } else { (lo - 0.5, 0.1) };
+        self.edges = Some((lo, width));
+        self.current.bins = vec![0; BINS + 2];
+        for v in std::mem::take(&mut self.warmup) {
+            if let Some(b) = self.bin(v) {
+                self.current.bins[b] += 1;
+            }
+        }
     }
 
     fn add(&mut self, v: f64) {
+        if !v.is_finite() {
+            self.non_finite += 1;
+            return;
+        }
         self.current.stats.add(v);
         if self.edges.is_none() {
             self.warmup.push(v);
             if self.warmup.len() >= WARMUP {
-                let lo = self.warmup.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = self.warmup.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                // A constant feature gets bins a unit wide around its value.
-                let (lo, width) = if hi - lo > 1e-12 { (lo, (hi - lo) / BINS as f64) } else { (lo - 0.5, 0.1) };
-                self.edges = Some((lo, width));
-                self.current.bins = vec![0; BINS + 2];
-                for v in std::mem::take(&mut self.warmup) {
-                    if let Some(b) = self.bin(v) {
-                        self.current.bins[b] += 1;
-                    }
-                }
+                self.fix_edges();
             }
             return;
         }
@@ -285,8 +310,12 @@ impl Monitor {
                         &mut self.classes.last_mut().expect("just pushed").1
                     }
                 };
-                if entry.current.len() != classes {
+                // The classes are fixed by the first call; another width is not this output.
+                if entry.current.is_empty() {
                     entry.current = vec![0; classes];
+                }
+                if entry.current.len() != classes {
+                    continue;
                 }
                 for c in argmax {
                     entry.current[c] += 1;
@@ -303,7 +332,7 @@ impl Monitor {
                 let elements = t.data.len() / t.ty.size().max(1);
                 let stride = elements.div_ceil(SUMMARY_STRIDE_MAX).max(1);
                 for i in (0..elements).step_by(stride) {
-                    if let Some(v) = value_at(t, i) {
+                    if let Some(v) = value_at(t, i).filter(|v| v.is_finite()) {
                         range.add(v);
                     }
                 }
@@ -316,6 +345,9 @@ impl Monitor {
         self.samples = 0;
         for (_, features) in &mut self.features {
             for f in features.iter_mut() {
+                if f.edges.is_none() {
+                    f.fix_edges();
+                }
                 let fresh = FeatureWindow { stats: Running::default(), bins: vec![0; f.current.bins.len()] };
                 f.reference = Some(std::mem::replace(&mut f.current, fresh));
             }
@@ -373,6 +405,7 @@ impl Monitor {
                         "current": f.current.stats.to_json(),
                         "reference": f.reference.as_ref().map(|r| r.stats.to_json()),
                         "psi": p,
+                        "non_finite": f.non_finite,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -405,18 +438,24 @@ impl Monitor {
     }
 }
 
-/// Key of a monitor: tenant, model name, version.
-type Key = (String, String, u32);
+/// Every model version's monitor, by tenant, then model, then version: a lookup borrows the
+/// call's names, and each monitor has a lock of its own.
+type Index = HashMap<String, HashMap<String, HashMap<u32, Arc<Mutex<Monitor>>>>>;
 
 /// Every model version's monitor.
 #[derive(Default)]
 pub struct Monitors {
-    monitors: Mutex<HashMap<Key, Monitor>>,
+    monitors: RwLock<Index>,
+}
+
+fn lock(m: &Mutex<Monitor>) -> std::sync::MutexGuard<'_, Monitor> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Monitors {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Monitor>> {
-        self.monitors.lock().unwrap_or_else(|e| e.into_inner())
+    fn find(&self, tenant: &str, name: &str, version: u32) -> Option<Arc<Mutex<Monitor>>> {
+        let index = self.monitors.read().unwrap_or_else(|e| e.into_inner());
+        index.get(tenant)?.get(name)?.get(&version).cloned()
     }
 
     /// Counts one compute of `tenant`'s model `name@version`.
@@ -428,21 +467,35 @@ impl Monitors {
         observed: &Observation,
         outputs: &[(String, HostTensor)],
     ) {
-        let mut monitors = self.lock();
-        let key = (tenant.to_string(), name.to_string(), version);
-        if !monitors.contains_key(&key) && monitors.len() >= MAX_MONITORS {
-            return;
-        }
-        monitors.entry(key).or_default().add(observed, outputs);
+        let monitor = match self.find(tenant, name, version) {
+            Some(m) => m,
+            None => {
+                let mut index = self.monitors.write().unwrap_or_else(|e| e.into_inner());
+                let total: usize = index.values().flat_map(|m| m.values()).map(HashMap::len).sum();
+                let mine: usize = index.get(tenant).map_or(0, |m| m.values().map(HashMap::len).sum());
+                let known = index.get(tenant).and_then(|m| m.get(name)).is_some_and(|v| v.contains_key(&version));
+                if !known && (total >= MAX_MONITORS || mine >= MAX_MONITORS_PER_TENANT) {
+                    return;
+                }
+                index
+                    .entry(tenant.to_string())
+                    .or_default()
+                    .entry(name.to_string())
+                    .or_default()
+                    .entry(version)
+                    .or_default()
+                    .clone()
+            }
+        };
+        lock(&monitor).add(observed, outputs);
     }
 
     /// Makes the calls seen so far of `name@version` the reference window; false when the
     /// version has seen no call.
     pub fn baseline(&self, tenant: &str, name: &str, version: u32) -> bool {
-        let mut monitors = self.lock();
-        match monitors.get_mut(&(tenant.to_string(), name.to_string(), version)) {
+        match self.find(tenant, name, version) {
             Some(m) => {
-                m.baseline(crate::clock::now_rfc3339());
+                lock(&m).baseline(crate::clock::now_rfc3339());
                 true
             }
             None => false,
@@ -451,17 +504,30 @@ impl Monitors {
 
     /// The report of `name@version` (see the module docs), `None` before its first call.
     pub fn report(&self, tenant: &str, name: &str, version: u32) -> Option<Value> {
-        self.lock().get(&(tenant.to_string(), name.to_string(), version)).map(Monitor::report)
+        self.find(tenant, name, version).map(|m| lock(&m).report())
     }
 
     /// Forgets every version of `tenant`'s model `name` (deleted).
     pub fn forget(&self, tenant: &str, name: &str) {
-        self.lock().retain(|(t, n, _), _| !(t == tenant && n == name));
+        if let Some(models) = self.monitors.write().unwrap_or_else(|e| e.into_inner()).get_mut(tenant) {
+            models.remove(name);
+        }
     }
 
     /// Every drift score there is: (tenant, model, version, score).
     pub fn scores(&self) -> Vec<(String, String, u32, f64)> {
-        self.lock().iter().filter_map(|((t, n, v), m)| Some((t.clone(), n.clone(), *v, m.score()?))).collect()
+        let monitors: Vec<(String, String, u32, Arc<Mutex<Monitor>>)> = {
+            let index = self.monitors.read().unwrap_or_else(|e| e.into_inner());
+            index
+                .iter()
+                .flat_map(|(t, models)| {
+                    models.iter().flat_map(move |(n, versions)| {
+                        versions.iter().map(move |(v, m)| (t.clone(), n.clone(), *v, m.clone()))
+                    })
+                })
+                .collect()
+        };
+        monitors.into_iter().filter_map(|(t, n, v, m)| Some((t, n, v, lock(&m).score()?))).collect()
     }
 }
 
@@ -523,6 +589,36 @@ mod tests {
     }
 
     #[test]
+    fn a_baseline_taken_in_the_warmup_and_odd_values_keep_the_score_sound() {
+        let monitors = Monitors::default();
+        let call =
+            |v: f32, classes: &[f32]| monitors.record("t", "m", 1, &observe_inputs(&input(&[v])), &output(classes));
+        // A baseline before the bins are fixed (fewer than WARMUP calls) fixes them.
+        for i in 0..(MIN_SAMPLES as usize) {
+            call(spread(i), &[0.2, 0.8]);
+        }
+        assert!(monitors.baseline("t", "m", 1));
+        for i in 0..(MIN_SAMPLES as usize) {
+            call(spread(i), &[0.2, 0.8]);
+        }
+        // Not finite values and an output of another width are kept out.
+        call(f32::NAN, &[0.1, 0.2, 0.7]);
+        call(f32::INFINITY, &[0.2, 0.8]);
+        let report = monitors.report("t", "m", 1).unwrap();
+        let score = report["drift_score"].as_f64().unwrap();
+        assert!(score < 0.1, "{report}");
+        assert_eq!(report["inputs"][0]["per_feature"][0]["non_finite"], 2, "{report}");
+        assert!(report["inputs"][0]["per_feature"][0]["current"]["mean"].as_f64().unwrap().is_finite());
+        let classes: u64 = report["outputs"][0]["predicted_classes"]["current"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(classes, MIN_SAMPLES + 1, "the 3-class output is not counted: {report}");
+    }
+
+    #[test]
     fn large_samples_are_summarized_at_bounded_cost() {
         let values: Vec<f32> = (0..150_528).map(|i| (i % 255) as f32).collect();
         let observed = observe_inputs(&input(&values));
@@ -531,5 +627,9 @@ mod tests {
         let data = (0..12).flat_map(|v| (v as f32).to_le_bytes()).collect();
         let batch = vec![("x".into(), HostTensor { dims: vec![3, 4], ty: ElemType::F32, data })];
         assert_eq!(observe_inputs(&batch).inputs[0].1.len(), 3);
+        // A batch of 4096 counts at most MAX_ROWS samples.
+        let data = (0..4096 * 2).flat_map(|v| (v as f32).to_le_bytes()).collect();
+        let batch = vec![("x".into(), HostTensor { dims: vec![4096, 2], ty: ElemType::F32, data })];
+        assert_eq!(observe_inputs(&batch).inputs[0].1.len(), MAX_ROWS);
     }
 }

@@ -21,15 +21,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use crate::db::Db;
-use crate::metrics::ReleaseLabels;
 use crate::registry::RegistryError;
 use health::Tally;
 
@@ -241,18 +238,12 @@ pub struct Releases {
     /// Changes are made one at a time: database first, then memory.
     writing: tokio::sync::Mutex<()>,
     audit: crate::audit::Audit,
-    rollbacks: Family<ReleaseLabels, Counter>,
-    promotions: Family<ReleaseLabels, Counter>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Releases {
     /// Loads every release from the database.
-    pub fn open(
-        db: Db,
-        audit: crate::audit::Audit,
-        rollbacks: Family<ReleaseLabels, Counter>,
-        promotions: Family<ReleaseLabels, Counter>,
-    ) -> anyhow::Result<Self> {
+    pub fn open(db: Db, audit: crate::audit::Audit, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
         let rows: Vec<(String, String, String, String)> = db.call_blocking(|conn| {
             let mut stmt = conn.prepare("SELECT tenant, kind, name, release FROM releases")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
@@ -264,8 +255,7 @@ impl Releases {
             models: RwLock::default(),
             writing: tokio::sync::Mutex::new(()),
             audit,
-            rollbacks,
-            promotions,
+            metrics,
         };
         for (tenant, kind, name, release) in rows {
             let Some(subject) = Subject::parse(&kind) else { continue };
@@ -474,21 +464,8 @@ impl Releases {
             return Err(RegistryError::NotFound { kind: subject.as_str(), name: name.to_string() });
         }
         self.install(subject, tenant, name, release.clone());
-        let labels = ReleaseLabels {
-            tenant: tenant.to_string(),
-            kind: subject.as_str().into(),
-            name: name.to_string(),
-            cause: if matches!(actor, Actor::System) { "automatic" } else { "manual" }.into(),
-        };
-        match event.event {
-            "rollback" => {
-                self.rollbacks.get_or_create(&labels).inc();
-            }
-            "promote" => {
-                self.promotions.get_or_create(&labels).inc();
-            }
-            _ => {}
-        }
+        let cause = if matches!(actor, Actor::System) { "automatic" } else { "manual" };
+        self.metrics.release_event(event.event, tenant, subject.as_str(), name, cause);
         if matches!(actor, Actor::System) {
             let target = format!("{name}@{}", event.to.map_or_else(|| "-".to_string(), |v| v.to_string()));
             let action = format!("release.{}", event.event);
@@ -762,8 +739,7 @@ mod tests {
             Canary { spec: spec(10, None), current: 10, state: CanaryState::Progressing, started_at: String::new() };
         let release = Release { stable: Some(1), canary: Some(canary), ..Release::default() };
         let db = Db::open(&std::env::temp_dir().join(format!("releases-{}.db", uuid::Uuid::now_v7()))).expect("db");
-        let releases = Releases::open(db.clone(), crate::audit::Audit::new(db), Family::default(), Family::default())
-            .expect("open");
+        let releases = Releases::open(db.clone(), crate::audit::Audit::new(db), Default::default()).expect("open");
         releases.install(Subject::Function, "t", "f", release);
         let to_canary = (0..1000)
             .filter(|_| releases.route(Subject::Function, "t", "f", None).expect("routed").version == 2)

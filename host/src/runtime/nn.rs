@@ -201,7 +201,12 @@ impl NnView<'_> {
             Some(b) => Ok(b.to_vec()),
             None => source.read(&d).map_err(|e| NnError::new(ErrorCode::RuntimeError, format!("{e:#}"))),
         };
-        let span = tracing::debug_span!(target: "infercell::call", "nn.load", model = named.as_ref().map_or("-", |n| n.name.as_str()));
+        let span = tracing::debug_span!(
+            target: "infercell::call",
+            "nn.load",
+            model = named.as_ref().map_or("-", |n| n.name.as_str()),
+            version = named.as_ref().map_or(0, |n| n.version)
+        );
         let load = access.graphs.load_selected(&access.tenant, &digest, engine, access.gpu, read);
         match tracing::Instrument::instrument(load, span).await {
             Ok((model, took)) => {

@@ -159,7 +159,8 @@ async fn invoke(
     if let Some(mirror) = mirror {
         let (app2, tenant, function, actor) =
             (app.clone(), tenant.to_string(), function.to_string(), principal.key_id.clone());
-        app.calls.spawn(async move { shadow(app2, tenant, function, actor, mirror).await });
+        let copy = async move { shadow(app2, tenant, function, actor, mirror).await };
+        app.calls.spawn(tracing::Instrument::in_current_span(copy));
     }
     Ok(response)
 }

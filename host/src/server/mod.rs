@@ -243,15 +243,16 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
     if app.config.server.metrics_require_key {
         auth::principal_from_headers(&app, &headers)?.require_metrics()?;
     }
-    app.metrics.observe_graph_cache(app.graphs.stats());
-    app.metrics.observe_pools(app.config.runtime.max_instances, app.runtime.live_instances(), &app.graphs.pools());
-    app.metrics.observe_budgets(&budgets(&app));
-    app.metrics.observe_drift(&app.graphs.monitors.scores());
-    if let Some(gpu) = app.graphs.gpu_if_discovered() {
-        app.metrics.observe_gpu(gpu.stats());
-    }
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
-        .into_response())
+    let text = app.metrics.scrape(|m| {
+        m.observe_graph_cache(app.graphs.stats());
+        m.observe_pools(app.config.runtime.max_instances, app.runtime.live_instances(), &app.graphs.pools());
+        m.observe_budgets(&budgets(&app));
+        m.observe_drift(&app.graphs.monitors.scores());
+        if let Some(gpu) = app.graphs.gpu_if_discovered() {
+            m.observe_gpu(gpu.stats());
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
 
 /// Each budgeted tenant's month-to-date spend (as admission last saw it) and budget.

@@ -146,7 +146,8 @@ pub async fn infer(
     response.headers_mut().insert(VERSION_HEADER, HeaderValue::from(version));
     if let Some(mirror) = mirror {
         let (app2, actor) = (app.clone(), principal.key_id.clone());
-        app.calls.spawn(async move { shadow(app2, subject, tenant, served_name_for_shadow, actor, mirror).await });
+        let copy = async move { shadow(app2, subject, tenant, served_name_for_shadow, actor, mirror).await };
+        app.calls.spawn(tracing::Instrument::in_current_span(copy));
     }
     Ok(response)
 }
