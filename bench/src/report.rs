@@ -56,7 +56,7 @@ pub fn write(path: &str, bench: &str, args: &[String]) -> Result<()> {
     let report = json!({
         "bench": bench,
         "args": args,
-        "commit": command_line("git", &["rev-parse", "--short", "HEAD"]),
+        "commit": command_line("git", &["-C", &crate::repo_root().display().to_string(), "rev-parse", "--short", "HEAD"]),
         "date": command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         "machine": machine(),
         "figures": figures,

@@ -407,3 +407,67 @@ fn model_monitor_shows_drift_when_the_inputs_shift() {
     assert_eq!(server.delete("/v1/models/digits", &key).status(), 200);
     assert!(!server.get("/metrics", Some(ADMIN_KEY)).text().unwrap().contains("infercell_model_drift_score{"));
 }
+
+/// The read-only `infercell` commands of every runbook, with their placeholders filled in for
+/// a live server (a function `echo`, a model `digits`, tenant `acme`, version 1).
+fn runbook_commands() -> Vec<(String, Vec<String>)> {
+    let mut commands = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("docs/runbooks")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines().map(str::trim).filter(|l| l.starts_with("infercell ")) {
+            // Comments, line continuations and pipes are the shell's.
+            let line = line.split("  #").next().unwrap().split(" | ").next().unwrap().trim_end_matches('\\').trim();
+            let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+            // Commands that change things are the operator's call; the drill tests those.
+            let changes = matches!(words.first(), Some(&"deploy"))
+                || (words.first() == Some(&"release") && words.get(1) != Some(&"status"))
+                || (words.first() == Some(&"model") && words.contains(&"--baseline"));
+            if changes {
+                continue;
+            }
+            let args = words
+                .iter()
+                .map(|w| {
+                    match w.trim_matches('"') {
+                        "FUNCTION" | "NAME" | "N" | "svc" => "echo",
+                        "MODEL" => "digits",
+                        "T" => "acme",
+                        "OLD" | "NEW" | "STABLE" | "CANARY" | "V" => "1",
+                        other => other,
+                    }
+                    .to_string()
+                })
+                .collect();
+            commands.push((format!("{}: {line}", path.file_name().unwrap().to_string_lossy()), args));
+        }
+    }
+    commands
+}
+
+#[test]
+fn every_runbook_command_runs_against_a_server() {
+    let server = Server::start();
+    let key = server.tenant("acme", "standard");
+    server.deploy(&key, "echo");
+    server.push_digits(&key);
+    server.deploy(&key, "digits");
+    assert_eq!(server.invoke(&key, "acme/echo", "hi").status(), 200);
+    let since = "2026-01-01T00:00:00Z";
+    let commands = runbook_commands();
+    assert!(commands.len() >= 15, "{commands:?}");
+    for (what, args) in commands {
+        let args: Vec<String> = args
+            .into_iter()
+            .map(|a| match a.as_str() {
+                "$ADMIN_KEY" => ADMIN_KEY.to_string(),
+                "$TENANT_KEY" => key.clone(),
+                "$SINCE" => since.to_string(),
+                _ => a,
+            })
+            .collect();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = server.cli(&key, &refs);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
