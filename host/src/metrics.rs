@@ -282,6 +282,17 @@ fn step_buckets() -> impl Iterator<Item = f64> {
     .into_iter()
 }
 
+/// Registers `metric` under `name` and hands it back.
+fn register<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new(caps: MetricsConfig) -> Self {
         let mut registry = Registry::with_prefix("infercell");
@@ -293,146 +304,195 @@ impl Metrics {
         let start_time = Gauge::<i64>::default();
         start_time.set(crate::clock::now_us() / 1_000_000);
         registry.register("start_time_seconds", "When the server started, in Unix seconds", start_time);
-        let invocations = Family::<InvocationLabels, Counter>::default();
-        registry.register("invocations", "Function invocations by outcome", invocations.clone());
-        let invocation_duration =
-            Family::<FunctionLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
-        registry.register(
+        let invocations = register(
+            &mut registry,
+            "invocations",
+            "Function invocations by outcome",
+            Family::<InvocationLabels, Counter>::default(),
+        );
+        let invocation_duration = register(
+            &mut registry,
             "invocation_duration_seconds",
             "Wall time of function invocations",
-            invocation_duration.clone(),
+            Family::<FunctionLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets())),
         );
-        let requests = Family::<RequestCodeLabels, Counter>::default();
-        registry.register(
+        let requests = register(
+            &mut registry,
             "requests",
             "Admitted calls of a function or model version, by route and answer status (refusals before admission are in infercell_refused_total)",
-            requests.clone(),
+            Family::<RequestCodeLabels, Counter>::default(),
         );
-        let request_duration =
-            Family::<RequestLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
-        registry.register(
+        let request_duration = register(
+            &mut registry,
             "request_duration_seconds",
             "Time from a call's request received to its answer ready, usage committed",
-            request_duration.clone(),
+            Family::<RequestLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets())),
         );
-        let instantiate = Histogram::new(step_buckets());
-        registry.register(
+        let instantiate = register(
+            &mut registry,
             "instantiate_seconds",
             "Time to instantiate a function's fresh sandbox for one call",
-            instantiate.clone(),
+            Histogram::new(step_buckets()),
         );
-        let compute_queue = Family::<PoolLabels, Histogram>::new_with_constructor(|| Histogram::new(step_buckets()));
-        registry.register(
+        let compute_queue = register(
+            &mut registry,
             "compute_queue_seconds",
             "Time a compute or graph load waited for a slot of its pool (and its tenant's share)",
-            compute_queue.clone(),
+            Family::<PoolLabels, Histogram>::new_with_constructor(|| Histogram::new(step_buckets())),
         );
-        let nn_compute = Family::<ComputeLabels, Histogram>::new_with_constructor(|| Histogram::new(step_buckets()));
-        registry.register(
+        let nn_compute = register(
+            &mut registry,
             "nn_compute_seconds",
             "Engine time of one model compute, by model, engine and device",
-            nn_compute.clone(),
+            Family::<ComputeLabels, Histogram>::new_with_constructor(|| Histogram::new(step_buckets())),
         );
-        let active_instances = Gauge::default();
-        registry.register("active_instances", "Instances running a call right now", active_instances.clone());
-        let instance_slots = Gauge::default();
-        registry.register(
+        let active_instances =
+            register(&mut registry, "active_instances", "Instances running a call right now", Gauge::default());
+        let instance_slots = register(
+            &mut registry,
             "instance_slots",
             "Instances that may run at once (runtime.max_instances)",
-            instance_slots.clone(),
+            Gauge::default(),
         );
-        let instances_live = Gauge::default();
-        registry.register(
+        let instances_live = register(
+            &mut registry,
             "instances_live",
             "Sandboxes alive now, each holding one of the runtime.max_instances pooling slots",
-            instances_live.clone(),
+            Gauge::default(),
         );
-        let compute_slots = Family::<PoolLabels, Gauge>::default();
-        registry.register("compute_slots", "Computes that may run at once, per pool", compute_slots.clone());
-        let compute_busy = Family::<PoolLabels, Gauge>::default();
-        registry.register("compute_busy", "Compute slots taken now, per pool", compute_busy.clone());
-        let uploads = Family::<UploadLabels, Counter>::default();
-        registry.register("uploads", "Function uploads by outcome", uploads.clone());
-        let compile_duration = Histogram::new(exponential_buckets(0.01, 2.0, 12));
-        registry.register(
+        let compute_slots = register(
+            &mut registry,
+            "compute_slots",
+            "Computes that may run at once, per pool",
+            Family::<PoolLabels, Gauge>::default(),
+        );
+        let compute_busy = register(
+            &mut registry,
+            "compute_busy",
+            "Compute slots taken now, per pool",
+            Family::<PoolLabels, Gauge>::default(),
+        );
+        let uploads = register(
+            &mut registry,
+            "uploads",
+            "Function uploads by outcome",
+            Family::<UploadLabels, Counter>::default(),
+        );
+        let compile_duration = register(
+            &mut registry,
             "compile_duration_seconds",
             "Time to compile an uploaded component",
-            compile_duration.clone(),
+            Histogram::new(exponential_buckets(0.01, 2.0, 12)),
         );
-        let log_bytes_dropped = Family::<FunctionLabels, Counter>::default();
-        registry.register(
+        let log_bytes_dropped = register(
+            &mut registry,
             "log_bytes_dropped",
             "Function log bytes dropped over the per-call cap",
-            log_bytes_dropped.clone(),
+            Family::<FunctionLabels, Counter>::default(),
         );
-        let refused = Family::<RefusedLabels, Counter>::default();
-        registry.register("refused", "Calls refused before running (quota, budget, no free instance)", refused.clone());
-        let denials = Family::<DenialLabels, Counter>::default();
-        registry.register("denials", "Host calls refused for want of a grant", denials.clone());
-        let usage_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
-        registry.register("usage_batch_size", "Usage records per group commit", usage_batch_size.clone());
-        let usage_commit = Histogram::new(LATENCY_BUCKETS[..15].iter().copied());
-        registry.register(
+        let refused = register(
+            &mut registry,
+            "refused",
+            "Calls refused before running (quota, budget, no free instance)",
+            Family::<RefusedLabels, Counter>::default(),
+        );
+        let denials = register(
+            &mut registry,
+            "denials",
+            "Host calls refused for want of a grant",
+            Family::<DenialLabels, Counter>::default(),
+        );
+        let usage_batch_size = register(
+            &mut registry,
+            "usage_batch_size",
+            "Usage records per group commit",
+            Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+        );
+        let usage_commit = register(
+            &mut registry,
             "usage_commit_seconds",
             "Time a call waits for its usage record to commit",
-            usage_commit.clone(),
+            Histogram::new(LATENCY_BUCKETS[..15].iter().copied()),
         );
-        let usage_backlog = Gauge::default();
-        registry.register(
+        let usage_backlog = register(
+            &mut registry,
             "usage_backlog_records",
             "Usage records handed to the writer and not yet committed",
-            usage_backlog.clone(),
+            Gauge::default(),
         );
-        let usage_commit_failures = Counter::default();
-        registry.register(
+        let usage_commit_failures = register(
+            &mut registry,
             "usage_commit_failures",
             "Calls whose usage record could not be committed (answered 500)",
-            usage_commit_failures.clone(),
+            Counter::default(),
         );
-        let cost = Family::<TenantCurrencyLabels, FloatCounter>::default();
-        registry.register("cost", "What the calls cost at their tenant's prices", cost.clone());
-        let budget_spent = Family::<TenantCurrencyLabels, FloatGauge>::default();
-        registry.register(
+        let cost = register(
+            &mut registry,
+            "cost",
+            "What the calls cost at their tenant's prices",
+            Family::<TenantCurrencyLabels, FloatCounter>::default(),
+        );
+        let budget_spent = register(
+            &mut registry,
             "tenant_budget_spent",
             "Month-to-date spend of each tenant whose plan has a monthly budget",
-            budget_spent.clone(),
+            Family::<TenantCurrencyLabels, FloatGauge>::default(),
         );
-        let budget_limit = Family::<TenantCurrencyLabels, FloatGauge>::default();
-        registry.register("tenant_budget", "The monthly budget of each tenant's plan", budget_limit.clone());
-        let drift = Family::<DriftLabels, FloatGauge>::default();
-        registry.register(
+        let budget_limit = register(
+            &mut registry,
+            "tenant_budget",
+            "The monthly budget of each tenant's plan",
+            Family::<TenantCurrencyLabels, FloatGauge>::default(),
+        );
+        let drift = register(
+            &mut registry,
             "model_drift_score",
             "Population stability index of a model version's current window against its baseline (docs/metrics.md)",
-            drift.clone(),
+            Family::<DriftLabels, FloatGauge>::default(),
         );
-        let release_rollbacks = Family::<ReleaseLabels, Counter>::default();
-        registry.register(
+        let release_rollbacks = register(
+            &mut registry,
             "release_rollbacks",
             "Releases rolled back: canaries stopped and stable versions put back",
-            release_rollbacks.clone(),
+            Family::<ReleaseLabels, Counter>::default(),
         );
-        let release_promotions = Family::<ReleaseLabels, Counter>::default();
-        registry.register("release_promotions", "Canaries promoted to stable", release_promotions.clone());
-        let graph_load = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        registry.register("graph_load_seconds", "Time to load and optimize a model graph", graph_load.clone());
-        let graph_hits = Counter::default();
-        registry.register("graph_cache_hits", "Graph loads served from the shared cache", graph_hits.clone());
-        let graph_misses = Counter::default();
-        registry.register("graph_cache_misses", "Graph loads that had to load the model", graph_misses.clone());
-        let graph_evictions = Counter::default();
-        registry.register("graph_cache_evictions", "Graphs evicted from the cache", graph_evictions.clone());
-        let graph_bytes = Gauge::default();
-        registry.register("graph_cache_bytes", "Model bytes of the graphs in the cache", graph_bytes.clone());
-        let graphs_loaded = Gauge::default();
-        registry.register("graph_cache_graphs", "Graphs in the cache", graphs_loaded.clone());
-        let gpu_memory = Gauge::default();
-        registry.register("gpu_memory_bytes", "GPU memory held by the wgpu engine's buffers", gpu_memory.clone());
-        let gpu_budget = Gauge::default();
-        registry.register("gpu_memory_budget_bytes", "The wgpu engine's GPU memory budget", gpu_budget.clone());
-        let gpu_evictions = Counter::default();
-        registry.register("gpu_evictions", "Idle models evicted from the GPU to make room", gpu_evictions.clone());
-        let gpu_recreated = Counter::default();
-        registry.register("gpu_devices_recreated", "GPU devices made again after a loss", gpu_recreated.clone());
+        let release_promotions = register(
+            &mut registry,
+            "release_promotions",
+            "Canaries promoted to stable",
+            Family::<ReleaseLabels, Counter>::default(),
+        );
+        let graph_load = register(
+            &mut registry,
+            "graph_load_seconds",
+            "Time to load and optimize a model graph",
+            Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+        );
+        let graph_hits =
+            register(&mut registry, "graph_cache_hits", "Graph loads served from the shared cache", Counter::default());
+        let graph_misses =
+            register(&mut registry, "graph_cache_misses", "Graph loads that had to load the model", Counter::default());
+        let graph_evictions =
+            register(&mut registry, "graph_cache_evictions", "Graphs evicted from the cache", Counter::default());
+        let graph_bytes =
+            register(&mut registry, "graph_cache_bytes", "Model bytes of the graphs in the cache", Gauge::default());
+        let graphs_loaded = register(&mut registry, "graph_cache_graphs", "Graphs in the cache", Gauge::default());
+        let gpu_memory = register(
+            &mut registry,
+            "gpu_memory_bytes",
+            "GPU memory held by the wgpu engine's buffers",
+            Gauge::default(),
+        );
+        let gpu_budget =
+            register(&mut registry, "gpu_memory_budget_bytes", "The wgpu engine's GPU memory budget", Gauge::default());
+        let gpu_evictions = register(
+            &mut registry,
+            "gpu_evictions",
+            "Idle models evicted from the GPU to make room",
+            Counter::default(),
+        );
+        let gpu_recreated =
+            register(&mut registry, "gpu_devices_recreated", "GPU devices made again after a loss", Counter::default());
         Self {
             registry,
             caps,
