@@ -29,8 +29,11 @@ pub struct CacheStats {
     pub graphs: u64,
 }
 
+/// A cached graph: the model's digest and the engine that loaded it.
+type GraphKey = (String, &'static str);
+
 struct State {
-    entries: HashMap<(String, &'static str), Entry>,
+    entries: HashMap<GraphKey, Entry>,
     tick: u64,
     stats: CacheStats,
 }
@@ -47,6 +50,9 @@ pub struct Graphs {
     /// Whether the GPU engine fuses epilogues.
     gpu_fusion: bool,
     state: Mutex<State>,
+    /// The loads under way, one per graph: a miss waits for the load of the same graph
+    /// instead of loading it again (N concurrent misses load once).
+    loading: Mutex<HashMap<GraphKey, Arc<tokio::sync::Mutex<()>>>>,
     cap_bytes: u64,
     pool: Arc<Semaphore>,
     /// The CPU pool's slots.
@@ -233,6 +239,7 @@ impl Graphs {
             gpu_budget: None,
             gpu_fusion: true,
             state: Mutex::new(State { entries: HashMap::new(), tick: 0, stats: CacheStats::default() }),
+            loading: Mutex::new(HashMap::new()),
             cap_bytes,
             pool: Arc::new(Semaphore::new(threads.max(1))),
             slots: threads.max(1),
@@ -354,8 +361,24 @@ impl Graphs {
         self.state.lock().map(|s| s.stats).unwrap_or_default()
     }
 
+    /// The cached graph for `key`, counted as a hit (and used now) when there is one.
+    fn cached(&self, key: &(String, &'static str)) -> Option<Arc<dyn LoadedModel>> {
+        let mut state = self.state.lock().ok()?;
+        state.tick += 1;
+        let tick = state.tick;
+        let entry = state.entries.get_mut(key)?;
+        entry.last_used = tick;
+        let model = entry.model.clone();
+        state.stats.hits += 1;
+        Some(model)
+    }
+
     /// The cached graph for `digest` on `engine`, or loads `bytes()` on the compute pool for
-    /// `tenant`. Returns the graph and the host time spent (zero on a hit).
+    /// `tenant`. Returns the graph and the host time spent (zero on a hit; the wait, for a
+    /// miss that found the same graph being loaded and waited for it).
+    ///
+    /// Single flight: while a graph loads, other misses of the same graph wait for that load
+    /// (and count as hits) instead of loading it again; if it fails, the next one tries.
     ///
     /// Fair shares: a tenant's loads (and the probes they start) take slots of its share of
     /// the pool, so a tenant loading fresh bytes over and over holds at most half the pool;
@@ -369,15 +392,34 @@ impl Graphs {
         bytes: impl FnOnce() -> Result<Vec<u8>, NnError> + Send + 'static,
     ) -> Result<(Arc<dyn LoadedModel>, Duration), NnError> {
         let key = (digest.to_string(), engine.name());
+        if let Some(model) = self.cached(&key) {
+            return Ok((model, Duration::ZERO));
+        }
+        let flight = match self.loading.lock() {
+            Ok(mut loading) => loading.entry(key.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        let waited = Instant::now();
+        let _turn = flight.lock().await;
+        if let Some(model) = self.cached(&key) {
+            return Ok((model, waited.elapsed()));
+        }
+        let loaded = self.load_now(tenant, key.clone(), engine, bytes).await;
+        if let Ok(mut loading) = self.loading.lock() {
+            loading.remove(&key);
+        }
+        loaded
+    }
+
+    /// Loads the graph of `key` (a miss) and caches it, evicting as the shares require.
+    async fn load_now(
+        &self,
+        tenant: &str,
+        key: (String, &'static str),
+        engine: Arc<dyn Engine>,
+        bytes: impl FnOnce() -> Result<Vec<u8>, NnError> + Send + 'static,
+    ) -> Result<(Arc<dyn LoadedModel>, Duration), NnError> {
         if let Ok(mut state) = self.state.lock() {
-            state.tick += 1;
-            let tick = state.tick;
-            if let Some(entry) = state.entries.get_mut(&key) {
-                entry.last_used = tick;
-                let model = entry.model.clone();
-                state.stats.hits += 1;
-                return Ok((model, Duration::ZERO));
-            }
             state.stats.misses += 1;
         }
         let prober = self.prober.clone();
@@ -729,6 +771,51 @@ mod tests {
         fn load(&self, _onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
             Ok(Arc::new(Probe { cost: Duration::ZERO }))
         }
+    }
+
+    /// Counts its loads; each takes 100 ms.
+    struct SlowLoader(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Engine for SlowLoader {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn load(&self, _onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(Arc::new(Probe { cost: Duration::ZERO }))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_of_one_graph_load_it_once() {
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let engine: Arc<dyn Engine> = Arc::new(SlowLoader(loads.clone()));
+        let graphs = Arc::new(Graphs::new(vec![engine.clone()], 1 << 20, 2));
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let (graphs, engine) = (graphs.clone(), engine.clone());
+                let tenant = if i % 2 == 0 { "a" } else { "b" };
+                tokio::spawn(async move { graphs.get_or_load(tenant, "sha256:one", engine, || Ok(vec![0; 10])).await })
+            })
+            .collect();
+        let mut models = Vec::new();
+        for task in tasks {
+            models.push(task.await.expect("task").expect("loads").0);
+        }
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1, "one load for eight misses");
+        assert!(models.iter().all(|m| Arc::ptr_eq(m, &models[0])), "all share the one graph");
+        let stats = graphs.stats();
+        assert_eq!((stats.misses, stats.hits, stats.graphs), (1, 7, 1), "{stats:?}");
+        assert!(graphs.loading.lock().expect("loading").is_empty(), "no load left under way");
+        // A failed load is not cached: the next miss tries again.
+        let failing = graphs
+            .get_or_load("a", "sha256:bad", engine.clone(), || {
+                Err(NnError::new(ErrorCode::InvalidArgument, "bad bytes"))
+            })
+            .await;
+        assert!(failing.is_err());
+        graphs.get_or_load("a", "sha256:bad", engine, || Ok(vec![0; 10])).await.expect("the retry loads");
     }
 
     #[tokio::test]
