@@ -33,11 +33,38 @@ pub struct Entry {
 #[derive(Clone)]
 pub struct Audit {
     db: Db,
+    /// Requests refused for a key that is no key (unknown, revoked, expired): anyone can send
+    /// them, so at most one entry per [`UNKNOWN_KEY_INTERVAL`] is written, naming how many
+    /// were refused since the last (all are counted in `infercell_unauthenticated_total`).
+    unknown_keys: std::sync::Arc<std::sync::Mutex<Sampled>>,
+}
+
+/// At most one audit entry per this long for requests with an unknown key.
+pub const UNKNOWN_KEY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Default)]
+struct Sampled {
+    last: Option<std::time::Instant>,
+    /// Refused since the last entry, not written.
+    skipped: u64,
 }
 
 impl Audit {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, unknown_keys: Default::default() }
+    }
+
+    /// Whether a request refused for an unknown key gets an entry now: `Some(n)`, with the
+    /// `n` refused since the last entry that were not written; `None` (counted) otherwise.
+    pub fn sample_unknown_key(&self) -> Option<u64> {
+        let mut sampled = self.unknown_keys.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if sampled.last.is_some_and(|last| now.duration_since(last) < UNKNOWN_KEY_INTERVAL) {
+            sampled.skipped += 1;
+            return None;
+        }
+        sampled.last = Some(now);
+        Some(std::mem::take(&mut sampled.skipped))
     }
 
     /// Appends an entry (its `seq` and `time` are assigned here). A failure to write is logged,

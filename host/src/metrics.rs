@@ -116,6 +116,11 @@ pub struct ReleaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UploadLabels {
     pub outcome: String,
 }
@@ -235,6 +240,7 @@ pub struct Metrics {
     pub log_bytes_dropped: Family<FunctionLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     denials: Family<DenialLabels, Counter>,
+    unauthenticated: Family<ReasonLabels, Counter>,
     pub usage_batch_size: Histogram,
     pub usage_commit: Histogram,
     pub usage_backlog: Gauge,
@@ -396,6 +402,12 @@ impl Metrics {
             "Calls refused before running (quota, budget, no free instance)",
             Family::<RefusedLabels, Counter>::default(),
         );
+        let unauthenticated = register(
+            &mut registry,
+            "unauthenticated",
+            "Requests refused with 401: missing_key (none sent) or invalid_key (unknown, revoked or expired)",
+            Family::<ReasonLabels, Counter>::default(),
+        );
         let denials = register(
             &mut registry,
             "denials",
@@ -518,6 +530,7 @@ impl Metrics {
             log_bytes_dropped,
             refused,
             denials,
+            unauthenticated,
             usage_batch_size,
             usage_commit,
             usage_backlog,
@@ -692,6 +705,11 @@ impl Metrics {
     pub fn refused(&self, tenant: &str, reason: &str) {
         let tenant = self.tenant_label(tenant);
         self.refused.get_or_create(&RefusedLabels { tenant, reason: reason.to_string() }).inc();
+    }
+
+    /// Counts a request refused with 401.
+    pub fn unauthenticated(&self, reason: &'static str) {
+        self.unauthenticated.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
     }
 
     /// Counts `n` host calls of `tenant` denied for want of `capability`.

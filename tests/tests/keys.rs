@@ -403,3 +403,37 @@ fn the_cli_manages_keys_and_files_and_reads_the_audit_log() {
     assert!(inspect.contains("needs:") && inspect.contains("models"), "{inspect}");
     assert!(inspect.contains("grants:") && inspect.contains("[\"digits\"]"), "{inspect}");
 }
+
+#[test]
+fn unknown_keys_cannot_flood_the_audit_log() {
+    let server = Server::start();
+    let owner = server.tenant("acme", "free");
+    let count = |server: &Server| -> usize {
+        let all: Value = server.get("/v1/audit?limit=1000", Some(ADMIN_KEY)).json().unwrap();
+        all["entries"].as_array().unwrap().iter().filter(|e| e["actor"] == "anonymous").count()
+    };
+    let before = count(&server);
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        let key = format!("ick_bogus_{i}");
+        expect_error(server.get("/v1/functions", Some(&key)), 401);
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    // Every refusal is counted; the log holds at most one entry per second of them.
+    let metrics = server.get("/metrics", Some(ADMIN_KEY)).text().unwrap();
+    assert!(metrics.contains("infercell_unauthenticated_total{reason=\"invalid_key\"} 300"), "{metrics}");
+    let written = count(&server) - before;
+    assert!(written >= 1 && written <= seconds + 2, "{written} entries for 300 refusals in {seconds} s");
+    // The next entry says how many were not written one by one.
+    std::thread::sleep(infercell::audit::UNKNOWN_KEY_INTERVAL);
+    expect_error(server.get("/v1/functions", Some("ick_bogus_last")), 401);
+    let all: Value = server.get("/v1/audit?limit=1000", Some(ADMIN_KEY)).json().unwrap();
+    let last = all["entries"].as_array().unwrap().iter().rev().find(|e| e["actor"] == "anonymous").unwrap().clone();
+    let detail = last["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("more requests with an unknown key refused"), "{last}");
+    // Requests without a key are counted, never written; real keys still work.
+    expect_error(server.get("/v1/functions", None), 401);
+    let metrics = server.get("/metrics", Some(ADMIN_KEY)).text().unwrap();
+    assert!(metrics.contains("infercell_unauthenticated_total{reason=\"missing_key\"} 1"), "{metrics}");
+    assert_eq!(server.get("/v1/functions", Some(&owner)).status(), 200);
+}

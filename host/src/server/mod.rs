@@ -175,8 +175,19 @@ async fn audit_trail(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let response = next.run(req).await;
     let status = response.status();
-    // 401s are audited when a key was presented (a wrong, revoked or expired one); requests
-    // without any key would let anyone grow the append-only log.
+    // 401s: every one is counted; those with a key (a wrong, revoked or expired one) on /v1 are
+    // audited, at most one entry a second (anyone can send them), naming how many were not
+    // written; requests without any key are never written.
+    let mut skipped = None;
+    if status == StatusCode::UNAUTHORIZED {
+        app.metrics.unauthenticated(if authorization.is_some() { "invalid_key" } else { "missing_key" });
+        if v1 && authorization.is_some() {
+            match app.audit.sample_unknown_key() {
+                Some(n) => skipped = Some(n),
+                None => return response,
+            }
+        }
+    }
     let denied =
         status == StatusCode::FORBIDDEN || (status == StatusCode::UNAUTHORIZED && v1 && authorization.is_some());
     if !management && !denied {
@@ -210,6 +221,11 @@ async fn audit_trail(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     };
     let mut entry = crate::audit::entry(&actor, tenant.as_deref(), &action, Some(&target), &outcome);
     entry.detail = response.extensions().get::<ErrorMessage>().map(|m| m.0.clone());
+    if let Some(n) = skipped.filter(|n| *n > 0) {
+        let more =
+            format!("{n} more requests with an unknown key refused since the last such entry (not written one by one)");
+        entry.detail = Some(entry.detail.map_or_else(|| more.clone(), |d| format!("{d}; {more}")));
+    }
     app.audit.record(entry).await;
     response
 }
