@@ -21,6 +21,7 @@ max_request_bytes = "16MiB"
 max_response_bytes = "16MiB"
 max_response_headers = 100
 metrics_require_key = true
+header_read_timeout = "10s"
 
 [metrics]
 max_tenants = 100
@@ -160,6 +161,10 @@ pub struct ServerConfig {
     /// When true (the default), `GET /metrics` needs the admin key or a platform key with the
     /// `metrics` role: metrics name every tenant and function.
     pub metrics_require_key: bool,
+    /// Longest a client may take to send a request's headers (a slow client holding a
+    /// connection open is cut then).
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
 }
 
 /// `[metrics]`: how many label values the Prometheus series may carry (docs/metrics.md). A

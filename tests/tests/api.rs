@@ -396,3 +396,24 @@ fn cli_deploys_lists_invokes_and_fails_clearly() {
     assert_eq!(report["problem"], Value::Null);
     assert!(report["exports"].as_array().unwrap().iter().any(|e| e == "infercell:function/incoming-handler@0.1.0"));
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut() {
+    use std::io::{Read as _, Write as _};
+    let server = Server::start_with_config(Some("[server]\nheader_read_timeout = \"1s\"\n"));
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: infercell\r\n").unwrap();
+    // Far past the server's timeout: the read ends because the server closed the connection.
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 1024];
+    match slow.read(&mut buf) {
+        Ok(n) => assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{:?}", &buf[..n]),
+        Err(e) => assert!(
+            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            "the server kept the connection: {e}"
+        ),
+    }
+    // Whole requests are served as before.
+    assert_eq!(server.get("/healthz", None).status(), 200);
+}
