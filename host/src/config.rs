@@ -22,6 +22,7 @@ max_response_bytes = "16MiB"
 max_response_headers = 100
 metrics_require_key = true
 header_read_timeout = "10s"
+max_connections = 10000
 
 [metrics]
 max_tenants = 100
@@ -165,6 +166,8 @@ pub struct ServerConfig {
     /// connection open is cut then).
     #[serde(deserialize_with = "de_duration")]
     pub header_read_timeout: Duration,
+    /// Client connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
 }
 
 /// `[metrics]`: how many label values the Prometheus series may carry (docs/metrics.md). A

@@ -18,6 +18,22 @@ use prometheus_client::registry::Registry;
 use crate::config::MetricsConfig;
 use crate::metering::Outcome;
 
+/// An open client connection, counted in `infercell_connections` until dropped.
+pub struct Open(Gauge);
+
+impl Open {
+    pub fn new(metrics: &Metrics) -> Self {
+        metrics.connections.inc();
+        Self(metrics.connections.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The label value every name past its cap is folded into.
 pub const OTHER: &str = "other";
 
@@ -241,6 +257,8 @@ pub struct Metrics {
     refused: Family<RefusedLabels, Counter>,
     denials: Family<DenialLabels, Counter>,
     unauthenticated: Family<ReasonLabels, Counter>,
+    connections: Gauge,
+    connections_refused: Counter,
     pub usage_batch_size: Histogram,
     pub usage_commit: Histogram,
     pub usage_backlog: Gauge,
@@ -402,6 +420,13 @@ impl Metrics {
             "Calls refused before running (quota, budget, no free instance)",
             Family::<RefusedLabels, Counter>::default(),
         );
+        let connections = register(&mut registry, "connections", "Client connections open now", Gauge::default());
+        let connections_refused = register(
+            &mut registry,
+            "connections_refused",
+            "Connections answered 503 and closed: server.max_connections were open",
+            Counter::default(),
+        );
         let unauthenticated = register(
             &mut registry,
             "unauthenticated",
@@ -531,6 +556,8 @@ impl Metrics {
             refused,
             denials,
             unauthenticated,
+            connections,
+            connections_refused,
             usage_batch_size,
             usage_commit,
             usage_backlog,
@@ -705,6 +732,11 @@ impl Metrics {
     pub fn refused(&self, tenant: &str, reason: &str) {
         let tenant = self.tenant_label(tenant);
         self.refused.get_or_create(&RefusedLabels { tenant, reason: reason.to_string() }).inc();
+    }
+
+    /// Counts a connection refused past `server.max_connections`.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// Counts a request refused with 401.

@@ -417,3 +417,43 @@ fn a_client_that_never_finishes_its_headers_is_cut() {
     // Whole requests are served as before.
     assert_eq!(server.get("/healthz", None).status(), 200);
 }
+
+#[test]
+fn connections_past_the_cap_get_a_clear_refusal() {
+    use std::io::{Read as _, Write as _};
+    let server = Server::start_with_config(Some("[server]\nmax_connections = 2\n"));
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // Two connections, kept open, each having been served once.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: infercell\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(c);
+    }
+    // A third is answered 503 with Retry-After and closed.
+    let mut third = std::net::TcpStream::connect(&addr).unwrap();
+    third.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("too many connections"), "{answer}");
+    // Once one closes, new connections are served again.
+    drop(held.pop());
+    wait_until("a connection slot is free", || {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: infercell\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.1 200")
+    });
+    drop(held);
+    let metrics = server.get("/metrics", Some(ADMIN_KEY)).text().unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("infercell_connections_refused_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

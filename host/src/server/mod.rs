@@ -339,6 +339,7 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
         }
     });
     let header_read_timeout = app.config.server.header_read_timeout;
+    let connections = Arc::new(tokio::sync::Semaphore::new(app.config.server.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -354,14 +355,21 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let Ok(open) = connections.clone().try_acquire_owned() else {
+                    app.metrics.connection_refused();
+                    tokio::spawn(refuse_connection(stream));
+                    continue;
+                };
                 // A client that never finishes its headers (slow loris) is cut, not waited for.
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(header_read_timeout)
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
                 let connection = graceful.watch(connection);
+                let gauge = crate::metrics::Open::new(&app.metrics);
                 tokio::spawn(async move {
                     let _ = connection.await;
+                    drop((open, gauge));
                 });
             }
             _ = &mut shutdown => break,
@@ -376,6 +384,22 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
     app.calls.wait().await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Answers a connection past `server.max_connections` with a 503 and closes it, without
+/// reading its request (and gives up on a client that does not take the answer in a second).
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt as _;
+    let body = r#"{"error":"too many connections to this server; retry shortly"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let send = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
 }
 
 /// Resolves at SIGTERM or Ctrl-C. The signal streams are made here, before the caller prints
