@@ -401,7 +401,7 @@ async fn commit(app: &App, plan: &Plan, tenant: &str, record: UsageRecord) -> Re
     let commit = Instant::now();
     let cost = record.meters.cost(&plan.prices);
     let waiting = Backlog::new(&app.metrics.usage_backlog);
-    let recorded = app.metering.record(record, plan.monthly_budget.map(|_| &plan.prices)).await;
+    let recorded = app.metering.record(record, plan.monthly_budget.map(|_| cost)).await;
     drop(waiting);
     if recorded.is_err() {
         app.metrics.usage_commit_failures.inc();

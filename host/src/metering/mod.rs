@@ -132,12 +132,12 @@ impl Metering {
     }
 
     /// Commits `record` and returns once it is committed. When the tenant has a budget
-    /// (`prices` given), its cost joins the tenant's month-to-date spend in the same step.
-    pub async fn record(&self, record: UsageRecord, prices: Option<&Prices>) -> anyhow::Result<()> {
+    /// (`cost` given: the record's cost at its prices), the cost joins the tenant's
+    /// month-to-date spend in the same step.
+    pub async fn record(&self, record: UsageRecord, cost: Option<Decimal>) -> anyhow::Result<()> {
         if !self.enabled {
             return Ok(());
         }
-        let cost = prices.map(|p| record.meters.cost(p));
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job::Commit(Pending { record, cost, done }))
@@ -415,7 +415,7 @@ mod fold_tests {
                     nn_cpu_nodes: rng.random_range(0..100),
                     nn_gpu_nodes: rng.random_range(0..100),
                 };
-                metering.record(record.clone(), Some(&prices)).await.expect("commit");
+                metering.record(record.clone(), Some(record.meters.cost(&prices))).await.expect("commit");
                 raw.push(record);
             }
             let (from, to) = (1_790_000_000_000_000, 1_790_000_000_000_000 + 600_000_000);
